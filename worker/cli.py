@@ -1,0 +1,226 @@
+"""The ``pacs-annotator`` command line. Command and option names are stable: admins script them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from worker import __version__
+from worker.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("pacs_annotator")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pacs-annotator",
+        description="Annotate PACS studies: receive DICOM, run pipelines, store SEG back.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "--config", type=Path, help="YAML settings file (see deploy/config.example.yaml)"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser(
+        "up", parents=[config], help="run everything on this machine: SCP, a worker, embedded Redis"
+    )
+    sub.add_parser("scp", parents=[config], help="run the DICOM receiver (needs broker_url)")
+    w = sub.add_parser("worker", parents=[config], help="run a Celery worker that processes jobs")
+    w.add_argument("--concurrency", type=int, help="worker processes (default: worker.concurrency)")
+
+    s = sub.add_parser("send", parents=[config], help="C-STORE every DICOM file under DIR to a node")
+    s.add_argument("directory", type=Path, metavar="DIR")
+    s.add_argument("--to", metavar="NAME", help="a destination from the settings")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--aet", help="called AE title (with --host/--port)")
+
+    j = sub.add_parser("jobs", parents=[config], help="list jobs, newest first")
+    j.add_argument("--state", action="append", default=[], help="only jobs in this state")
+    j.add_argument("--study", help="only jobs of this Study Instance UID")
+    j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--json", action="store_true", help="machine-readable output")
+
+    r = sub.add_parser(
+        "run", parents=[config], help="run pipelines on a local series folder, no network"
+    )
+    r.add_argument("directory", type=Path, metavar="DIR")
+    r.add_argument("--out", type=Path, required=True, metavar="OUTDIR")
+    r.add_argument("--pipeline", metavar="NAME", help="run this pipeline instead of the routing")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(settings.log_level)
+    handler = _COMMANDS[args.command]
+    return handler(settings, args)
+
+
+def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.service import run_up, stop_on_signals
+
+    return run_up(settings, args.config, stop_on_signals())
+
+
+def _cmd_scp(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.service import run_scp, stop_on_signals
+
+    if not settings.broker_url:
+        print(
+            "pacs-annotator: broker_url is empty: 'scp' alone needs a Redis URL "
+            "(or use 'up', which starts an embedded redis-server)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return run_scp(settings, stop_on_signals())
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.celery_app import DEFAULT_QUEUE, create_app
+
+    if not settings.broker_url:
+        print("pacs-annotator: broker_url is empty: a worker needs a Redis URL", file=sys.stderr)
+        return EXIT_USAGE
+    app = create_app(settings)
+    concurrency = args.concurrency or settings.worker.concurrency
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={settings.log_level}",
+            f"--concurrency={concurrency}",
+            f"--queues={DEFAULT_QUEUE}",
+            "--pool=prefork",
+            "--hostname=pacs-annotator@%h",
+        ]
+    )
+    return EXIT_OK
+
+
+def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    from scu_scp.models import DeliveryError, DicomNode
+    from scu_scp.scu import send_files
+
+    if args.to:
+        if args.to not in settings.destinations:
+            print(f"pacs-annotator: unknown destination {args.to!r}", file=sys.stderr)
+            return EXIT_USAGE
+        d = settings.destinations[args.to]
+        node = DicomNode(d.ae_title, d.host, d.port)
+    elif args.host and args.port and args.aet:
+        node = DicomNode(args.aet, args.host, args.port)
+    else:
+        print("pacs-annotator: give --to NAME, or --host, --port and --aet", file=sys.stderr)
+        return EXIT_USAGE
+    paths = sorted(p for p in args.directory.rglob("*") if p.is_file())
+    if not paths:
+        print(f"pacs-annotator: no files under {args.directory}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        result = send_files(node, paths, calling_ae=settings.scp.ae_title)
+    except DeliveryError as exc:
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for failure in result.failed:
+        print(f"failed {failure.sop_instance_uid}: {failure.error}", file=sys.stderr)
+    sent = len(result.instances) - len(result.failed)
+    print(f"sent {sent} of {len(result.instances)} instances to {node.ae_title}@{node.host}:{node.port}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.jobs import JobState, JobStore
+
+    try:
+        states = [JobState(s) for s in args.state]
+    except ValueError:
+        known = ", ".join(s.value for s in JobState)
+        print(f"pacs-annotator: --state takes one of {known}", file=sys.stderr)
+        return EXIT_USAGE
+    store = JobStore(settings.effective_database_url)
+    jobs = store.list(states=states, study_uid=args.study, limit=args.limit)
+    if args.json:
+        rows = [
+            {
+                "id": j.id, "state": j.state.value, "study_uid": j.study_uid,
+                "accession_number": j.accession_number, "calling_ae": j.calling_ae,
+                "instances": j.instance_count, "attempts": j.attempts, "error": j.error,
+                "pipelines": list(j.pipelines), "outcomes": list(j.outcomes),
+                "delivered": list(j.delivered),
+                "received_at": j.received_at.isoformat(),
+                "started_at": j.started_at.isoformat() if j.started_at else None,
+                "finished_at": j.finished_at.isoformat() if j.finished_at else None,
+            }
+            for j in jobs
+        ]
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'JOB':<28} {'STATE':<10} {'ACCESSION':<16} {'AE':<16} {'N':>5}  STUDY / ERROR")
+    for j in jobs:
+        print(
+            f"{j.id:<28} {j.state.value:<10} {j.accession_number[:16]:<16} "
+            f"{j.calling_ae:<16} {j.instance_count:>5}  {j.study_uid}"
+        )
+        if j.error:
+            print(f"{'':<28} {j.error}")
+    return EXIT_OK
+
+
+def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.registry import builtin_pipelines
+    from pipelines.routing import RoutingRule
+    from pipelines.runner import annotate_study
+
+    pipelines = builtin_pipelines()
+    if args.pipeline and args.pipeline not in pipelines:
+        known = ", ".join(sorted(pipelines))
+        print(f"pacs-annotator: unknown pipeline {args.pipeline!r} (known: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.directory.is_dir():
+        print(f"pacs-annotator: {args.directory} is not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    rules: tuple[RoutingRule, ...] = settings.routing_rules
+    paths = sorted(p for p in args.directory.rglob("*") if p.is_file())
+    result = annotate_study(
+        paths, rules=rules, pipelines=pipelines, software_version=__version__, only=args.pipeline
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    for ds in result.outputs:
+        target = args.out / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
+        ds.save_as(target, enforce_file_format=True)
+        print(f"wrote {target}")
+    for o in result.outcomes:
+        detail = f": {o.reason}" if o.reason else ""
+        print(f"series {o.series_uid} ({o.modality}) {o.pipeline or '-'} {o.status}{detail}")
+    return EXIT_FAILED if result.failures else EXIT_OK
+
+
+_COMMANDS = {
+    "up": _cmd_up,
+    "scp": _cmd_scp,
+    "worker": _cmd_worker,
+    "send": _cmd_send,
+    "jobs": _cmd_jobs,
+    "run": _cmd_run,
+}

@@ -1,0 +1,78 @@
+"""Celery tasks: thin glue between a queued message and ``process_job``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import Celery, Task
+
+from pipelines.registry import builtin_pipelines
+from scu_scp.spool import Spool
+from worker.celery_app import PROCESS_STUDY
+from worker.jobs import JobStore
+from worker.processing import Runtime, TransientDeliveryError, make_sender, process_job
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _PerProcess:
+    """Builds the runtime lazily in each worker process, after the pool has forked.
+
+    Database connections and models must not cross a fork; building on first use in the
+    child keeps them warm for every later job of that process.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pid: int | None = None
+        self._runtime: Runtime | None = None
+
+    def get(self) -> Runtime:
+        if self._runtime is None or self._pid != os.getpid():
+            s = self._settings
+            self._runtime = Runtime(
+                settings=s,
+                store=JobStore(s.effective_database_url),
+                spool=Spool(s.spool_dir),
+                pipelines=dict(builtin_pipelines()),
+                send=make_sender(s),
+            )
+            self._pid = os.getpid()
+        return self._runtime
+
+
+def retry_delay(settings: Settings, retries_so_far: int) -> float:
+    """Exponential backoff, capped at an hour."""
+    return float(min(settings.delivery.retry_delay_seconds * 2**retries_so_far, 3600.0))
+
+
+def register_tasks(app: Celery, settings: Settings) -> None:
+    runtime = _PerProcess(settings)
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=PROCESS_STUDY,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=settings.delivery.max_retries,
+    )
+    def process_study(self: Task, job_id: str) -> None:
+        rt = runtime.get()
+        try:
+            process_job(rt, job_id)
+        except TransientDeliveryError as exc:
+            retries: int = self.request.retries
+            if retries >= settings.delivery.max_retries:
+                rt.store.mark_failed(job_id, f"delivery failed after {retries + 1} attempts: {exc}")
+                return
+            delay = retry_delay(settings, retries)
+            rt.store.mark_retrying(job_id, f"{exc} (retry {retries + 1} in {delay:.0f} s)")
+            log.warning("job %s: %s; retrying in %.0f s", job_id, exc, delay)
+            raise self.retry(countdown=delay, exc=exc) from exc
+        except Exception as exc:
+            # The edge of the job: record the reason so the admin sees it, then fail loudly.
+            rt.store.mark_failed(job_id, f"internal error: {type(exc).__name__}: {exc}")
+            raise
+
