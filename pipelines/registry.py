@@ -1,0 +1,15 @@
+"""The pipelines that ship with pacs-annotator, by name."""
+
+from __future__ import annotations
+
+from pipelines.base import Pipeline
+from pipelines.ct_basic import CtBasicPipeline
+
+
+def builtin_pipelines() -> dict[str, Pipeline]:
+    """Fresh instances of the built-in pipelines, keyed by their ``name``.
+
+    A function, not a module-level dict: models load when the worker asks, not on import.
+    """
+    pipelines: list[Pipeline] = [CtBasicPipeline()]
+    return {pipeline.name: pipeline for pipeline in pipelines}

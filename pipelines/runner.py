@@ -1,0 +1,219 @@
+"""One study in, result datasets out: the single code path of the Celery task and the CLI.
+
+Every series ends with exactly one recorded outcome per selected pipeline (or one
+"skipped"/"failed" outcome when none applies), so a job report can say what happened to
+each series and why. Output UIDs are derived from the inputs, so a re-run produces the
+same SOP Instance UIDs and the PACS keeps one copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
+
+from pipelines.base import Pipeline
+from pipelines.errors import InputError
+from pipelines.findings import Findings
+from pipelines.routing import RoutingRule, select_pipelines
+from pipelines.seg import build_seg, non_empty_segments
+from pipelines.uids import derive_uid
+from pipelines.volume import Volume, load_series, scan_files
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["done", "skipped", "failed"]
+_OutcomeFactory = Callable[[str | None, Status, str | None, tuple[Dataset, ...]], "SeriesOutcome"]
+
+#: SOP classes that carry pixel data but are results, not images to segment.
+_RESULT_SOP_CLASSES = frozenset({str(SegmentationStorage)})
+
+
+@dataclass(frozen=True)
+class SeriesOutcome:
+    """What happened to one series with one pipeline (``pipeline`` None: none was run).
+
+    An unreadable file gets its own failed outcome with an empty ``series_uid``.
+    """
+
+    series_uid: str
+    modality: str
+    pipeline: str | None
+    status: Status
+    reason: str | None
+    outputs: tuple[Dataset, ...]
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    outcomes: tuple[SeriesOutcome, ...]
+
+    @property
+    def outputs(self) -> tuple[Dataset, ...]:
+        return tuple(ds for outcome in self.outcomes for ds in outcome.outputs)
+
+    @property
+    def failures(self) -> tuple[SeriesOutcome, ...]:
+        return tuple(outcome for outcome in self.outcomes if outcome.status == "failed")
+
+    @property
+    def skipped(self) -> tuple[SeriesOutcome, ...]:
+        return tuple(outcome for outcome in self.outcomes if outcome.status == "skipped")
+
+
+def annotate_study(
+    paths: Iterable[Path],
+    *,
+    rules: Sequence[RoutingRule],
+    pipelines: Mapping[str, Pipeline],
+    software_version: str,
+    only: str | None = None,
+) -> StudyResult:
+    """Run the routed (or ``only`` the named) pipelines on every image series in ``paths``.
+
+    Raises ``ValueError`` when a rule or ``only`` names a pipeline that does not exist
+    (a configuration error, found before any work). Bad input never raises: it becomes a
+    "failed" outcome with the reason, and the other series go on.
+    """
+    _check_pipeline_names(rules, pipelines, only)
+    scan = scan_files(paths)
+    outcomes = [
+        SeriesOutcome("", "", None, "failed", f"unreadable file {bad.path}: {bad.reason}", ())
+        for bad in scan.unreadable
+    ]
+    for series_uid in sorted(scan.series):
+        outcomes.extend(
+            _annotate_series(scan.series[series_uid], rules, pipelines, software_version, only)
+        )
+    for outcome in outcomes:
+        logger.info(
+            "series %s pipeline %s: %s%s",
+            outcome.series_uid or "-",
+            outcome.pipeline or "-",
+            outcome.status,
+            f" ({outcome.reason})" if outcome.reason else "",
+        )
+    return StudyResult(outcomes=tuple(outcomes))
+
+
+def _annotate_series(
+    datasets: list[Dataset],
+    rules: Sequence[RoutingRule],
+    pipelines: Mapping[str, Pipeline],
+    software_version: str,
+    only: str | None,
+) -> list[SeriesOutcome]:
+    first = datasets[0]
+    series_uid = str(first.SeriesInstanceUID)
+    modality = str(first.get("Modality", ""))
+    logger.info(
+        "series %s (accession %s): %d instance(s), modality %s",
+        series_uid,
+        first.get("AccessionNumber", ""),
+        len(datasets),
+        modality or "-",
+    )
+
+    def outcome(
+        pipeline: str | None, status: Status, reason: str | None, outputs: tuple[Dataset, ...]
+    ) -> SeriesOutcome:
+        return SeriesOutcome(series_uid, modality, pipeline, status, reason, outputs)
+
+    names = (only,) if only is not None else select_pipelines(rules, first)
+    if not names:
+        return [outcome(None, "skipped", f"no routing rule matches modality {modality or '-'}", ())]
+    not_image = _why_not_image_series(first)
+    if not_image:
+        return [outcome(None, "skipped", not_image, ())]
+
+    results: list[SeriesOutcome] = []
+    volume: Volume | None = None
+    for name in names:
+        pipeline = pipelines[name]
+        if modality not in pipeline.modalities:
+            handled = ", ".join(sorted(pipeline.modalities))
+            results.append(
+                outcome(name, "skipped", f"pipeline {name} handles {handled}, not {modality}", ())
+            )
+            continue
+        try:
+            if volume is None:
+                volume = load_series(datasets)
+            findings = pipeline.run(volume)
+        except InputError as exc:
+            results.append(outcome(name, "failed", str(exc), ()))
+            continue
+        results.append(_write_results(volume, name, findings, software_version, outcome))
+    return results
+
+
+def _write_results(
+    volume: Volume,
+    name: str,
+    findings: Findings,
+    software_version: str,
+    outcome: _OutcomeFactory,
+) -> SeriesOutcome:
+    present = non_empty_segments(findings)
+    if not present:
+        labels = ", ".join(segment.label for segment in findings.segments) or "none"
+        return outcome(name, "done", f"no findings: every segment is empty ({labels})", ())
+    key = _uid_key(volume, name, findings.algorithm.version)
+    try:
+        seg = build_seg(
+            volume,
+            findings,
+            series_uid=derive_uid("seg-series", *key),
+            sop_uid=derive_uid("seg-instance", *key),
+            series_number=_series_number(volume),
+            software_version=software_version,
+        )
+    except ValueError as exc:
+        # highdicom refuses source headers it cannot derive a valid SEG from.
+        logger.warning("cannot write SEG for series %s: %s", volume.series_uid, exc)
+        return outcome(name, "failed", f"cannot write the SEG: {exc}", ())
+    omitted = [segment.label for segment in findings.segments if segment not in present]
+    reason = f"empty segments left out: {', '.join(omitted)}" if omitted else None
+    return outcome(name, "done", reason, (seg,))
+
+
+def _uid_key(volume: Volume, pipeline_name: str, algorithm_version: str) -> tuple[str, ...]:
+    """Everything that identifies one result: same inputs and algorithm, same UIDs."""
+    sop_uids = sorted(str(ds.SOPInstanceUID) for ds in volume.datasets)
+    return (volume.study_uid, volume.series_uid, pipeline_name, algorithm_version, *sop_uids)
+
+
+def _series_number(volume: Volume) -> int:
+    """Source SeriesNumber + 1000, so results sort next to their source in viewers."""
+    source = volume.datasets[0].get("SeriesNumber")
+    number = int(source) if source not in (None, "") else 0
+    return 1000 + number % 1_000_000
+
+
+def _why_not_image_series(ds: Dataset) -> str | None:
+    """A reason to skip a series that is not an image series a pipeline can read."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in _RESULT_SOP_CLASSES:
+        return f"series of SOP class {sop_class} (a result object, not images)"
+    if "PixelData" not in ds:
+        return f"series of SOP class {sop_class or '-'} has no pixel data"
+    return None
+
+
+def _check_pipeline_names(
+    rules: Sequence[RoutingRule], pipelines: Mapping[str, Pipeline], only: str | None
+) -> None:
+    known = ", ".join(sorted(pipelines)) or "none"
+    if only is not None and only not in pipelines:
+        raise ValueError(f"unknown pipeline {only!r} requested (known pipelines: {known})")
+    for rule in rules:
+        for name in rule.pipelines:
+            if name not in pipelines:
+                raise ValueError(
+                    f"routing rule {rule} names unknown pipeline {name!r} (known: {known})"
+                )

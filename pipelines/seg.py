@@ -1,0 +1,149 @@
+"""Findings -> DICOM Segmentation (binary), with IHE AI Results provenance.
+
+The SEG is a new series in the source study whose frames sit exactly on the source
+slices (highdicom derives the plane positions from ``source_images``), so every viewer
+overlays it without resampling.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from pipelines.findings import Findings, Segment
+from pipelines.uids import derive_uid
+from pipelines.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+#: Purpose of reference of the algorithm in ContributingEquipmentSequence. DICOM CID 7005
+#: has no "Processing Algorithm" concept; (DCM 109102, "Processing Equipment") is the
+#: concept of that value set for equipment that processed the data to make this instance.
+PROCESSING_PURPOSE = codes.DCM.ProcessingEquipment
+
+#: Attributes of the Patient/Study level that the standard requires to travel together:
+#: copied verbatim from the source when present so the SEG adds no dciodvfy errors.
+_DEIDENTIFICATION_KEYWORDS = (
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+)
+
+
+class EmptySegmentationError(ValueError):
+    """Every segment is empty: a SEG with no segments is not a valid DICOM object."""
+
+
+def non_empty_segments(findings: Findings) -> tuple[Segment, ...]:
+    """The segments that will appear in the SEG (empty masks are left out)."""
+    return tuple(segment for segment in findings.segments if segment.mask.any())
+
+
+def build_seg(
+    volume: Volume,
+    findings: Findings,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    software_version: str,
+) -> Dataset:
+    """A binary DICOM SEG of the non-empty segments of ``findings`` over ``volume``.
+
+    Empty segments are omitted (a viewer would list a structure it cannot show); the
+    caller learns which via ``non_empty_segments``. Raises ``EmptySegmentationError``
+    when nothing is left, and ``ValueError`` when a mask does not fit the volume.
+    """
+    for segment in findings.segments:
+        if segment.mask.shape != volume.voxels.shape:
+            raise ValueError(
+                f"segment {segment.label!r}: mask shape {segment.mask.shape} does not match "
+                f"the volume {volume.voxels.shape}"
+            )
+    segments = non_empty_segments(findings)
+    if not segments:
+        raise EmptySegmentationError(
+            f"all {len(findings.segments)} segments of {findings.algorithm.name} are empty "
+            f"for series {volume.series_uid}: there is nothing to write"
+        )
+    algorithm = findings.algorithm
+    identification = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name,
+        version=algorithm.version,
+        family=codes.cid7162.ArtificialIntelligence,
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=segment.label,
+            segmented_property_category=segment.category,
+            segmented_property_type=segment.property_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=identification,
+            tracking_uid=_tracking_uid(sop_uid, number),
+            tracking_id=segment.label,
+        )
+        for number, segment in enumerate(segments, start=1)
+    ]
+    pixel_array = np.stack([segment.mask for segment in segments], axis=-1)
+    equipment = hd.ContributingEquipment(
+        manufacturer=algorithm.manufacturer,
+        purpose_of_reference=PROCESSING_PURPOSE,
+        manufacturer_model_name=algorithm.name,
+        software_versions=[software_version, algorithm.version],
+        contribution_description=f"Automatic segmentation by {algorithm.name} {algorithm.version}",
+    )
+    seg = hd.seg.Segmentation(
+        source_images=list(volume.datasets),
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=software_version,
+        device_serial_number="0",
+        series_description=f"AI segmentation ({algorithm.name})",
+        content_label="SEGMENTATION",
+        content_description=f"{algorithm.name} {algorithm.version}"[:64],
+        contributing_equipment=[equipment],
+        omit_empty_frames=True,
+    )
+    # Service version and algorithm version (highdicom's signature takes one string).
+    seg.SoftwareVersions = [software_version, algorithm.version]  # type: ignore[assignment]
+    _copy_required_source_attributes(volume.datasets[0], seg)
+    logger.info(
+        "built SEG %s for series %s: %d segment(s), %d frame(s)",
+        sop_uid,
+        volume.series_uid,
+        len(segments),
+        int(seg.NumberOfFrames),
+    )
+    return seg
+
+
+def _copy_required_source_attributes(source: Dataset, seg: Dataset) -> None:
+    """Copy what must accompany copied patient attributes (e.g. de-identification method).
+
+    A source with PatientIdentityRemoved=YES requires DeidentificationMethod or its code
+    sequence; highdicom does not copy them, so without this the SEG would fail dciodvfy.
+    """
+    for keyword in _DEIDENTIFICATION_KEYWORDS:
+        if keyword in source and keyword not in seg:
+            setattr(seg, keyword, source[keyword].value)
+    if seg.get("PatientIdentityRemoved") == "YES" and not (
+        "DeidentificationMethod" in seg or "DeidentificationMethodCodeSequence" in seg
+    ):
+        seg.DeidentificationMethod = "unknown (not stated by the source images)"
+
+
+def _tracking_uid(sop_uid: str, segment_number: int) -> str:
+    """Stable per segment of this SEG, so a re-run gives byte-identical segment UIDs."""
+    return derive_uid("tracking", sop_uid, str(segment_number))

@@ -1,0 +1,47 @@
+"""Shared, session-scoped inputs: building the phantom and reading the real CT once."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+
+from pipelines.ct_basic import CtBasicPipeline
+from pipelines.findings import Findings
+from pipelines.volume import Volume, load_series, read_series
+from tests.conftest import shared_data_path
+from tests.unit.pipelines.phantom import CtPhantom, make_ct_phantom_with_truth
+
+
+@pytest.fixture(scope="session")
+def phantom() -> CtPhantom:
+    """The default axial phantom, in slice order. Do not mutate its datasets."""
+    return make_ct_phantom_with_truth()
+
+
+@pytest.fixture(scope="session")
+def phantom_volume(phantom: CtPhantom) -> Volume:
+    return load_series(phantom.datasets)
+
+
+@pytest.fixture(scope="session")
+def phantom_findings(phantom_volume: Volume) -> Findings:
+    return CtBasicPipeline().run(phantom_volume)
+
+
+@pytest.fixture(scope="session")
+def real_ct_datasets() -> list[Dataset]:
+    """The 41 slices of the real CT (skips when ../shared/data is absent)."""
+    folder = shared_data_path("ct-abdomen-crlm1004")
+    series = read_series(sorted(folder.glob("*.dcm")))
+    assert len(series) == 1
+    return next(iter(series.values()))
+
+
+@pytest.fixture(scope="session")
+def real_volume(real_ct_datasets: list[Dataset]) -> Volume:
+    return load_series(real_ct_datasets)
+
+
+@pytest.fixture(scope="session")
+def real_findings(real_volume: Volume) -> Findings:
+    return CtBasicPipeline().run(real_volume)

@@ -1,0 +1,209 @@
+"""DICOM SEG writing: validity (dciodvfy), references, geometry and pixel round trip."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from pipelines.findings import Algorithm, Findings, Segment
+from pipelines.seg import EmptySegmentationError, build_seg
+from pipelines.volume import Volume, load_series
+from tests.conftest import shared_data_path
+from tests.support.dicom_validate import dciodvfy_errors
+from tests.unit.pipelines.phantom import CtPhantom
+
+SERIES_UID, SOP_UID = "2.25.1001", "2.25.1002"
+
+
+def _write(volume: Volume, findings: Findings, path: Path) -> Path:
+    seg = build_seg(
+        volume,
+        findings,
+        series_uid=SERIES_UID,
+        sop_uid=SOP_UID,
+        series_number=1003,
+        software_version="9.9.9",
+    )
+    seg.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _check_seg(path: Path, volume: Volume, findings: Findings) -> None:
+    assert dciodvfy_errors(path) == []
+    seg = hd.seg.segread(path)
+    present = [s for s in findings.segments if s.mask.any()]
+
+    assert seg.SeriesInstanceUID == SERIES_UID and seg.SOPInstanceUID == SOP_UID
+    assert seg.StudyInstanceUID == volume.study_uid
+    assert seg.SeriesInstanceUID != volume.series_uid
+    assert seg.SeriesDescription == f"AI segmentation ({findings.algorithm.name})"
+    assert seg.Manufacturer == findings.algorithm.manufacturer
+    assert list(seg.SoftwareVersions) == ["9.9.9", findings.algorithm.version]
+    assert seg.SegmentationType == "BINARY"
+
+    for number, (item, segment) in enumerate(zip(seg.SegmentSequence, present, strict=True), 1):
+        assert item.SegmentNumber == number
+        assert item.SegmentLabel == segment.label
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+        assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == segment.property_type.value
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        assert category.CodeValue == segment.category.value
+        algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmName == findings.algorithm.name
+        assert algorithm.AlgorithmVersion == findings.algorithm.version
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+
+    equipment = [
+        e
+        for e in seg.ContributingEquipmentSequence
+        if e.get("ManufacturerModelName") == findings.algorithm.name
+    ]
+    assert len(equipment) == 1
+    assert equipment[0].Manufacturer == findings.algorithm.manufacturer
+    assert findings.algorithm.version in list(equipment[0].SoftwareVersions)
+    purpose = equipment[0].PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("109102", "DCM")
+
+    source_uids = [str(ds.SOPInstanceUID) for ds in volume.datasets]
+    referenced = [
+        str(item.ReferencedSOPInstanceUID)
+        for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    ]
+    assert sorted(referenced) == sorted(source_uids)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.series_uid
+
+    source_positions = {
+        tuple(round(float(v), 3) for v in ds.ImagePositionPatient) for ds in volume.datasets
+    }
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        position = frame.PlanePositionSequence[0].ImagePositionPatient
+        assert tuple(round(float(v), 3) for v in position) in source_positions
+
+    pixels = seg.get_pixels_by_source_instance(
+        source_uids, assert_missing_frames_are_empty=True
+    ).astype(bool)
+    expected = np.stack([s.mask for s in present], axis=-1)
+    assert pixels.shape == expected.shape
+    assert np.array_equal(pixels, expected)
+
+
+def test_phantom_seg_is_valid_and_round_trips(
+    tmp_path: Path, phantom_volume: Volume, phantom_findings: Findings
+) -> None:
+    path = _write(phantom_volume, phantom_findings, tmp_path / "seg.dcm")
+    _check_seg(path, phantom_volume, phantom_findings)
+
+
+# The real CT's PatientName is a single-component ID: highdicom warns, the source is as is.
+@pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
+def test_real_ct_seg_is_valid_and_round_trips(
+    tmp_path: Path, real_volume: Volume, real_findings: Findings
+) -> None:
+    path = _write(real_volume, real_findings, tmp_path / "seg.dcm")
+    _check_seg(path, real_volume, real_findings)
+
+
+def test_structure_matches_highdicom_reference(
+    tmp_path: Path, phantom_volume: Volume, phantom_findings: Findings
+) -> None:
+    reference = pydicom.dcmread(
+        shared_data_path("reference-seg-sr", "highdicom", "seg_image_ct_binary.dcm")
+    )
+    ours = pydicom.dcmread(_write(phantom_volume, phantom_findings, tmp_path / "seg.dcm"))
+
+    def keywords(ds: Dataset) -> set[str]:
+        return {element.keyword for element in ds if element.keyword}
+
+    for key in (
+        "SegmentSequence",
+        "ReferencedSeriesSequence",
+        "DimensionIndexSequence",
+        "DimensionOrganizationSequence",
+        "SharedFunctionalGroupsSequence",
+        "PerFrameFunctionalGroupsSequence",
+        "SourceImageSequence",
+        "SegmentsOverlap",
+        "FrameOfReferenceUID",
+        "ContentLabel",
+    ):
+        assert key in reference and key in ours, key
+    assert keywords(reference.SegmentSequence[0]) <= keywords(ours.SegmentSequence[0])
+    assert keywords(reference.ReferencedSeriesSequence[0]) == keywords(
+        ours.ReferencedSeriesSequence[0]
+    )
+    assert [
+        (i.DimensionIndexPointer, i.FunctionalGroupPointer)
+        for i in reference.DimensionIndexSequence
+    ] == [(i.DimensionIndexPointer, i.FunctionalGroupPointer) for i in ours.DimensionIndexSequence]
+    assert keywords(reference.PerFrameFunctionalGroupsSequence[0]) <= keywords(
+        ours.PerFrameFunctionalGroupsSequence[0]
+    )
+
+
+def _findings(*masks: tuple[str, np.ndarray]) -> Findings:
+    return Findings(
+        Algorithm("test-algo", "1.2"),
+        tuple(
+            Segment(label, mask, codes.SCT.AnatomicalStructure, codes.SCT.Lung)
+            for label, mask in masks
+        ),
+    )
+
+
+def test_empty_segments_are_left_out(tmp_path: Path, phantom_volume: Volume) -> None:
+    shape = phantom_volume.voxels.shape
+    some = np.zeros(shape, dtype=bool)
+    some[10, 40:60, 40:60] = True
+    findings = _findings(("Empty", np.zeros(shape, dtype=bool)), ("Some", some))
+    path = _write(phantom_volume, findings, tmp_path / "seg.dcm")
+    _check_seg(path, phantom_volume, findings)
+    seg = pydicom.dcmread(path)
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["Some"]
+    assert int(seg.NumberOfFrames) == 1  # empty frames omitted
+
+
+def test_all_empty_raises(phantom_volume: Volume) -> None:
+    findings = _findings(("Empty", np.zeros(phantom_volume.voxels.shape, dtype=bool)))
+    with pytest.raises(EmptySegmentationError, match="are empty"):
+        build_seg(
+            phantom_volume,
+            findings,
+            series_uid=SERIES_UID,
+            sop_uid=SOP_UID,
+            series_number=1,
+            software_version="1",
+        )
+
+
+def test_mask_of_wrong_shape_raises(phantom_volume: Volume) -> None:
+    findings = _findings(("Small", np.ones((2, 2, 2), dtype=bool)))
+    with pytest.raises(ValueError, match="does not match the volume"):
+        build_seg(
+            phantom_volume,
+            findings,
+            series_uid=SERIES_UID,
+            sop_uid=SOP_UID,
+            series_number=1,
+            software_version="1",
+        )
+
+
+def test_deidentified_source_without_method_adds_no_error(
+    tmp_path: Path, phantom: CtPhantom
+) -> None:
+    datasets = [copy.deepcopy(ds) for ds in phantom.datasets]
+    for ds in datasets:
+        ds.PatientIdentityRemoved = "YES"  # the source itself lacks DeidentificationMethod
+    volume = load_series(datasets)
+    mask = np.zeros(volume.voxels.shape, dtype=bool)
+    mask[5, 10:20, 10:20] = True
+    path = _write(volume, _findings(("Box", mask)), tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    assert pydicom.dcmread(path).PatientIdentityRemoved == "YES"
