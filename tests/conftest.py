@@ -14,7 +14,9 @@ def shared_data_path(*parts: str) -> Path:
     """A path inside ../shared/data, skipping the test with a reason when it is absent."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real DICOM data not available: {path} is absent (see ../shared/data/README.md)")
+        pytest.skip(
+            f"real DICOM data not available: {path} is absent (see ../shared/data/README.md)"
+        )
     return path
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,10 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
         stream=sys.stderr,
     )
+    # highdicom logs every attribute it copies; its warnings are enough.
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # This highdicom warning quotes the patient's name: no PHI in logs.
+    warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", parents=[config], help="run a Celery worker that processes jobs")
     w.add_argument("--concurrency", type=int, help="worker processes (default: worker.concurrency)")
 
-    s = sub.add_parser("send", parents=[config], help="C-STORE every DICOM file under DIR to a node")
+    s = sub.add_parser(
+        "send", parents=[config], help="C-STORE every DICOM file under DIR to a node"
+    )
     s.add_argument("directory", type=Path, metavar="DIR")
     s.add_argument("--to", metavar="NAME", help="a destination from the settings")
     s.add_argument("--host")
@@ -145,7 +152,10 @@ def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     for failure in result.failed:
         print(f"failed {failure.sop_instance_uid}: {failure.error}", file=sys.stderr)
     sent = len(result.instances) - len(result.failed)
-    print(f"sent {sent} of {len(result.instances)} instances to {node.ae_title}@{node.host}:{node.port}")
+    print(
+        f"sent {sent} of {len(result.instances)} instances "
+        f"to {node.ae_title}@{node.host}:{node.port}"
+    )
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -163,10 +173,16 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         rows = [
             {
-                "id": j.id, "state": j.state.value, "study_uid": j.study_uid,
-                "accession_number": j.accession_number, "calling_ae": j.calling_ae,
-                "instances": j.instance_count, "attempts": j.attempts, "error": j.error,
-                "pipelines": list(j.pipelines), "outcomes": list(j.outcomes),
+                "id": j.id,
+                "state": j.state.value,
+                "study_uid": j.study_uid,
+                "accession_number": j.accession_number,
+                "calling_ae": j.calling_ae,
+                "instances": j.instance_count,
+                "attempts": j.attempts,
+                "error": j.error,
+                "pipelines": list(j.pipelines),
+                "outcomes": list(j.outcomes),
                 "delivered": list(j.delivered),
                 "received_at": j.received_at.isoformat(),
                 "started_at": j.started_at.isoformat() if j.started_at else None,
@@ -195,7 +211,9 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     pipelines = builtin_pipelines()
     if args.pipeline and args.pipeline not in pipelines:
         known = ", ".join(sorted(pipelines))
-        print(f"pacs-annotator: unknown pipeline {args.pipeline!r} (known: {known})", file=sys.stderr)
+        print(
+            f"pacs-annotator: unknown pipeline {args.pipeline!r} (known: {known})", file=sys.stderr
+        )
         return EXIT_USAGE
     if not args.directory.is_dir():
         print(f"pacs-annotator: {args.directory} is not a directory", file=sys.stderr)

@@ -50,7 +50,11 @@ class Dispatcher:
             job = self._store.mark_queued(job.id)
             log.info(
                 "job %s queued: study %s, accession %s, %d instances from %s",
-                job.id, job.study_uid, job.accession_number, job.instance_count, job.calling_ae,
+                job.id,
+                job.study_uid,
+                job.accession_number,
+                job.instance_count,
+                job.calling_ae,
             )
         return job
 

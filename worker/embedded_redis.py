@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -44,14 +43,28 @@ class EmbeddedRedis:
         self._dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self._dir.resolve()),
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self._dir.resolve()),
             # Queued jobs survive a restart: append-only file, fsync every second.
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            "--daemonize", "no", "--logfile", str((self._dir / "redis.log").resolve()),
-            "--protected-mode", "yes",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str((self._dir / "redis.log").resolve()),
+            "--protected-mode",
+            "yes",
         ]
-        self._proc = subprocess.Popen(args, preexec_fn=child_dies_with_parent)  # noqa: PLW1509
+        self._proc = subprocess.Popen(args, preexec_fn=child_dies_with_parent)
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + self._timeout
         while True:
@@ -62,7 +75,7 @@ class EmbeddedRedis:
             try:
                 if client.ping():
                     break
-            except (redis.ConnectionError, socket.error):
+            except (OSError, redis.ConnectionError):
                 pass
             if time.monotonic() > deadline:
                 self.stop()

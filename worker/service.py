@@ -40,7 +40,9 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def run_scp(settings: Settings, stop: threading.Event, *, child: subprocess.Popen[bytes] | None = None) -> int:
+def run_scp(
+    settings: Settings, stop: threading.Event, *, child: subprocess.Popen[bytes] | None = None
+) -> int:
     """Receive studies and queue a job for each completed one until ``stop`` is set.
 
     ``child`` is a worker process started by ``up``: if it dies, so does the service, so a
@@ -62,7 +64,10 @@ def run_scp(settings: Settings, stop: threading.Event, *, child: subprocess.Pope
     scp.start()
     log.info(
         "SCP %s listening on %s:%d; spool %s",
-        settings.scp.ae_title, settings.scp.host, scp.port, spool.root,
+        settings.scp.ae_title,
+        settings.scp.host,
+        scp.port,
+        spool.root,
     )
     status = 0
     next_recovery = 0.0
@@ -90,7 +95,7 @@ def start_worker_process(config: Path | None, broker_url: str) -> subprocess.Pop
     if config is not None:
         args += ["--config", str(config)]
     env = dict(os.environ, **{f"{ENV_PREFIX}BROKER_URL": broker_url})
-    return subprocess.Popen(args, env=env, preexec_fn=child_dies_with_parent)  # noqa: PLW1509
+    return subprocess.Popen(args, env=env, preexec_fn=child_dies_with_parent)
 
 
 def run_up(settings: Settings, config: Path | None, stop: threading.Event) -> int:

@@ -75,4 +75,3 @@ def register_tasks(app: Celery, settings: Settings) -> None:
             # The edge of the job: record the reason so the admin sees it, then fail loudly.
             rt.store.mark_failed(job_id, f"internal error: {type(exc).__name__}: {exc}")
             raise
-

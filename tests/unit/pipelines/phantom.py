@@ -4,7 +4,8 @@ The objects are defined in patient coordinates (LPS mm), and every voxel centre 
 through the series geometry, so any orientation, spacing or slice order shows the same
 anatomy: an elliptic-cylinder body (40 HU) lying on a separate table plate, two
 ellipsoid lungs (-850 HU), a bone rod (700 HU) where the spine would be and a pocket of
-bowel gas (-1000 HU) below the lungs.
+bowel gas (-1000 HU) below the lungs. Optional ``nodules`` (solid spheres) and ``vessels``
+(solid tubes) of known place and size can be put inside the lungs for detection tests.
 """
 
 from __future__ import annotations
@@ -38,6 +39,26 @@ LUNG_CENTRES = ((-65.0, 5.0, 20.0), (65.0, 5.0, 20.0))
 BONE_CENTRE, BONE_RADIUS = (0.0, 75.0), 12.0  # a rod along z
 GAS_CENTRE, GAS_RADIUS = (0.0, -45.0, -75.0), 15.0
 TABLE_Y = (115.0, 125.0)  # a plate 10 mm below (posterior to) the body, 10 mm air gap
+NODULE_HU = VESSEL_HU = 40
+
+Point = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Nodule:
+    """A solid sphere: centre in patient LPS mm, diameter in mm."""
+
+    centre: Point
+    diameter: float
+
+
+@dataclass(frozen=True)
+class Vessel:
+    """A solid tube (capsule) from ``start`` to ``end`` (LPS mm) of ``diameter`` mm."""
+
+    start: Point
+    end: Point
+    diameter: float
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,8 @@ def make_ct_phantom(
     seed: int = 0,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    nodules: Sequence[Nodule] = (),
+    vessels: Sequence[Vessel] = (),
 ) -> list[Dataset]:
     """CT Image Storage datasets of the phantom (see ``make_ct_phantom_with_truth``)."""
     return make_ct_phantom_with_truth(
@@ -79,6 +102,8 @@ def make_ct_phantom(
         seed=seed,
         study_uid=study_uid,
         series_uid=series_uid,
+        nodules=nodules,
+        vessels=vessels,
     ).datasets
 
 
@@ -94,6 +119,8 @@ def make_ct_phantom_with_truth(
     seed: int = 0,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    nodules: Sequence[Nodule] = (),
+    vessels: Sequence[Vessel] = (),
 ) -> CtPhantom:
     """Build the phantom; the grid is centred on the patient origin.
 
@@ -116,12 +143,17 @@ def make_ct_phantom_with_truth(
         + c[..., None] * pixel_spacing * row_dir
     )
     hu = _anatomy(points[..., 0], points[..., 1], points[..., 2])
+    _add_solids(hu, points, nodules, vessels)
+    del points
     rng = np.random.default_rng(seed)
     noisy = hu + rng.normal(0.0, noise_hu, hu.shape) * (hu > AIR_HU)
     stored = np.clip(np.rint(noisy + 1024.0), 0, 4095).astype(np.uint16)
 
     study_uid = study_uid or derive_uid("phantom-study", str(seed))
-    series_uid = series_uid or derive_uid("phantom-series", str(seed), str(iop), str(slices))
+    extra = [str(n) for n in nodules] + [str(v) for v in vessels]
+    series_uid = series_uid or derive_uid(
+        "phantom-series", str(seed), str(iop), str(slices), *extra
+    )
     order = list(range(slices))
     if shuffle:
         rng.shuffle(order)
@@ -161,6 +193,44 @@ def _anatomy(
     gas = (x - gx) ** 2 + (y - gy) ** 2 + (z - gz) ** 2 <= GAS_RADIUS**2
     hu[gas] = GAS_HU
     return hu
+
+
+def _add_solids(
+    hu: npt.NDArray[np.float32],
+    points: npt.NDArray[np.float64],
+    nodules: Sequence[Nodule],
+    vessels: Sequence[Vessel],
+) -> None:
+    """Paint spheres and tubes, each only over its bounding box (the grid can be large)."""
+    for nodule in nodules:
+        centre = np.array(nodule.centre)
+        radius = nodule.diameter / 2.0
+        box = _box(points, centre - radius, centre + radius)
+        inside = np.linalg.norm(points[box] - centre, axis=-1) <= radius
+        hu[box][inside] = NODULE_HU
+    for vessel in vessels:
+        start, end = np.array(vessel.start), np.array(vessel.end)
+        radius = vessel.diameter / 2.0
+        box = _box(points, np.minimum(start, end) - radius, np.maximum(start, end) + radius)
+        axis = end - start
+        local = points[box] - start
+        t = np.clip(local @ axis / float(axis @ axis), 0.0, 1.0)
+        distance = np.linalg.norm(local - t[..., None] * axis, axis=-1)
+        hu[box][distance <= radius] = VESSEL_HU
+
+
+def _box(
+    points: npt.NDArray[np.float64],
+    low: npt.NDArray[np.float64],
+    high: npt.NDArray[np.float64],
+) -> tuple[slice, slice, slice]:
+    """Index box of the grid points inside [low, high] (axis-aligned grids only)."""
+    inside = np.all((points >= low) & (points <= high), axis=-1)
+    found = np.argwhere(inside)
+    if found.size == 0:
+        return (slice(0, 0), slice(0, 0), slice(0, 0))
+    lo, hi = found.min(axis=0), found.max(axis=0) + 1
+    return (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
 
 
 def _slice_dataset(

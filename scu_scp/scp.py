@@ -1,0 +1,350 @@
+"""Storage SCP: receives studies from the PACS into the durable spool.
+
+Handlers get their dependencies passed in (no globals) and answer with DIMSE statuses:
+0x0000 only once the instance is on disk, 0xA700 when it is not (the PACS retries),
+0xC210 for data we cannot file (kept in quarantine, never dropped). A poller thread seals
+studies that have been quiet long enough and hands them to ``on_complete``.
+
+Logs carry UIDs, AE titles and counts only: never patient name, ID or birth date.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from scu_scp.completion import CompletionTracker
+from scu_scp.models import SpooledStudy
+from scu_scp.spool import Spool
+
+__all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "TRANSFER_SYNTAXES", "StorageSCP"]
+
+LOGGER = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC210
+
+#: Transfer syntaxes accepted for every storage SOP class: what modalities and PACS send.
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still seen)
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+MAXIMUM_PDU_SIZE = 1_048_576  # fewer, larger PDUs: less per-PDU overhead on big images
+ACSE_TIMEOUT = 30.0
+DIMSE_TIMEOUT = 120.0  # one large instance (multi-frame) may take a while
+NETWORK_TIMEOUT = 300.0  # PACS may keep an idle association open between series
+
+
+@dataclass
+class _Receiver:
+    """State shared by the C-STORE handler threads (one per association)."""
+
+    spool: Spool
+    tracker: CompletionTracker
+    paused: bool = False
+    stored: int = 0
+    quarantined: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, *, stored: int = 0, quarantined: int = 0) -> None:
+        with self.lock:
+            self.stored += stored
+            self.quarantined += quarantined
+
+
+def _calling(event: Any) -> tuple[str, str]:
+    requestor = event.assoc.requestor
+    return str(requestor.ae_title).strip(), str(requestor.address)
+
+
+def handle_echo(event: Any) -> int:
+    """C-ECHO: lets the PACS admin verify the node."""
+    ae, host = _calling(event)
+    LOGGER.info("C-ECHO from %s@%s", ae, host)
+    return STATUS_SUCCESS
+
+
+def _quarantine(
+    receiver: _Receiver, event: Any, reason: str, calling_ae: str, log_reason: str | None = None
+) -> int:
+    """Keep the raw bytes with ``reason``; ``log_reason`` is a PHI-free version for the log."""
+    summary = reason if log_reason is None else log_reason
+    try:
+        data = event.encoded_dataset()
+        path = receiver.spool.quarantine(data, reason, calling_ae=calling_ae)
+    except OSError as exc:
+        LOGGER.error("cannot quarantine instance from %s (%s): %s", calling_ae, summary, exc)
+        return STATUS_OUT_OF_RESOURCES
+    receiver.count(quarantined=1)
+    LOGGER.warning("quarantined instance from %s as %s: %s", calling_ae, path.name, summary)
+    return STATUS_CANNOT_UNDERSTAND
+
+
+def handle_store(event: Any, receiver: _Receiver) -> int:
+    """C-STORE: file the instance durably, then answer."""
+    calling_ae, calling_host = _calling(event)
+    if receiver.paused:
+        LOGGER.info("C-STORE from %s refused: receiver paused", calling_ae)
+        return STATUS_OUT_OF_RESOURCES
+    try:
+        ds = event.dataset
+        uids = [ds.get(keyword) for keyword in _UID_KEYWORDS]
+    except Exception as exc:  # noqa: BLE001 - any decode error; pynetdicom would hide it
+        # The message may quote element values: it goes to the reason file, not the log.
+        return _quarantine(
+            receiver,
+            event,
+            f"cannot decode dataset: {type(exc).__name__}: {exc}",
+            calling_ae,
+            log_reason=f"cannot decode dataset ({type(exc).__name__})",
+        )
+    missing = [name for name, uid in zip(_UID_KEYWORDS, uids, strict=True) if not uid]
+    if missing:
+        return _quarantine(receiver, event, f"missing {', '.join(missing)}", calling_ae)
+    study_uid, series_uid, sop_uid = (str(uid) for uid in uids)
+    try:
+        receiver.spool.store(
+            event.encoded_dataset(),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            calling_ae=calling_ae,
+            calling_host=calling_host,
+        )
+    except ValueError as exc:
+        return _quarantine(receiver, event, str(exc), calling_ae)
+    except OSError as exc:
+        LOGGER.error("cannot store %s from %s: %s", sop_uid, calling_ae, exc)
+        return STATUS_OUT_OF_RESOURCES
+    receiver.tracker.touch(study_uid)
+    receiver.count(stored=1)
+    LOGGER.debug("stored %s (study %s) from %s", sop_uid, study_uid, calling_ae)
+    return STATUS_SUCCESS
+
+
+def _log_association(event: Any) -> None:
+    ae, host = _calling(event)
+    LOGGER.info("association %s from %s@%s", event.event.name, ae, host)
+
+
+@dataclass
+class _Retry:
+    study: SpooledStudy
+    attempts: int
+    next_at: float
+
+
+class StorageSCP:
+    """C-ECHO/C-STORE SCP over a :class:`Spool`, calling ``on_complete`` per sealed study."""
+
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        host: str,
+        port: int,
+        spool: Spool,
+        on_complete: Callable[[SpooledStudy], object],
+        quiet_seconds: float,
+        poll_interval: float = 0.5,
+        max_associations: int = 10,
+        retry_initial: float = 1.0,
+        retry_max: float = 300.0,
+    ) -> None:
+        if not 1 <= len(ae_title.strip()) <= 16 or "\\" in ae_title:
+            raise ValueError(f"ae_title must be 1-16 characters without backslash: {ae_title!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0-65535, got {port}")
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
+        if retry_initial <= 0 or retry_max < retry_initial:
+            raise ValueError("retry_initial must be > 0 and retry_max >= retry_initial")
+        self.ae_title = ae_title.strip()
+        self.host = host
+        self._requested_port = port
+        self.spool = spool
+        self.on_complete = on_complete
+        self.poll_interval = poll_interval
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.tracker = CompletionTracker(quiet_seconds)
+        self._receiver = _Receiver(spool=spool, tracker=self.tracker)
+        self._ae = self._build_ae(max_associations)
+        self._server: ThreadedAssociationServer | None = None
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._retries: list[_Retry] = []
+
+    def _build_ae(self, max_associations: int) -> AE:
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
+        ae.acse_timeout = ACSE_TIMEOUT
+        ae.dimse_timeout = DIMSE_TIMEOUT
+        ae.network_timeout = NETWORK_TIMEOUT
+        ae.maximum_associations = max_associations
+        ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
+        return ae
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (the real one when started with port=0)."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self._requested_port
+
+    @property
+    def paused(self) -> bool:
+        """While paused, C-STORE answers 0xA700 so the PACS keeps the study and retries."""
+        return self._receiver.paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._receiver.paused = value
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        """Listen and start sealing; resumes studies left incoming by a previous run."""
+        if self._server is not None:
+            raise RuntimeError("StorageSCP already started")
+        self._seed_from_spool()
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [self._receiver]),
+            (evt.EVT_ACCEPTED, _log_association),
+            (evt.EVT_RELEASED, _log_association),
+            (evt.EVT_ABORTED, _log_association),
+        ]
+        self._server = self._ae.start_server(
+            (self.host, self._requested_port), block=False, evt_handlers=handlers
+        )
+        self._stop.clear()
+        self._poller = threading.Thread(
+            target=self._poll_loop, name=f"scp-completion-{self.ae_title}", daemon=True
+        )
+        self._poller.start()
+        LOGGER.info("storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
+
+    def stop(self) -> None:
+        """Stop accepting, then stop sealing; unsealed studies stay in the spool."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=30)
+            self._poller = None
+        if self._retries:
+            LOGGER.warning(
+                "stopping with %d sealed batches not handed over: %s",
+                len(self._retries),
+                ", ".join(r.study.batch_id for r in self._retries),
+            )
+        LOGGER.info(
+            "storage SCP %s stopped (%d stored, %d quarantined)",
+            self.ae_title,
+            self._receiver.stored,
+            self._receiver.quarantined,
+        )
+
+    def serve_forever(self) -> None:
+        """Start and block until ``stop()`` is called from another thread or Ctrl-C."""
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            LOGGER.info("interrupted")
+        finally:
+            self.stop()
+
+    def force_complete(self, study_uid: str) -> None:
+        """Seal ``study_uid`` at the next poll without waiting for the quiet period."""
+        self.tracker.force(study_uid)
+
+    # -- completion ---------------------------------------------------------------------
+
+    def _seed_from_spool(self) -> None:
+        """Count the quiet period from each pending study's last write, across restarts."""
+        now_clock, now_wall = time.monotonic(), time.time()
+        pending = self.spool.pending()
+        for study_uid, mtime in pending.items():
+            self.tracker.touch(study_uid, at=now_clock - max(0.0, now_wall - mtime))
+        if pending:
+            LOGGER.info("resuming %d incoming studies from the spool", len(pending))
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            self._poll_once()
+
+    def _poll_once(self) -> None:
+        """Seal due studies and hand them over; retry failed hand-overs with backoff."""
+        for study_uid in self.tracker.due():
+            try:
+                study = self.spool.seal(study_uid)
+            except OSError as exc:
+                LOGGER.error("cannot seal study %s, retrying later: %s", study_uid, exc)
+                self.tracker.touch(study_uid)
+                continue
+            if study is not None:
+                LOGGER.info(
+                    "study %s complete: batch %s, %d instances from %s",
+                    study.study_uid,
+                    study.batch_id,
+                    study.instance_count,
+                    study.calling_ae,
+                )
+                self._hand_over(_Retry(study, attempts=0, next_at=0.0))
+        now = time.monotonic()
+        ready = [r for r in self._retries if r.next_at <= now]
+        self._retries = [r for r in self._retries if r.next_at > now]
+        for retry in ready:
+            self._hand_over(retry)
+
+    def _hand_over(self, item: _Retry) -> None:
+        study = item.study
+        try:
+            self.on_complete(study)
+        except Exception as exc:  # a failing consumer must not lose the study
+            item.attempts += 1
+            delay = min(self.retry_max, self.retry_initial * 2 ** (item.attempts - 1))
+            item.next_at = time.monotonic() + delay
+            self._retries.append(item)
+            LOGGER.error(
+                "on_complete failed for study %s batch %s (attempt %d, %s); retry in %.1f s",
+                study.study_uid,
+                study.batch_id,
+                item.attempts,
+                type(exc).__name__,
+                delay,
+            )
+            LOGGER.debug("on_complete failure detail", exc_info=True)

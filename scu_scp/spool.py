@@ -1,0 +1,314 @@
+"""Durable on-disk spool for received DICOM instances.
+
+Layout under ``root``::
+
+    incoming/<study_uid>/study.json                 written once, at the first instance
+    incoming/<study_uid>/<series_uid>/<sop_uid>.dcm
+    studies/<batch_id>/...                          sealed: same layout, study.json completed
+    quarantine/<name>.dcm + <name>.reason.json      data that could not be filed
+    tmp/                                            partial writes (never read)
+
+Every file is written to ``tmp/``, fsynced, renamed into place and its directory fsynced,
+so a success status is only returned to the PACS for data that survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scu_scp.models import SpooledStudy
+
+__all__ = ["METADATA_NAME", "STALE_PARTIAL_SECONDS", "Spool", "UnknownBatchError", "validate_uid"]
+
+LOGGER = logging.getLogger(__name__)
+
+METADATA_NAME = "study.json"
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
+_UID_MAX_LEN = 64
+STALE_PARTIAL_SECONDS = 3600.0
+_BATCH_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
+
+
+class UnknownBatchError(LookupError):
+    """No sealed batch has the requested id."""
+
+
+def validate_uid(value: object, name: str) -> str:
+    """Return ``value`` if it is a DICOM UID; it becomes a path component, so be strict."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} is missing or empty")
+    if len(value) > _UID_MAX_LEN or not _UID_RE.fullmatch(value):
+        raise ValueError(f"{name} is not a valid DICOM UID: {value[:80]!r}")
+    return value
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or file creation inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: Path, stop: Path) -> None:
+    """Create ``path`` and fsync every parent whose entry list changed (up to ``stop``)."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists() and current != stop:
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        _fsync_dir(directory.parent)
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class Spool:
+    """Files received instances by study/series/SOP UID and seals complete studies.
+
+    The lock makes ``store`` and ``seal`` of the same study safe across the SCP's
+    association threads; only the SCP process may store and seal (the lock is not shared
+    between processes). Other processes may read sealed batches.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / "incoming"
+        self.studies = self.root / "studies"
+        self.quarantine_dir = self.root / "quarantine"
+        self.tmp = self.root / "tmp"
+        self._lock = threading.Lock()
+        for directory in (self.incoming, self.studies, self.quarantine_dir, self.tmp):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._discard_partial_writes()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def store(
+        self,
+        data: bytes,
+        *,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        calling_ae: str,
+        calling_host: str,
+    ) -> Path:
+        """Durably file one instance; a repeat of the same SOP instance overwrites it.
+
+        Raises ``ValueError`` for a UID unsafe to use as a path (quarantine the data) and
+        ``OSError`` when the disk write fails (answer 0xA700 so the sender retries).
+        """
+        validate_uid(study_uid, "StudyInstanceUID")
+        validate_uid(series_uid, "SeriesInstanceUID")
+        validate_uid(sop_uid, "SOPInstanceUID")
+        tmp = self._write_tmp(data)
+        try:
+            with self._lock:
+                study_dir = self.incoming / study_uid
+                if not (study_dir / METADATA_NAME).exists():
+                    _makedirs_durable(study_dir, self.root)
+                    meta = {
+                        "study_uid": study_uid,
+                        "calling_ae": calling_ae,
+                        "calling_host": calling_host,
+                        "first_received": _utcnow().isoformat(),
+                    }
+                    self._write_json(study_dir / METADATA_NAME, meta)
+                series_dir = study_dir / series_uid
+                if not series_dir.is_dir():
+                    _makedirs_durable(series_dir, self.root)
+                target = series_dir / f"{sop_uid}.dcm"
+                tmp.replace(target)
+                _fsync_dir(series_dir)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
+    def quarantine(self, data: bytes, reason: str, *, calling_ae: str) -> Path:
+        """Keep data that cannot be filed, with why, so nothing received is dropped."""
+        now = _utcnow()
+        name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
+        target = self.quarantine_dir / f"{name}.dcm"
+        self._write_json(
+            self.quarantine_dir / f"{name}.reason.json",
+            {"reason": reason, "calling_ae": calling_ae, "received": now.isoformat()},
+        )
+        tmp = self._write_tmp(data)
+        tmp.replace(target)
+        _fsync_dir(self.quarantine_dir)
+        return target
+
+    # -- completion ----------------------------------------------------------------------
+
+    def pending(self) -> dict[str, float]:
+        """Study UID -> newest instance mtime (epoch s) of every unsealed study.
+
+        Used at start-up so that the quiet period resumes after a restart.
+        """
+        result: dict[str, float] = {}
+        for study_dir in self._dirs(self.incoming):
+            if not _UID_RE.fullmatch(study_dir.name):
+                LOGGER.warning("ignoring unexpected folder in spool: %s", study_dir)
+                continue
+            mtimes = [p.stat().st_mtime for p in self._instance_files(study_dir)]
+            if mtimes:
+                result[study_dir.name] = max(mtimes)
+        return result
+
+    def seal(self, study_uid: str) -> SpooledStudy | None:
+        """Atomically move an incoming study to ``studies/<batch_id>``.
+
+        Returns ``None`` when nothing is waiting for ``study_uid``. A ``store`` of the same
+        study after the seal starts a fresh incoming folder (and later a new batch).
+        """
+        validate_uid(study_uid, "StudyInstanceUID")
+        with self._lock:
+            source = self.incoming / study_uid
+            if not source.is_dir():
+                return None
+            files = list(self._instance_files(source))
+            if not files:
+                return None
+            meta = self._read_json(source / METADATA_NAME)
+            now = _utcnow()
+            batch_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
+            last = max(p.stat().st_mtime for p in files)
+            meta.setdefault("calling_ae", "")
+            meta.setdefault("calling_host", "")
+            meta.setdefault("first_received", now.isoformat())
+            meta.update(
+                study_uid=study_uid,
+                batch_id=batch_id,
+                last_received=datetime.fromtimestamp(last, UTC).isoformat(),
+                instance_count=len(files),
+                sealed=now.isoformat(),
+            )
+            # Completed metadata first: a crash before the rename leaves a valid incoming
+            # folder whose metadata is simply rewritten by the next seal.
+            self._write_json(source / METADATA_NAME, meta)
+            target = self.studies / batch_id
+            source.rename(target)
+            _fsync_dir(self.incoming)
+            _fsync_dir(self.studies)
+        return self._study_from(target, meta)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def sealed(self) -> list[SpooledStudy]:
+        """Every sealed batch, oldest first (batch ids sort by seal time)."""
+        return [self._load_sealed(d) for d in sorted(self._dirs(self.studies))]
+
+    def open_sealed(self, batch_id: str) -> SpooledStudy:
+        """The sealed batch ``batch_id``; ``UnknownBatchError`` if there is none."""
+        if not _BATCH_RE.fullmatch(batch_id):
+            raise UnknownBatchError(f"not a spool batch id: {batch_id[:80]!r}")
+        path = self.studies / batch_id
+        if not path.is_dir():
+            raise UnknownBatchError(f"no sealed batch {batch_id!r} in {self.studies}")
+        return self._load_sealed(path)
+
+    @staticmethod
+    def instance_paths(study: SpooledStudy) -> list[Path]:
+        """The instance files of a sealed study, sorted by series then SOP UID."""
+        return sorted(Spool._instance_files(study.path))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _load_sealed(self, path: Path) -> SpooledStudy:
+        meta = self._read_json(path / METADATA_NAME)
+        if "instance_count" not in meta or "last_received" not in meta:
+            # Metadata from before the seal completed: recompute from the files.
+            files = list(self._instance_files(path))
+            meta["instance_count"] = len(files)
+            newest = max((p.stat().st_mtime for p in files), default=path.stat().st_mtime)
+            meta["last_received"] = datetime.fromtimestamp(newest, UTC).isoformat()
+        return self._study_from(path, meta)
+
+    @staticmethod
+    def _study_from(path: Path, meta: dict[str, Any]) -> SpooledStudy:
+        first = _parse_time(meta.get("first_received")) or _utcnow()
+        last = _parse_time(meta.get("last_received")) or first
+        return SpooledStudy(
+            batch_id=path.name,
+            study_uid=str(meta.get("study_uid", "")),
+            path=path,
+            calling_ae=str(meta.get("calling_ae", "")),
+            calling_host=str(meta.get("calling_host", "")),
+            first_received=first,
+            last_received=last,
+            instance_count=int(meta.get("instance_count", 0)),
+        )
+
+    @staticmethod
+    def _dirs(parent: Path) -> Iterator[Path]:
+        return (p for p in parent.iterdir() if p.is_dir())
+
+    @staticmethod
+    def _instance_files(study_dir: Path) -> Iterator[Path]:
+        return study_dir.glob("*/*.dcm")
+
+    def _write_tmp(self, data: bytes) -> Path:
+        tmp = self.tmp / f"{secrets.token_hex(8)}.part"
+        try:
+            with tmp.open("xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _write_json(self, target: Path, value: dict[str, Any]) -> None:
+        tmp = self._write_tmp(json.dumps(value, indent=1, sort_keys=True).encode())
+        tmp.replace(target)
+        _fsync_dir(target.parent)
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any]:
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (ValueError, UnicodeDecodeError):
+            LOGGER.warning("unreadable spool metadata %s; using defaults", path)
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def _discard_partial_writes(self) -> None:
+        """Drop partial files a crash left in tmp/: never acknowledged to any sender.
+
+        Only old ones: other processes (workers) open the same spool while the SCP writes.
+        """
+        cutoff = time.time() - STALE_PARTIAL_SECONDS
+        for leftover in self.tmp.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()

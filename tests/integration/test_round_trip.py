@@ -1,0 +1,143 @@
+"""End to end: a study sent from Orthanc comes back to Orthanc with a DICOM SEG, no human step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from tests.conftest import shared_data_path
+from tests.integration.conftest import RunningService
+from tests.support.dicom_validate import dciodvfy_errors
+from tests.support.orthanc import Orthanc, wait_for
+
+pytestmark = pytest.mark.integration
+
+JOB_TIMEOUT = 180.0
+
+
+def _ct_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix == ".dcm")
+
+
+def send_and_wait(orthanc: Orthanc, service: RunningService, study_uid: str) -> dict[str, Any]:
+    """Ask Orthanc to send the study to the annotator; return the job that finished for it."""
+    before = {j["id"] for j in service.jobs() if j["study_uid"] == study_uid}
+    study_id = orthanc.study_id_for_uid(study_uid)
+    assert study_id, f"Orthanc does not hold study {study_uid}"
+    orthanc.store_to_modality("annotator", study_id)
+
+    def finished() -> dict[str, Any] | None:
+        for job in service.jobs():
+            new = job["study_uid"] == study_uid and job["id"] not in before
+            if new and job["state"] in ("done", "failed"):
+                return job
+        return None
+
+    job = wait_for(finished, timeout=JOB_TIMEOUT, interval=0.5, message="job to finish")
+    assert job["state"] == "done", f"job failed: {job['error']}\n{service.log()[-4000:]}"
+    return job
+
+
+def seg_instances(orthanc: Orthanc, study_uid: str) -> list[str]:
+    study_id = orthanc.study_id_for_uid(study_uid)
+    assert study_id
+    ids: list[str] = []
+    for series in orthanc.series_of_study(study_id):
+        if series["MainDicomTags"].get("Modality") == "SEG":
+            ids += series["Instances"]
+    return ids
+
+
+def masks_on_source_grid(seg: Dataset, sources: list[Dataset]) -> dict[str, npt.NDArray[np.bool_]]:
+    """Rebuild each segment's mask on the source slices from the SEG's per-frame positions."""
+    by_position = {
+        tuple(round(float(v), 3) for v in ds.ImagePositionPatient): i
+        for i, ds in enumerate(sources)
+    }
+    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    masks = {label: np.zeros(shape, dtype=bool) for label in labels.values()}
+    pixels = seg.pixel_array.reshape(-1, shape[1], shape[2])
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        position = tuple(
+            round(float(v), 3) for v in item.PlanePositionSequence[0].ImagePositionPatient
+        )
+        assert position in by_position, f"SEG frame at {position} matches no source slice"
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        masks[labels[number]][by_position[position]] |= frame.astype(bool)
+    return masks
+
+
+def fetch_seg(orthanc: Orthanc, study_uid: str, tmp_path: Path) -> tuple[Path, Dataset]:
+    ids = seg_instances(orthanc, study_uid)
+    assert len(ids) == 1, f"expected one SEG in the study, Orthanc holds {len(ids)}"
+    path = orthanc.download_instance(ids[0], tmp_path / "seg.dcm")
+    return path, pydicom.dcmread(path)
+
+
+def check_seg_against_sources(path: Path, seg: Dataset, sources: list[Dataset]) -> None:
+    assert dciodvfy_errors(path) == []
+    assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert seg.SeriesInstanceUID != sources[0].SeriesInstanceUID
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for series in seg.ReferencedSeriesSequence
+        for item in series.ReferencedInstanceSequence
+    }
+    assert referenced == {ds.SOPInstanceUID for ds in sources}
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "ct-basic"
+
+
+def test_real_ct_round_trip_gives_one_plausible_seg(
+    orthanc: Orthanc, service: RunningService, tmp_path: Path
+) -> None:
+    folder = shared_data_path("ct-abdomen-crlm1004")
+    files = _ct_files(folder)
+    for path in files:
+        orthanc.upload(path)
+    sources = [pydicom.dcmread(p) for p in files]
+    sources.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+    study_uid = str(sources[0].StudyInstanceUID)
+
+    job = send_and_wait(orthanc, service, study_uid)
+    assert job["instances"] == len(files)
+    assert job["pipelines"] == ["ct-basic"]
+    assert len(job["delivered"]) == 1
+
+    path, seg = fetch_seg(orthanc, study_uid, tmp_path)
+    assert job["delivered"][0]["sop_instance_uid"] == seg.SOPInstanceUID
+    check_seg_against_sources(path, seg, sources)
+    masks = masks_on_source_grid(seg, sources)
+    spacing = [float(v) for v in sources[0].PixelSpacing]
+    step = abs(
+        float(sources[1].ImagePositionPatient[2]) - float(sources[0].ImagePositionPatient[2])
+    )
+    voxel_ml = spacing[0] * spacing[1] * step / 1000.0
+    body_ml = masks["Body"].sum() * voxel_ml
+    lungs_ml = masks["Lungs"].sum() * voxel_ml
+    assert lungs_ml > 10, f"lungs nearly empty: {lungs_ml:.1f} mL"
+    assert body_ml > 5 * lungs_ml, f"body {body_ml:.0f} mL vs lungs {lungs_ml:.0f} mL"
+    for label, mask in masks.items():
+        outside = int((mask & ~masks["Body"]).sum())
+        assert outside == 0, f"{outside} voxels of {label} lie outside the body"
+
+    # The same study sent again: a second job runs, and the PACS still holds one SEG.
+    second = send_and_wait(orthanc, service, study_uid)
+    assert second["id"] != job["id"]
+    assert [d["sop_instance_uid"] for d in second["delivered"]] == [seg.SOPInstanceUID]
+    assert len(seg_instances(orthanc, study_uid)) == 1
+    skipped = [o for o in second["outcomes"] if o["status"] == "skipped"]
+    assert [o["modality"] for o in skipped] == ["SEG"], "our own SEG, sent back, is skipped"
+
+    log = service.log()
+    for ds in sources[:1]:
+        for value in (ds.get("PatientName"), ds.get("PatientID"), ds.get("PatientBirthDate")):
+            if value and len(str(value)) > 3:
+                assert str(value) not in log, "PHI in the service log"

@@ -1,0 +1,1 @@
+"""Tests for the DICOM edge (scu_scp)."""
