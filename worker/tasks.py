@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from celery import Celery, Task
 
@@ -24,23 +25,26 @@ class _PerProcess:
     child keeps them warm for every later job of that process.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, build: Callable[[], Runtime]) -> None:
+        self._build = build
         self._pid: int | None = None
         self._runtime: Runtime | None = None
 
     def get(self) -> Runtime:
         if self._runtime is None or self._pid != os.getpid():
-            s = self._settings
-            self._runtime = Runtime(
-                settings=s,
-                store=JobStore(s.effective_database_url),
-                spool=Spool(s.spool_dir),
-                pipelines=dict(builtin_pipelines()),
-                send=make_sender(s),
-            )
+            self._runtime = self._build()
             self._pid = os.getpid()
         return self._runtime
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    return Runtime(
+        settings=settings,
+        store=JobStore(settings.effective_database_url),
+        spool=Spool(settings.spool_dir),
+        pipelines=dict(builtin_pipelines()),
+        send=make_sender(settings),
+    )
 
 
 def retry_delay(settings: Settings, retries_so_far: int) -> float:
@@ -48,8 +52,11 @@ def retry_delay(settings: Settings, retries_so_far: int) -> float:
     return float(min(settings.delivery.retry_delay_seconds * 2**retries_so_far, 3600.0))
 
 
-def register_tasks(app: Celery, settings: Settings) -> None:
-    runtime = _PerProcess(settings)
+def register_tasks(
+    app: Celery, settings: Settings, build: Callable[[], Runtime] | None = None
+) -> None:
+    """Define the tasks on ``app``; ``build`` makes a process's runtime (tests pass fakes)."""
+    runtime = _PerProcess(build or (lambda: build_runtime(settings)))
 
     @app.task(  # type: ignore[untyped-decorator]
         name=PROCESS_STUDY,

@@ -15,6 +15,7 @@ from tests.conftest import shared_data_path
 from tests.integration.conftest import RunningService
 from tests.support.dicom_validate import dciodvfy_errors
 from tests.support.orthanc import Orthanc, wait_for
+from tests.unit.pipelines.phantom import make_ct_phantom_with_truth
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +142,29 @@ def test_real_ct_round_trip_gives_one_plausible_seg(
         for value in (ds.get("PatientName"), ds.get("PatientID"), ds.get("PatientBirthDate")):
             if value and len(str(value)) > 3:
                 assert str(value) not in log, "PHI in the service log"
+
+
+def test_phantom_round_trip_measures_known_lung_volume(
+    orthanc: Orthanc, service: RunningService, tmp_path: Path
+) -> None:
+    phantom = make_ct_phantom_with_truth(shuffle=True, seed=7)
+    files = []
+    for i, ds in enumerate(phantom.datasets):
+        path = tmp_path / f"ct{i:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        orthanc.upload(path)
+        files.append(path)
+    sources = sorted(phantom.datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    study_uid = str(sources[0].StudyInstanceUID)
+
+    job = send_and_wait(orthanc, service, study_uid)
+    assert job["instances"] == len(files)
+
+    path, seg = fetch_seg(orthanc, study_uid, tmp_path)
+    check_seg_against_sources(path, seg, sources)
+    masks = masks_on_source_grid(seg, sources)
+    spacing = [float(v) for v in sources[0].PixelSpacing]
+    step = float(sources[1].ImagePositionPatient[2]) - float(sources[0].ImagePositionPatient[2])
+    lungs_ml = masks["Lungs"].sum() * spacing[0] * spacing[1] * step / 1000.0
+    error = abs(lungs_ml - phantom.lung_volume_ml) / phantom.lung_volume_ml
+    assert error < 0.05, f"lungs {lungs_ml:.1f} mL, truth {phantom.lung_volume_ml:.1f} mL"

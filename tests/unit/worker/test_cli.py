@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.unit.pipelines.phantom import make_ct_phantom
+from worker.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+
+
+def test_invalid_config_exits_2_naming_the_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("scp:\n  port: 0\n")
+    assert main(["jobs", "--config", str(config)]) == EXIT_USAGE
+    assert "scp.port" in capsys.readouterr().err
+
+
+def test_run_writes_seg_for_a_local_series(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    series = tmp_path / "series"
+    series.mkdir()
+    for i, ds in enumerate(make_ct_phantom(slices=12, size=64, pixel_spacing=5.5)):
+        ds.save_as(series / f"{i}.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    assert main(["run", str(series), "--out", str(out), "--pipeline", "ct-basic"]) == EXIT_OK
+    written = [pydicom.dcmread(p) for p in out.glob("*.dcm")]
+    assert "SEG" in {ds.Modality for ds in written}
+    assert "ct-basic done" in capsys.readouterr().out
+
+
+def test_run_reports_failure_with_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    series = tmp_path / "series"
+    series.mkdir()
+    datasets = make_ct_phantom(slices=12, size=64, pixel_spacing=5.5)
+    datasets[3].Rows = 32  # a slice of another size: no volume can be formed
+    for i, ds in enumerate(datasets):
+        ds.save_as(series / f"{i}.dcm", enforce_file_format=True)
+    assert main(["run", str(series), "--out", str(tmp_path / "out")]) == EXIT_FAILED
+    assert "failed" in capsys.readouterr().out
+
+
+def test_run_rejects_unknown_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path), "--out", str(tmp_path), "--pipeline", "nope"]) == EXIT_USAGE
+    assert "unknown pipeline 'nope'" in capsys.readouterr().err
+
+
+def test_jobs_lists_nothing_on_a_fresh_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["jobs", "--json"]) == EXIT_OK
+    assert capsys.readouterr().out.strip() == "[]"
+    assert main(["jobs", "--state", "bogus"]) == EXIT_USAGE
+
+
+def test_scp_and_worker_refuse_without_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["scp"]) == EXIT_USAGE
+    assert "broker_url is empty" in capsys.readouterr().err
+    assert main(["worker"]) == EXIT_USAGE

@@ -1,0 +1,211 @@
+"""Running jobs with the real pipelines and spool, and a fake PACS behind the sender seam."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from pydicom.dataset import Dataset
+
+from pipelines.registry import builtin_pipelines
+from scu_scp.models import DeliveryError, DeliveryResult, DicomNode, InstanceResult
+from scu_scp.spool import Spool
+from tests.unit.pipelines.phantom import make_ct_phantom
+from worker import processing
+from worker.dispatch import Dispatcher
+from worker.jobs import JobState, JobStore
+from worker.processing import (
+    NoDestinationError,
+    Runtime,
+    TransientDeliveryError,
+    choose_destinations,
+    process_job,
+)
+from worker.settings import Settings, load_settings
+from worker.tasks import register_tasks
+
+
+class FakePacs:
+    """Records what it receives; can be told to be down or to refuse instances."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str]] = []
+        self.down = False
+        self.refuse = False
+
+    def __call__(self, node: DicomNode, datasets: Sequence[Dataset]) -> DeliveryResult:
+        if self.down:
+            raise DeliveryError(f"cannot reach {node.host}:{node.port}: connection refused")
+        status = 0xA700 if self.refuse else 0x0000
+        results = tuple(
+            InstanceResult(ds.SOPInstanceUID, ds.SOPClassUID, status, "out of resources")
+            for ds in datasets
+        )
+        if not self.refuse:
+            self.received += [(node.ae_title, ds.SOPInstanceUID) for ds in datasets]
+        return DeliveryResult(node.ae_title, results)
+
+
+def make_settings(tmp_path: Path, **extra: Any) -> Settings:
+    return load_settings(
+        None,
+        data_dir=tmp_path / "data",
+        destinations={"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}},
+        **extra,
+    )
+
+
+def spool_study(rt: Runtime, datasets: Sequence[Dataset], calling_ae: str = "ORTHANC") -> str:
+    """Store the datasets as the SCP would, seal the study and record its job; return its id."""
+    for ds in datasets:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        rt.spool.store(
+            buf.getvalue(),
+            study_uid=ds.StudyInstanceUID,
+            series_uid=ds.SeriesInstanceUID,
+            sop_uid=ds.SOPInstanceUID,
+            calling_ae=calling_ae,
+            calling_host="127.0.0.1",
+        )
+    study = rt.spool.seal(datasets[0].StudyInstanceUID)
+    assert study is not None
+    return Dispatcher(rt.store, rt.spool, lambda _id: None).dispatch(study).id
+
+
+@pytest.fixture
+def pacs() -> FakePacs:
+    return FakePacs()
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, pacs: FakePacs) -> Runtime:
+    settings = make_settings(tmp_path)
+    return Runtime(
+        settings=settings,
+        store=JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}"),
+        spool=Spool(settings.spool_dir),
+        pipelines=dict(builtin_pipelines()),
+        send=pacs,
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom() -> list[Dataset]:
+    return make_ct_phantom(slices=16, size=64, pixel_spacing=5.5)
+
+
+def test_job_runs_delivers_and_records_results(
+    runtime: Runtime, pacs: FakePacs, phantom: list[Dataset]
+) -> None:
+    job_id = spool_study(runtime, phantom)
+    job = process_job(runtime, job_id)
+    assert job.state is JobState.DONE, job.error
+    assert job.pipelines and job.attempts == 1
+    assert [d["sop_instance_uid"] for d in job.delivered] == [uid for _, uid in pacs.received]
+    assert {ae for ae, _ in pacs.received} == {"ORTHANC"}
+    assert [o["status"] for o in job.outcomes].count("done") >= 1
+    saved = runtime.settings.results_dir / job_id
+    assert {p.stem for p in saved.glob("*.dcm")} == {uid for _, uid in pacs.received}
+    # A redelivered message for a finished job changes nothing.
+    assert process_job(runtime, job_id).delivered == job.delivered
+    assert len(pacs.received) == len(job.delivered)
+
+
+def test_same_input_twice_gives_the_same_result_uids(
+    runtime: Runtime, pacs: FakePacs, phantom: list[Dataset]
+) -> None:
+    first = process_job(runtime, spool_study(runtime, phantom))
+    second = process_job(runtime, spool_study(runtime, phantom))
+    assert first.id != second.id
+    assert [d["sop_instance_uid"] for d in first.delivered] == [
+        d["sop_instance_uid"] for d in second.delivered
+    ]
+
+
+def test_pacs_down_raises_transient_and_retry_reuses_results(
+    runtime: Runtime, pacs: FakePacs, phantom: list[Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = spool_study(runtime, phantom)
+    pacs.down = True
+    with pytest.raises(TransientDeliveryError, match="connection refused"):
+        process_job(runtime, job_id)
+    assert runtime.store.get(job_id).state is JobState.DELIVERING
+
+    def must_not_run(*_: Any, **__: Any) -> None:
+        raise AssertionError("results were computed again instead of reused")
+
+    monkeypatch.setattr(processing, "annotate_study", must_not_run)
+    pacs.down = False
+    job = process_job(runtime, job_id)
+    assert job.state is JobState.DONE and job.attempts == 2
+    assert len(job.delivered) == len(pacs.received) > 0
+
+
+def test_refused_instances_are_transient_with_the_status(
+    runtime: Runtime, pacs: FakePacs, phantom: list[Dataset]
+) -> None:
+    pacs.refuse = True
+    with pytest.raises(
+        TransientDeliveryError, match=r"refused \d+ of \d+ instances \(first: .*out of resources"
+    ):
+        process_job(runtime, spool_study(runtime, phantom))
+
+
+def test_inconsistent_series_fails_job_with_reason(
+    runtime: Runtime, pacs: FakePacs, phantom: list[Dataset]
+) -> None:
+    broken = [ds.copy() for ds in phantom]
+    del broken[5]  # a missing slice: the spacing is no longer uniform
+    job = process_job(runtime, spool_study(runtime, broken))
+    assert job.state is JobState.FAILED
+    assert job.error and "spacing" in job.error and broken[0].SeriesInstanceUID in job.error
+    assert pacs.received == []
+
+
+def test_unknown_caller_without_default_fails_with_reason(
+    runtime: Runtime, phantom: list[Dataset]
+) -> None:
+    job = process_job(runtime, spool_study(runtime, phantom, calling_ae="SOMEONE_ELSE"))
+    assert job.state is JobState.FAILED
+    assert job.error and "no destination for calling AE 'SOMEONE_ELSE'" in job.error
+
+
+def test_choose_destinations(tmp_path: Path) -> None:
+    dests = {
+        "a": {"ae_title": "A", "host": "h", "port": 1},
+        "b": {"ae_title": "B", "host": "h", "port": 2, "default": True},
+    }
+    settings = load_settings(None, data_dir=tmp_path, destinations=dests)
+    assert [n for n, _ in choose_destinations(settings, "A")] == ["a"]
+    assert [n for n, _ in choose_destinations(settings, "X")] == ["b"]
+    explicit = load_settings(
+        None, data_dir=tmp_path, destinations=dests, delivery={"to": ["a", "b"]}
+    )
+    assert [n for n, _ in choose_destinations(explicit, "A")] == ["a", "b"]
+    none = load_settings(None, data_dir=tmp_path, destinations={"a": dests["a"]})
+    with pytest.raises(NoDestinationError):
+        choose_destinations(none, "X")
+
+
+def test_task_retries_then_fails_with_reason(
+    runtime: Runtime, pacs: FakePacs, phantom: list[Dataset]
+) -> None:
+    """The Celery task itself: bounded retries, then a failed job that says why."""
+    settings = runtime.settings.model_copy(
+        update={"delivery": runtime.settings.delivery.model_copy(update={"max_retries": 2})}
+    )
+    app = Celery("test", broker="memory://", set_as_current=False)
+    app.conf.task_always_eager = True
+    register_tasks(app, settings, build=lambda: runtime)
+    job_id = spool_study(runtime, phantom)
+    pacs.down = True
+    app.tasks["pacs_annotator.process_study"].apply(args=[job_id])
+    job = runtime.store.get(job_id)
+    assert job.state is JobState.FAILED
+    assert job.error and job.error.startswith("delivery failed after 3 attempts")
+    assert job.attempts == 3
