@@ -39,7 +39,9 @@ class RoutingRule:
         )
 
 
-DEFAULT_RULES: tuple[RoutingRule, ...] = (RoutingRule(pipelines=("ct-basic",), modality="CT"),)
+DEFAULT_RULES: tuple[RoutingRule, ...] = (
+    RoutingRule(pipelines=("ct-basic", "ct-lung-nodules"), modality="CT"),
+)
 
 
 def select_pipelines(rules: Sequence[RoutingRule], ds: Dataset) -> tuple[str, ...]:

@@ -4,6 +4,9 @@ Every series ends with exactly one recorded outcome per selected pipeline (or on
 "skipped"/"failed" outcome when none applies), so a job report can say what happened to
 each series and why. Output UIDs are derived from the inputs, so a re-run produces the
 same SOP Instance UIDs and the PACS keeps one copy.
+
+After all series ran, one TID 1500 SR covers every (series, pipeline) that finished: what
+each found, or that it found nothing, so "ran, found nothing" differs from "never ran".
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pipelines.errors import InputError
 from pipelines.findings import Findings
 from pipelines.routing import RoutingRule, select_pipelines
 from pipelines.seg import build_seg, non_empty_segments
+from pipelines.sr import SeriesResult, build_sr
 from pipelines.uids import derive_uid
 from pipelines.volume import Volume, load_series, scan_files
 
@@ -32,6 +36,8 @@ _OutcomeFactory = Callable[[str | None, Status, str | None, tuple[Dataset, ...]]
 
 #: SOP classes that carry pixel data but are results, not images to segment.
 _RESULT_SOP_CLASSES = frozenset({str(SegmentationStorage)})
+#: SeriesNumber of the study's SR (SEGs use source + 1000).
+REPORT_SERIES_NUMBER = 9000
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,16 @@ class SeriesOutcome:
 
 @dataclass(frozen=True)
 class StudyResult:
+    """Outcomes per series and pipeline, plus the study's SR (None when nothing ran)."""
+
     outcomes: tuple[SeriesOutcome, ...]
+    report: Dataset | None = None
 
     @property
     def outputs(self) -> tuple[Dataset, ...]:
-        return tuple(ds for outcome in self.outcomes for ds in outcome.outputs)
+        """Everything to deliver: the SEGs, then the SR."""
+        per_series = tuple(ds for outcome in self.outcomes for ds in outcome.outputs)
+        return per_series if self.report is None else (*per_series, self.report)
 
     @property
     def failures(self) -> tuple[SeriesOutcome, ...]:
@@ -86,10 +97,14 @@ def annotate_study(
         SeriesOutcome("", "", None, "failed", f"unreadable file {bad.path}: {bad.reason}", ())
         for bad in scan.unreadable
     ]
+    results: list[SeriesResult] = []
     for series_uid in sorted(scan.series):
         outcomes.extend(
-            _annotate_series(scan.series[series_uid], rules, pipelines, software_version, only)
+            _annotate_series(
+                scan.series[series_uid], rules, pipelines, software_version, only, results
+            )
         )
+    report = _report(results, software_version, outcomes)
     for outcome in outcomes:
         logger.info(
             "series %s pipeline %s: %s%s",
@@ -98,7 +113,34 @@ def annotate_study(
             outcome.status,
             f" ({outcome.reason})" if outcome.reason else "",
         )
-    return StudyResult(outcomes=tuple(outcomes))
+    return StudyResult(outcomes=tuple(outcomes), report=report)
+
+
+def _report(
+    results: list[SeriesResult], software_version: str, outcomes: list[SeriesOutcome]
+) -> Dataset | None:
+    """The study's SR over every finished result; a failure to write it is an outcome."""
+    if not results:
+        return None
+    sources = {str(ds.SOPInstanceUID): ds for volume, _, _ in results for ds in volume.datasets}
+    keys = sorted(
+        "|".join(_uid_key(volume, findings.algorithm.name, findings.algorithm.version))
+        for volume, findings, _ in results
+    )
+    study_uid = results[0][0].study_uid
+    try:
+        return build_sr(
+            list(sources.values()),
+            results,
+            series_uid=derive_uid("sr-series", study_uid, *keys),
+            sop_uid=derive_uid("sr-instance", study_uid, *keys),
+            series_number=REPORT_SERIES_NUMBER,
+            software_version=software_version,
+        )
+    except ValueError as exc:
+        logger.warning("cannot write the SR for study %s: %s", study_uid, exc)
+        outcomes.append(SeriesOutcome("", "SR", None, "failed", f"cannot write the SR: {exc}", ()))
+        return None
 
 
 def _annotate_series(
@@ -107,7 +149,9 @@ def _annotate_series(
     pipelines: Mapping[str, Pipeline],
     software_version: str,
     only: str | None,
+    collected: list[SeriesResult],
 ) -> list[SeriesOutcome]:
+    """Outcomes of one series; each finished result is appended to ``collected`` for the SR."""
     first = datasets[0]
     series_uid = str(first.SeriesInstanceUID)
     modality = str(first.get("Modality", ""))
@@ -148,7 +192,10 @@ def _annotate_series(
         except InputError as exc:
             results.append(outcome(name, "failed", str(exc), ()))
             continue
-        results.append(_write_results(volume, name, findings, software_version, outcome))
+        written, seg = _write_results(volume, name, findings, software_version, outcome)
+        results.append(written)
+        if written.status == "done":
+            collected.append((volume, findings, seg))
     return results
 
 
@@ -158,11 +205,15 @@ def _write_results(
     findings: Findings,
     software_version: str,
     outcome: _OutcomeFactory,
-) -> SeriesOutcome:
+) -> tuple[SeriesOutcome, Dataset | None]:
+    """The outcome and the SEG (None when the pipeline produced no non-empty segment)."""
     present = non_empty_segments(findings)
     if not present:
-        labels = ", ".join(segment.label for segment in findings.segments) or "none"
-        return outcome(name, "done", f"no findings: every segment is empty ({labels})", ())
+        if findings.is_empty:
+            labels = ", ".join(segment.label for segment in findings.segments)
+            detail = f": every segment is empty ({labels})" if labels else ""
+            return outcome(name, "done", f"no findings{detail}", ()), None
+        return outcome(name, "done", _summary(findings), ()), None
     key = _uid_key(volume, name, findings.algorithm.version)
     try:
         seg = build_seg(
@@ -176,10 +227,20 @@ def _write_results(
     except ValueError as exc:
         # highdicom refuses source headers it cannot derive a valid SEG from.
         logger.warning("cannot write SEG for series %s: %s", volume.series_uid, exc)
-        return outcome(name, "failed", f"cannot write the SEG: {exc}", ())
+        return outcome(name, "failed", f"cannot write the SEG: {exc}", ()), None
     omitted = [segment.label for segment in findings.segments if segment not in present]
     reason = f"empty segments left out: {', '.join(omitted)}" if omitted else None
-    return outcome(name, "done", reason, (seg,))
+    return outcome(name, "done", reason, (seg,)), seg
+
+
+def _summary(findings: Findings) -> str:
+    """What a pipeline without segments reported (the details are in the SR)."""
+    parts = []
+    if findings.detections:
+        parts.append(f"{len(findings.detections)} detection(s)")
+    if findings.classifications:
+        parts.append(f"{len(findings.classifications)} classification(s)")
+    return ", ".join(parts) + " (in the SR)"
 
 
 def _uid_key(volume: Volume, pipeline_name: str, algorithm_version: str) -> tuple[str, ...]:

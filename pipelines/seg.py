@@ -118,7 +118,7 @@ def build_seg(
     )
     # Service version and algorithm version (highdicom's signature takes one string).
     seg.SoftwareVersions = [software_version, algorithm.version]  # type: ignore[assignment]
-    _copy_required_source_attributes(volume.datasets[0], seg)
+    copy_required_source_attributes(volume.datasets[0], seg)
     logger.info(
         "built SEG %s for series %s: %d segment(s), %d frame(s)",
         sop_uid,
@@ -129,19 +129,19 @@ def build_seg(
     return seg
 
 
-def _copy_required_source_attributes(source: Dataset, seg: Dataset) -> None:
+def copy_required_source_attributes(source: Dataset, target: Dataset) -> None:
     """Copy what must accompany copied patient attributes (e.g. de-identification method).
 
     A source with PatientIdentityRemoved=YES requires DeidentificationMethod or its code
-    sequence; highdicom does not copy them, so without this the SEG would fail dciodvfy.
+    sequence; highdicom does not copy them, so without this a SEG or SR would fail dciodvfy.
     """
     for keyword in _DEIDENTIFICATION_KEYWORDS:
-        if keyword in source and keyword not in seg:
-            setattr(seg, keyword, source[keyword].value)
-    if seg.get("PatientIdentityRemoved") == "YES" and not (
-        "DeidentificationMethod" in seg or "DeidentificationMethodCodeSequence" in seg
+        if keyword in source and keyword not in target:
+            setattr(target, keyword, source[keyword].value)
+    if target.get("PatientIdentityRemoved") == "YES" and not (
+        "DeidentificationMethod" in target or "DeidentificationMethodCodeSequence" in target
     ):
-        seg.DeidentificationMethod = "unknown (not stated by the source images)"
+        target.DeidentificationMethod = "unknown (not stated by the source images)"
 
 
 def _tracking_uid(sop_uid: str, segment_number: int) -> str:

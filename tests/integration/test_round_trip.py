@@ -45,12 +45,12 @@ def send_and_wait(orthanc: Orthanc, service: RunningService, study_uid: str) -> 
     return job
 
 
-def seg_instances(orthanc: Orthanc, study_uid: str) -> list[str]:
+def instances_of_modality(orthanc: Orthanc, study_uid: str, modality: str) -> list[str]:
     study_id = orthanc.study_id_for_uid(study_uid)
     assert study_id
     ids: list[str] = []
     for series in orthanc.series_of_study(study_id):
-        if series["MainDicomTags"].get("Modality") == "SEG":
+        if series["MainDicomTags"].get("Modality") == modality:
             ids += series["Instances"]
     return ids
 
@@ -75,11 +75,29 @@ def masks_on_source_grid(seg: Dataset, sources: list[Dataset]) -> dict[str, npt.
     return masks
 
 
-def fetch_seg(orthanc: Orthanc, study_uid: str, tmp_path: Path) -> tuple[Path, Dataset]:
-    ids = seg_instances(orthanc, study_uid)
-    assert len(ids) == 1, f"expected one SEG in the study, Orthanc holds {len(ids)}"
-    path = orthanc.download_instance(ids[0], tmp_path / "seg.dcm")
+def fetch_one(
+    orthanc: Orthanc, study_uid: str, modality: str, tmp_path: Path
+) -> tuple[Path, Dataset]:
+    ids = instances_of_modality(orthanc, study_uid, modality)
+    assert len(ids) == 1, f"expected one {modality} in the study, Orthanc holds {len(ids)}"
+    path = orthanc.download_instance(ids[0], tmp_path / f"{modality}.dcm")
     return path, pydicom.dcmread(path)
+
+
+def check_sr_references_resolve(orthanc: Orthanc, path: Path, sr: Dataset, seg: Dataset) -> None:
+    """The SR is valid, and every instance it references is held by the PACS."""
+    assert dciodvfy_errors(path) == []
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert seg.SOPInstanceUID in referenced
+    for uid in referenced:
+        found = orthanc.post_json("/tools/lookup", uid)
+        assert any(r["Type"] == "Instance" for r in found), f"SR references {uid}, not in PACS"
 
 
 def check_seg_against_sources(path: Path, seg: Dataset, sources: list[Dataset]) -> None:
@@ -109,12 +127,14 @@ def test_real_ct_round_trip_gives_one_plausible_seg(
 
     job = send_and_wait(orthanc, service, study_uid)
     assert job["instances"] == len(files)
-    assert job["pipelines"] == ["ct-basic"]
-    assert len(job["delivered"]) == 1
+    assert job["pipelines"] == ["ct-basic", "ct-lung-nodules"]
 
-    path, seg = fetch_seg(orthanc, study_uid, tmp_path)
-    assert job["delivered"][0]["sop_instance_uid"] == seg.SOPInstanceUID
+    path, seg = fetch_one(orthanc, study_uid, "SEG", tmp_path)
+    sr_path, sr = fetch_one(orthanc, study_uid, "SR", tmp_path)
+    delivered = [d["sop_instance_uid"] for d in job["delivered"]]
+    assert sorted(delivered) == sorted([seg.SOPInstanceUID, sr.SOPInstanceUID])
     check_seg_against_sources(path, seg, sources)
+    check_sr_references_resolve(orthanc, sr_path, sr, seg)
     masks = masks_on_source_grid(seg, sources)
     spacing = [float(v) for v in sources[0].PixelSpacing]
     step = abs(
@@ -129,13 +149,14 @@ def test_real_ct_round_trip_gives_one_plausible_seg(
         outside = int((mask & ~masks["Body"]).sum())
         assert outside == 0, f"{outside} voxels of {label} lie outside the body"
 
-    # The same study sent again: a second job runs, and the PACS still holds one SEG.
+    # The same study sent again: a second job runs, and the PACS still holds one SEG and SR.
     second = send_and_wait(orthanc, service, study_uid)
     assert second["id"] != job["id"]
-    assert [d["sop_instance_uid"] for d in second["delivered"]] == [seg.SOPInstanceUID]
-    assert len(seg_instances(orthanc, study_uid)) == 1
-    skipped = [o for o in second["outcomes"] if o["status"] == "skipped"]
-    assert [o["modality"] for o in skipped] == ["SEG"], "our own SEG, sent back, is skipped"
+    assert sorted(d["sop_instance_uid"] for d in second["delivered"]) == sorted(delivered)
+    assert len(instances_of_modality(orthanc, study_uid, "SEG")) == 1
+    assert len(instances_of_modality(orthanc, study_uid, "SR")) == 1
+    skipped = {o["modality"] for o in second["outcomes"] if o["status"] == "skipped"}
+    assert skipped == {"SEG", "SR"}, "our own results, sent back, are skipped"
 
     log = service.log()
     for ds in sources[:1]:
@@ -160,7 +181,7 @@ def test_phantom_round_trip_measures_known_lung_volume(
     job = send_and_wait(orthanc, service, study_uid)
     assert job["instances"] == len(files)
 
-    path, seg = fetch_seg(orthanc, study_uid, tmp_path)
+    path, seg = fetch_one(orthanc, study_uid, "SEG", tmp_path)
     check_seg_against_sources(path, seg, sources)
     masks = masks_on_source_grid(seg, sources)
     spacing = [float(v) for v in sources[0].PixelSpacing]

@@ -6,10 +6,11 @@ import pytest
 from pydicom.dataset import Dataset
 
 from pipelines.ct_basic import CtBasicPipeline
+from pipelines.ct_lung_nodules import CtLungNodulesPipeline
 from pipelines.findings import Findings
 from pipelines.volume import Volume, load_series, read_series
 from tests.conftest import shared_data_path
-from tests.unit.pipelines.phantom import CtPhantom, make_ct_phantom_with_truth
+from tests.unit.pipelines.phantom import CtPhantom, make_ct_phantom_with_truth, make_nodule_phantom
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,24 @@ def real_volume(real_ct_datasets: list[Dataset]) -> Volume:
 @pytest.fixture(scope="session")
 def real_findings(real_volume: Volume) -> Findings:
     return CtBasicPipeline().run(real_volume)
+
+
+@pytest.fixture(scope="session")
+def nodule_phantom() -> CtPhantom:
+    """The thin-slice phantom with known nodules and vessels. Do not mutate it."""
+    return make_nodule_phantom()
+
+
+@pytest.fixture(scope="session")
+def nodule_volume(nodule_phantom: CtPhantom) -> Volume:
+    return load_series(nodule_phantom.datasets)
+
+
+@pytest.fixture(scope="session")
+def nodule_findings(nodule_volume: Volume) -> Findings:
+    return CtLungNodulesPipeline().run(nodule_volume)
+
+
+@pytest.fixture(scope="session")
+def nodule_basic_findings(nodule_volume: Volume) -> Findings:
+    return CtBasicPipeline().run(nodule_volume)

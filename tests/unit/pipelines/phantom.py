@@ -297,3 +297,34 @@ def _slice_dataset(
     ds.WindowWidth = 400
     ds.PixelData = pixels.tobytes()
     return ds
+
+
+#: Solid spheres inside the phantom's lungs (away from the pleura and from the vessels).
+LUNG_NODULES: tuple[Nodule, ...] = (
+    Nodule((-65.0, 5.0, 20.0), 20.0),
+    Nodule((-70.0, -25.0, -20.0), 10.0),
+    Nodule((-55.0, 30.0, 45.0), 6.0),
+    Nodule((60.0, -20.0, 40.0), 8.0),
+    Nodule((70.0, 20.0, -5.0), 15.0),
+    Nodule((50.0, 10.0, 10.0), 4.0),
+)
+#: A cranio-caudal vessel, an oblique one and a short (22 mm) oblique branch: not nodules.
+LUNG_VESSELS: tuple[Vessel, ...] = (
+    Vessel((-85.0, -10.0, -30.0), (-85.0, -10.0, 50.0), 4.0),
+    Vessel((45.0, -35.0, 0.0), (85.0, 35.0, 20.0), 3.0),
+    Vessel((-45.0, -10.0, -10.0), (-38.0, 8.0, 0.0), 3.0),
+)
+
+
+def make_nodule_phantom(*, seed: int = 11, study_uid: str | None = None) -> CtPhantom:
+    """A thin-slice chest phantom (1.5 mm pixels, 2 mm slices) with nodules and vessels."""
+    return make_ct_phantom_with_truth(
+        slices=60,
+        size=224,
+        pixel_spacing=1.5,
+        slice_spacing=2.0,
+        seed=seed,
+        study_uid=study_uid,
+        nodules=LUNG_NODULES,
+        vessels=LUNG_VESSELS,
+    )

@@ -19,7 +19,7 @@ def _ds(modality: str, description: str | None = None, body_part: str | None = N
 
 
 def test_default_rules_send_ct_to_ct_basic_only() -> None:
-    assert select_pipelines(DEFAULT_RULES, _ds("CT")) == ("ct-basic",)
+    assert select_pipelines(DEFAULT_RULES, _ds("CT")) == ("ct-basic", "ct-lung-nodules")
     assert select_pipelines(DEFAULT_RULES, _ds("SEG")) == ()
     assert select_pipelines(DEFAULT_RULES, _ds("MR")) == ()
 

@@ -15,9 +15,11 @@ from pipelines.base import Pipeline
 from pipelines.ct_basic import CtBasicPipeline
 from pipelines.errors import InputError
 from pipelines.findings import Algorithm, Findings, Segment
+from pipelines.registry import builtin_pipelines
 from pipelines.routing import DEFAULT_RULES, RoutingRule
 from pipelines.runner import StudyResult, annotate_study
 from pipelines.volume import Volume
+from tests.support.dicom_validate import dciodvfy_errors
 from tests.unit.pipelines.phantom import make_ct_phantom
 
 STUDY_UID = "2.25.4242"
@@ -46,51 +48,84 @@ def study_dir(tmp_path: Path) -> Path:
 def _run(folder: Path, **kwargs: object) -> StudyResult:
     options: dict[str, object] = {
         "rules": DEFAULT_RULES,
-        "pipelines": {"ct-basic": CtBasicPipeline()},
+        "pipelines": builtin_pipelines(),
         "software_version": "0.0.1",
     }
     options.update(kwargs)
     return annotate_study(sorted(folder.iterdir()), **options)  # type: ignore[arg-type]
 
 
+def _seg_and_sr(result: StudyResult) -> tuple[Dataset, Dataset]:
+    seg, sr = result.outputs
+    assert (seg.Modality, sr.Modality) == ("SEG", "SR")
+    assert result.report is sr
+    return seg, sr
+
+
 def test_ct_series_gets_one_seg_and_reruns_give_identical_uids(study_dir: Path) -> None:
     first, second = _run(study_dir), _run(study_dir)
-    assert [o.status for o in first.outcomes] == ["done"]
-    assert first.outcomes[0].pipeline == "ct-basic"
+    assert [(o.pipeline, o.status) for o in first.outcomes] == [
+        ("ct-basic", "done"),
+        ("ct-lung-nodules", "done"),
+    ]
     assert first.outcomes[0].modality == "CT"
-    [seg] = first.outputs
-    [again] = second.outputs
-    assert seg.Modality == "SEG"
-    assert seg.StudyInstanceUID == STUDY_UID
+    seg, sr = _seg_and_sr(first)
+    again, sr_again = _seg_and_sr(second)
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == STUDY_UID
     assert (seg.SOPInstanceUID, seg.SeriesInstanceUID) == (
         again.SOPInstanceUID,
         again.SeriesInstanceUID,
     )
+    assert (sr.SOPInstanceUID, sr.SeriesInstanceUID) == (
+        sr_again.SOPInstanceUID,
+        sr_again.SeriesInstanceUID,
+    )
     assert seg.SeriesInstanceUID != first.outcomes[0].series_uid
+    assert len({seg.SeriesInstanceUID, sr.SeriesInstanceUID, first.outcomes[0].series_uid}) == 3
+    path = study_dir.parent / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    algorithms = {
+        item.ManufacturerModelName
+        for item in sr.ContributingEquipmentSequence
+        if "ManufacturerModelName" in item
+    }
+    assert {"ct-basic", "ct-lung-nodules"} <= algorithms
+    # ct-basic's segments and ct-lung-nodules' "nothing found" are both in the SR.
+    codes_found = {
+        item.ConceptCodeSequence[0].CodeValue
+        for group in _groups(sr)
+        for item in group.ContentSequence
+        if item.ValueType == "CODE"
+    }
+    assert {"39607008", "373572006"} <= codes_found
 
 
 def test_different_input_gives_different_uids(study_dir: Path, tmp_path: Path) -> None:
     other = make_ct_phantom(slices=40, size=96, pixel_spacing=3.5, seed=7, study_uid=STUDY_UID)
     _save(other, tmp_path / "other", "ct")
-    [a], [b] = _run(study_dir).outputs, _run(tmp_path / "other").outputs
-    assert a.SOPInstanceUID != b.SOPInstanceUID
+    first, other = _run(study_dir).outputs, _run(tmp_path / "other").outputs
+    assert {ds.SOPInstanceUID for ds in first}.isdisjoint(ds.SOPInstanceUID for ds in other)
 
 
-def test_our_seg_coming_back_is_skipped(study_dir: Path) -> None:
-    [seg] = _run(study_dir).outputs
+def test_our_seg_and_sr_coming_back_are_skipped(study_dir: Path) -> None:
+    seg, sr = _seg_and_sr(_run(study_dir))
     seg.save_as(study_dir / "seg.dcm", enforce_file_format=True)
+    sr.save_as(study_dir / "sr.dcm", enforce_file_format=True)
 
     result = _run(study_dir)
 
-    [skipped] = result.skipped
-    assert skipped.modality == "SEG"
-    assert skipped.reason == "no routing rule matches modality SEG"
-    assert [o.status for o in result.outcomes if o.modality == "CT"] == ["done"]
-    assert [ds.SOPInstanceUID for ds in result.outputs] == [seg.SOPInstanceUID]
+    skipped = {o.modality: o.reason for o in result.skipped}
+    assert skipped == {
+        "SEG": "no routing rule matches modality SEG",
+        "SR": "no routing rule matches modality SR",
+    }
+    assert [o.status for o in result.outcomes if o.modality == "CT"] == ["done", "done"]
+    assert [ds.SOPInstanceUID for ds in result.outputs] == [seg.SOPInstanceUID, sr.SOPInstanceUID]
 
 
 def test_seg_is_skipped_even_by_a_catch_all_rule(study_dir: Path) -> None:
-    [seg] = _run(study_dir).outputs
+    seg, _ = _seg_and_sr(_run(study_dir))
     seg.save_as(study_dir / "seg.dcm", enforce_file_format=True)
     result = _run(study_dir, rules=[RoutingRule(pipelines=("ct-basic",))])
     [skipped] = result.skipped
@@ -108,7 +143,7 @@ def test_unreadable_files_are_recorded_and_the_rest_runs(study_dir: Path) -> Non
     assert len(reasons) == 2
     assert "garbage.dcm" in reasons[0] and "truncated.dcm" in reasons[1]
     assert all(o.series_uid == "" and o.pipeline is None for o in result.failures)
-    assert len(result.outputs) == 1
+    _seg_and_sr(result)
 
 
 def test_bad_series_fails_alone(study_dir: Path, tmp_path: Path) -> None:
@@ -118,11 +153,17 @@ def test_bad_series_fails_alone(study_dir: Path, tmp_path: Path) -> None:
 
     result = _run(study_dir)
 
-    [failure] = result.failures
-    assert failure.series_uid == broken[0].SeriesInstanceUID
-    assert failure.pipeline == "ct-basic"
-    assert failure.reason is not None and "slice spacing is not uniform" in failure.reason
-    assert len(result.outputs) == 1
+    failures = result.failures
+    assert [f.pipeline for f in failures] == ["ct-basic", "ct-lung-nodules"]
+    for failure in failures:
+        assert failure.series_uid == broken[0].SeriesInstanceUID
+        assert failure.reason is not None and "slice spacing is not uniform" in failure.reason
+    _, sr = _seg_and_sr(result)
+    assert broken[0].SeriesInstanceUID not in {
+        series.SeriesInstanceUID
+        for evidence in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in evidence.ReferencedSeriesSequence
+    }
 
 
 @dataclass
@@ -146,12 +187,55 @@ def _fake(refuse: bool = False) -> Pipeline:
     return _FakePipeline("fake", Algorithm("fake", "1"), frozenset({"CT"}), refuse)
 
 
-def test_nothing_found_is_done_without_output(study_dir: Path) -> None:
+def test_nothing_found_is_done_without_seg_but_the_sr_says_so(study_dir: Path) -> None:
     result = _run(study_dir, pipelines={"fake": _fake()}, rules=(), only="fake")
     [outcome] = result.outcomes
     assert outcome.status == "done"
     assert outcome.outputs == ()
     assert outcome.reason is not None and "no findings" in outcome.reason
+    [sr] = result.outputs
+    assert sr is result.report and sr.Modality == "SR"
+    [group] = _groups(sr)
+    assert _statements(group) == [("Finding", "Clinical finding absent")]
+    assert _tracking_identifier(group).startswith("No findings (fake, series 3)")
+    again = _run(study_dir, pipelines={"fake": _fake()}, rules=(), only="fake").report
+    assert again is not None and again.SOPInstanceUID == sr.SOPInstanceUID
+
+
+def test_no_sr_when_no_series_was_processed(study_dir: Path) -> None:
+    result = _run(study_dir, rules=[RoutingRule(pipelines=("ct-basic",), modality="MR")])
+    assert [o.status for o in result.outcomes] == ["skipped"]
+    assert result.report is None and result.outputs == ()
+
+
+def test_refused_series_is_not_reported_as_examined(study_dir: Path) -> None:
+    result = _run(study_dir, pipelines={"fake": _fake(refuse=True)}, rules=(), only="fake")
+    assert [o.status for o in result.outcomes] == ["failed"]
+    assert result.report is None
+
+
+def _groups(sr: Dataset) -> list[Dataset]:
+    [container] = [
+        item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]
+    return list(container.ContentSequence)
+
+
+def _statements(group: Dataset) -> list[tuple[str, str]]:
+    return [
+        (item.ConceptNameCodeSequence[0].CodeMeaning, item.ConceptCodeSequence[0].CodeMeaning)
+        for item in group.ContentSequence
+        if item.ValueType == "CODE" and item.RelationshipType == "CONTAINS"
+    ]
+
+
+def _tracking_identifier(group: Dataset) -> str:
+    [text] = [
+        str(item.TextValue)
+        for item in group.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "112039"
+    ]
+    return text
 
 
 def test_pipeline_input_error_fails_the_series(study_dir: Path) -> None:

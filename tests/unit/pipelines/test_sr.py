@@ -1,0 +1,355 @@
+"""TID 1500 SR: dciodvfy-clean, reads back with highdicom, shaped like dcmqi's and highdicom's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from pipelines.findings import Algorithm, Classification, Findings, Segment
+from pipelines.measurements import measure_segment
+from pipelines.seg import build_seg, non_empty_segments
+from pipelines.sr import CLASSIFICATION, NO_FINDING, build_sr
+from pipelines.volume import Volume
+from tests.conftest import shared_data_path
+from tests.support.dicom_validate import dciodvfy_errors
+
+SR_SERIES, SR_SOP = "2.25.7001", "2.25.7002"
+
+
+def _sr(volume: Volume, *results: tuple[Findings, Dataset | None]) -> Dataset:
+    return build_sr(
+        volume.datasets,
+        [(volume, findings, seg) for findings, seg in results],
+        series_uid=SR_SERIES,
+        sop_uid=SR_SOP,
+        series_number=9000,
+        software_version="9.9.9",
+    )
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nodule_seg(nodule_volume: Volume, nodule_basic_findings: Findings) -> Dataset:
+    return build_seg(
+        nodule_volume,
+        nodule_basic_findings,
+        series_uid="2.25.7003",
+        sop_uid="2.25.7004",
+        series_number=1003,
+        software_version="9.9.9",
+    )
+
+
+@pytest.fixture(scope="module")
+def sr_path(
+    tmp_path_factory: pytest.TempPathFactory,
+    nodule_volume: Volume,
+    nodule_basic_findings: Findings,
+    nodule_findings: Findings,
+    nodule_seg: Dataset,
+) -> Path:
+    sr = _sr(nodule_volume, (nodule_basic_findings, nodule_seg), (nodule_findings, None))
+    return _save(sr, tmp_path_factory.mktemp("sr") / "sr.dcm")
+
+
+def _nothing(volume: Volume) -> Findings:
+    empty = Segment(
+        "Lesion",
+        np.zeros(volume.voxels.shape, dtype=bool),
+        codes.SCT.MorphologicallyAbnormalStructure,
+        codes.SCT.Lesion,
+    )
+    return Findings(Algorithm("finds-nothing", "2.0"), segments=(empty,))
+
+
+def test_sr_with_findings_passes_dciodvfy(sr_path: Path) -> None:
+    assert dciodvfy_errors(sr_path) == []
+
+
+def test_finding_free_sr_passes_dciodvfy_and_says_nothing_was_found(
+    tmp_path: Path, phantom_volume: Volume
+) -> None:
+    path = _save(_sr(phantom_volume, (_nothing(phantom_volume), None)), tmp_path / "sr.dcm")
+    assert dciodvfy_errors(path) == []
+    report = hd.sr.srread(path).content
+    [group] = report.get_image_measurement_groups()
+    assert group.finding_type == NO_FINDING
+    assert group.tracking_identifier == "No findings (finds-nothing, series 3)"
+    algorithm = {
+        item.ConceptNameCodeSequence[0].CodeMeaning: item.TextValue
+        for item in group[0].ContentSequence
+        if item.ValueType == "TEXT"
+    }
+    assert algorithm["Algorithm Name"] == "finds-nothing"
+    assert algorithm["Algorithm Version"] == "2.0"
+    referenced = {image.referenced_sop_instance_uid for image in group.source_images}
+    assert referenced == {ds.SOPInstanceUID for ds in phantom_volume.datasets}
+    assert report.get_volumetric_roi_measurement_groups() == []
+
+
+def test_detections_read_back(
+    sr_path: Path, nodule_volume: Volume, nodule_findings: Findings
+) -> None:
+    report = hd.sr.srread(sr_path).content
+    groups = report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Nodule)
+    assert len(groups) == len(nodule_findings.detections) >= 5
+    half_voxel = 0.5 * min(nodule_volume.spacing)
+    frame = nodule_volume.datasets[0].FrameOfReferenceUID
+    uids = set()
+    for group, detection in zip(groups, nodule_findings.detections, strict=True):
+        assert group.tracking_identifier == f"{detection.label} (ct-lung-nodules, series 3)"
+        uids.add(group.tracking_uid)
+        assert isinstance(group.roi, hd.sr.VolumeSurface)
+        assert group.roi.graphic_type == hd.sr.GraphicTypeValues3D.POINT
+        assert group.roi.frame_of_reference_uid == frame
+        [point] = group.roi.graphic_data
+        assert np.abs(np.array(point) - detection.centre_mm).max() < half_voxel
+        [site] = group.finding_sites
+        assert site.value == detection.finding_site
+        [diameter] = group.get_measurements(name=codes.SCT.LongAxis)
+        assert diameter.value == detection.longest_diameter_mm
+        assert diameter.unit.value == "mm"
+        [volume] = group.get_measurements(name=codes.SCT.Volume)
+        assert volume.value == detection.volume_mm3
+        assert volume.unit.value == "mm3"
+        [score] = group.get_measurements(name=codes.SCT.Score)
+        assert score.value == detection.score
+        assert score.unit.value == "1"
+    assert len(uids) == len(groups)
+
+
+def test_segments_read_back_with_their_seg_reference(
+    sr_path: Path, nodule_volume: Volume, nodule_basic_findings: Findings, nodule_seg: Dataset
+) -> None:
+    report = hd.sr.srread(sr_path).content
+    groups = report.get_volumetric_roi_measurement_groups(
+        reference_type=codes.DCM.ReferencedSegment
+    )
+    segments = non_empty_segments(nodule_basic_findings)
+    assert len(groups) == len(segments) == 3
+    for number, (group, segment) in enumerate(zip(groups, segments, strict=True), start=1):
+        reference = group.roi if group.referenced_segment is None else group.referenced_segment
+        assert isinstance(reference, hd.sr.ReferencedSegment)
+        assert reference.referenced_sop_instance_uid == nodule_seg.SOPInstanceUID
+        assert reference.referenced_segment_numbers == [number]
+        seg_item = nodule_seg.SegmentSequence[number - 1]
+        assert seg_item.SegmentLabel == segment.label
+        assert group.tracking_uid == seg_item.TrackingUID
+        assert group.finding_type == segment.property_type
+        expected = measure_segment(nodule_volume, segment)
+        [volume] = group.get_measurements(name=codes.SCT.Volume)
+        assert volume.value == pytest.approx(expected.volume_ml, rel=1e-9)
+        assert volume.unit.value == "ml"
+        [mean] = group.get_measurements(name=codes.DCM.AttenuationCoefficient)
+        assert mean.value == pytest.approx(expected.mean_hu, rel=1e-9)
+        assert mean.unit.value == "[hnsf'U]"
+
+
+def test_provenance_evidence_and_procedure(
+    sr_path: Path, nodule_volume: Volume, nodule_seg: Dataset
+) -> None:
+    sr = hd.sr.srread(sr_path)
+    assert (sr.SOPInstanceUID, sr.SeriesInstanceUID) == (SR_SOP, SR_SERIES)
+    assert sr.StudyInstanceUID == nodule_volume.study_uid
+    assert sr.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    observers = sr.content.get_observer_contexts(observer_type=codes.DCM.Device)
+    names = [o.observer_identifying_attributes.name for o in observers]
+    assert names == ["ct-basic", "ct-lung-nodules"]
+    equipment = {
+        e.ManufacturerModelName: e
+        for e in sr.ContributingEquipmentSequence
+        if e.get("ManufacturerModelName") in names
+    }
+    assert set(equipment) == set(names)
+    for item in equipment.values():
+        assert list(item.SoftwareVersions) == ["9.9.9", "0.1.0"]
+        assert item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    [procedure] = [
+        item.ConceptCodeSequence[0]
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "121058"
+    ]
+    assert (procedure.CodeValue, procedure.CodingSchemeDesignator) == ("24627-2", "LN")
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    sources = {ds.SOPInstanceUID for ds in nodule_volume.datasets}
+    assert evidence == sources | {nodule_seg.SOPInstanceUID}
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+
+
+def _root_shape(ds: Dataset) -> dict[str, object]:
+    template = ds.ContentTemplateSequence[0]
+    containers = [i for i in ds.ContentSequence if i.ValueType == "CONTAINER"]
+    [measurements] = [i for i in containers if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    group = measurements.ContentSequence[0]
+    return {
+        "template": (template.MappingResource, template.TemplateIdentifier),
+        "root": _code(ds.ConceptNameCodeSequence[0]),
+        "group": _code(group.ConceptNameCodeSequence[0]),
+        "tracking": {
+            _code(i.ConceptNameCodeSequence[0])
+            for i in group.ContentSequence
+            if i.RelationshipType == "HAS OBS CONTEXT"
+        },
+        "language": _code(ds.ContentSequence[0].ConceptNameCodeSequence[0]),
+        "procedure": any(
+            _code(i.ConceptNameCodeSequence[0]) == ("121058", "DCM") for i in ds.ContentSequence
+        ),
+        "observer": any(
+            _code(i.ConceptNameCodeSequence[0]) == ("121005", "DCM") for i in ds.ContentSequence
+        ),
+        "evidence": "CurrentRequestedProcedureEvidenceSequence" in ds,
+    }
+
+
+def _code(item: Dataset) -> tuple[str, str]:
+    return str(item.CodeValue), str(item.CodingSchemeDesignator)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        ("dcmqi", "sr-example", "sr.dcm"),
+        ("highdicom", "sr_document_with_multiple_groups.dcm"),
+    ],
+)
+def test_structure_matches_established_writers(sr_path: Path, reference: tuple[str, ...]) -> None:
+    theirs = pydicom.dcmread(shared_data_path("reference-seg-sr", *reference))
+    ours = pydicom.dcmread(sr_path)
+    shape, expected = _root_shape(ours), _root_shape(theirs)
+    # dcmqi adds session and time point context to its groups; both have tracking.
+    assert {("112039", "DCM"), ("112040", "DCM")} <= shape.pop("tracking")  # type: ignore[operator]
+    assert {("112039", "DCM"), ("112040", "DCM")} <= expected.pop("tracking")  # type: ignore[operator]
+    assert shape == expected
+    assert _root_shape(ours)["template"] == ("DCMR", "1500")
+    assert _root_shape(ours)["root"] == ("126000", "DCM")
+    assert _root_shape(ours)["group"] == ("125007", "DCM")
+    # References: content items point at instances with Referenced SOP Sequence items of
+    # the same keywords, and the evidence sequence names study, series and instances.
+    ref_keys = {"ReferencedSOPClassUID", "ReferencedSOPInstanceUID"}
+    for ds in (theirs, ours):
+        images = _find(ds, "IMAGE")
+        assert images
+        for item in images:
+            assert ref_keys <= {e.keyword for e in item.ReferencedSOPSequence[0]}
+    ours_segment = [
+        i for i in _find(ours, "IMAGE") if "ReferencedSegmentNumber" in i.ReferencedSOPSequence[0]
+    ]
+    if reference[0] == "dcmqi":
+        theirs_segment = [
+            i
+            for i in _find(theirs, "IMAGE")
+            if "ReferencedSegmentNumber" in i.ReferencedSOPSequence[0]
+        ]
+        assert _code(theirs_segment[0].ConceptNameCodeSequence[0]) == _code(
+            ours_segment[0].ConceptNameCodeSequence[0]
+        )
+    theirs_evidence = theirs.CurrentRequestedProcedureEvidenceSequence[0]
+    ours_evidence = ours.CurrentRequestedProcedureEvidenceSequence[0]
+    assert {e.keyword for e in theirs_evidence} == {e.keyword for e in ours_evidence}
+    assert {e.keyword for e in theirs_evidence.ReferencedSeriesSequence[0]} == {
+        e.keyword for e in ours_evidence.ReferencedSeriesSequence[0]
+    }
+
+
+def test_structure_matches_highdicom_sr_document(sr_path: Path) -> None:
+    theirs = pydicom.dcmread(shared_data_path("reference-seg-sr", "highdicom", "sr_document.dcm"))
+    ours = pydicom.dcmread(sr_path)
+    assert theirs.SOPClassUID == ours.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    for ds in (theirs, ours):
+        assert _root_shape(ds)["template"] == ("DCMR", "1500")
+        assert _root_shape(ds)["root"] == ("126000", "DCM")
+        assert _root_shape(ds)["group"] == ("125007", "DCM")
+
+
+def _find(ds: Dataset, value_type: str) -> list[Dataset]:
+    found = []
+    for item in ds.get("ContentSequence", []):
+        if item.ValueType == value_type:
+            found.append(item)
+        found.extend(_find(item, value_type))
+    return found
+
+
+def test_classifications_are_qualitative_evaluations(
+    tmp_path: Path, phantom_volume: Volume
+) -> None:
+    findings = Findings(
+        Algorithm("classifier", "1.0"),
+        classifications=(Classification(codes.SCT.Nodule, 0.75),),
+    )
+    path = _save(_sr(phantom_volume, (findings, None)), tmp_path / "sr.dcm")
+    assert dciodvfy_errors(path) == []
+    [group] = hd.sr.srread(path).content.get_image_measurement_groups()
+    [evaluation] = group.get_qualitative_evaluations(name=CLASSIFICATION)
+    assert evaluation.value == codes.SCT.Nodule
+    [probability] = group.get_measurements(name=codes.DCM.Probability)
+    assert probability.value == 0.75 and probability.unit.value == "1"
+
+
+def test_segments_without_their_seg_are_refused(
+    nodule_volume: Volume, nodule_basic_findings: Findings
+) -> None:
+    with pytest.raises(ValueError, match="no SEG to reference"):
+        _sr(nodule_volume, (nodule_basic_findings, None))
+
+
+def test_nothing_to_report_on_is_refused(nodule_volume: Volume) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        build_sr(
+            nodule_volume.datasets,
+            [],
+            series_uid=SR_SERIES,
+            sop_uid=SR_SOP,
+            series_number=1,
+            software_version="1",
+        )
+
+
+def test_measure_segment_is_exact(phantom_volume: Volume) -> None:
+    mask = np.zeros(phantom_volume.voxels.shape, dtype=bool)
+    mask[3:5, 10:20, 10:15] = True
+    segment = Segment("Box", mask, codes.SCT.AnatomicalStructure, codes.SCT.Lung)
+    measured = measure_segment(phantom_volume, segment)
+    assert measured.voxel_count == 100
+    assert measured.volume_mm3 == pytest.approx(100 * phantom_volume.voxel_volume_mm3)
+    assert measured.volume_ml == pytest.approx(measured.volume_mm3 / 1000)
+    assert measured.mean_hu == pytest.approx(float(phantom_volume.voxels[mask].mean()), abs=1e-3)
+    with pytest.raises(ValueError, match="does not match"):
+        measure_segment(
+            phantom_volume, Segment("Bad", mask[:1], segment.category, segment.category)
+        )
+
+
+# The real CT's PatientName is a single-component ID: highdicom warns, the source is as is.
+@pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
+def test_real_ct_sr_is_valid(tmp_path: Path, real_volume: Volume, real_findings: Findings) -> None:
+    seg = build_seg(
+        real_volume,
+        real_findings,
+        series_uid="2.25.7005",
+        sop_uid="2.25.7006",
+        series_number=1003,
+        software_version="9.9.9",
+    )
+    nothing = Findings(Algorithm("ct-lung-nodules", "0.1.0"))
+    path = _save(_sr(real_volume, (real_findings, seg), (nothing, None)), tmp_path / "sr.dcm")
+    assert dciodvfy_errors(path) == []
+    report = hd.sr.srread(path).content
+    [absent] = report.get_image_measurement_groups(finding_type=NO_FINDING)
+    assert absent.tracking_identifier is not None
+    assert absent.tracking_identifier.startswith("No findings (ct-lung-nodules, series")
