@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,6 @@ import pytest
 from tests.conftest import shared_data_path
 from tests.support.orthanc import Orthanc, require_orthanc
 from tests.support.processes import (
-    RedisServer,
     free_port,
     pid_alive,
     require_binaries,
@@ -136,23 +133,3 @@ def test_orthanc_basic_auth_rejects_wrong_credentials() -> None:
             assert anon.get(f"{pacs.dicomweb_url}/studies").status_code == 401
             right = anon.get(f"{pacs.http_url}/system", auth=("alice", "s3cret"))
             assert right.status_code == 200
-
-
-def test_redis_server_answers_ping_and_stops() -> None:
-    require_binaries("redis-server")
-    with RedisServer() as redis_server:
-        assert redis_server.url == f"redis://127.0.0.1:{redis_server.port}/0"
-        assert redis_server.ping()
-        proc = redis_server.proc
-        assert proc is not None
-        pid = proc.pid
-        port = redis_server.port
-    assert not pid_alive(pid)
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1.0):
-        pass
-
-
-def test_redis_server_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shutil, "which", lambda _name: None)
-    with pytest.raises(RuntimeError, match="redis-server not found"):
-        RedisServer()

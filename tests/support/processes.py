@@ -12,16 +12,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pytest
 
 __all__ = [
-    "RedisServer",
     "free_port",
     "log_tail",
     "pid_alive",
@@ -156,107 +153,3 @@ def log_tail(path: Path, max_lines: int = 40) -> str:
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
     return "\n".join(lines[-max_lines:])
-
-
-def _redis_ping(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Send an inline PING over a raw socket; True if the server answers +PONG."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"PING\r\n")
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = sock.recv(64)
-                if not chunk:
-                    break
-                reply += chunk
-            return reply.startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class RedisServer:
-    """A throwaway ``redis-server`` on a free port of 127.0.0.1, without persistence.
-
-    >>> with RedisServer() as redis_server:
-    ...     broker_url = redis_server.url   # redis://127.0.0.1:PORT/0
-    """
-
-    host = "127.0.0.1"
-
-    def __init__(self, executable: str | None = None, startup_timeout: float = 10.0) -> None:
-        found = executable or shutil.which("redis-server")
-        if found is None:
-            raise RuntimeError(
-                "redis-server not found on PATH: install the Debian package 'redis-server' "
-                "(or call tests.support.processes.require_binaries('redis-server') to skip)"
-            )
-        self.executable = found
-        self.startup_timeout = startup_timeout
-        self.port = 0
-        self.proc: subprocess.Popen[Any] | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self.dir: Path | None = None
-        self.log_path: Path | None = None
-
-    @property
-    def url(self) -> str:
-        """Broker URL, e.g. ``redis://127.0.0.1:40123/0``."""
-        return f"redis://{self.host}:{self.port}/0"
-
-    def ping(self) -> bool:
-        """True if the server answers PING right now."""
-        return self.port != 0 and _redis_ping(self.host, self.port)
-
-    def start(self) -> Self:
-        if self.proc is not None:
-            raise RuntimeError("RedisServer already started")
-        self._tmp = tempfile.TemporaryDirectory(prefix="pacs-annotator-redis-")
-        self.dir = Path(self._tmp.name)
-        self.log_path = self.dir / "redis.log"
-        self.port = free_port()
-        cmd = [
-            self.executable,
-            "--port", str(self.port),
-            "--bind", self.host,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.dir),
-            "--daemonize", "no",
-            "--logfile", "",  # log to stdout, which goes to log_path
-        ]  # fmt: skip
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        deadline = time.monotonic() + self.startup_timeout
-        while not _redis_ping(self.host, self.port):
-            if self.proc.poll() is not None or time.monotonic() >= deadline:
-                reason = (
-                    f"exited with code {self.proc.returncode}"
-                    if self.proc.poll() is not None
-                    else f"did not answer PING within {self.startup_timeout:.1f} s"
-                )
-                tail = log_tail(self.log_path)
-                self.stop()
-                raise RuntimeError(f"redis-server on port {self.port} {reason}; log tail:\n{tail}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout=timeout)
-            self.proc = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
