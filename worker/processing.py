@@ -25,6 +25,8 @@ from worker.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
 
+MANIFEST = "manifest.json"
+
 Sender = Callable[[DicomNode, Sequence[Dataset]], DeliveryResult]
 
 
@@ -96,7 +98,10 @@ def _fsync_write(path: Path, data: bytes) -> None:
 
 
 def _save_results(folder: Path, result: StudyResult) -> list[dict[str, Any]]:
-    """Keep the outputs on disk before delivery, so a delivery retry does not recompute them."""
+    """Keep the outputs on disk before delivery, so a delivery retry does not recompute them.
+
+    The manifest is written last: without it the folder is an interrupted attempt.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     for ds in result.outputs:
         target = folder / f"{ds.SOPInstanceUID}.dcm"
@@ -106,17 +111,18 @@ def _save_results(folder: Path, result: StudyResult) -> list[dict[str, Any]]:
             os.fsync(fh.fileno())
         tmp.replace(target)
     outcomes = [_outcome_record(o) for o in result.outcomes]
-    _fsync_write(folder / "outcomes.json", json.dumps(outcomes, indent=1).encode())
+    manifest = {"outputs": [ds.SOPInstanceUID for ds in result.outputs], "outcomes": outcomes}
+    _fsync_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
     return outcomes
 
 
 def _load_results(folder: Path) -> tuple[list[Dataset], list[dict[str, Any]]] | None:
-    manifest = folder / "outcomes.json"
-    if not manifest.exists():
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
         return None
-    outcomes: list[dict[str, Any]] = json.loads(manifest.read_text())
-    wanted = [uid for o in outcomes for uid in o["outputs"]]
-    return [pydicom.dcmread(folder / f"{uid}.dcm") for uid in wanted], outcomes
+    manifest = json.loads(manifest_path.read_text())
+    outputs = [pydicom.dcmread(folder / f"{uid}.dcm") for uid in manifest["outputs"]]
+    return outputs, manifest["outcomes"]
 
 
 def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]]]:

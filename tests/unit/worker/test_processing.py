@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from pipelines.registry import builtin_pipelines
 from scu_scp.models import DeliveryError, DeliveryResult, DicomNode, InstanceResult
@@ -144,6 +145,10 @@ def test_pacs_down_raises_transient_and_retry_reuses_results(
     job = process_job(runtime, job_id)
     assert job.state is JobState.DONE and job.attempts == 2
     assert len(job.delivered) == len(pacs.received) > 0
+    assert {ds_class for ds_class in (d["sop_class_uid"] for d in job.delivered)} == {
+        SegmentationStorage,
+        Comprehensive3DSRStorage,
+    }, "both the SEG and the SR are delivered from the saved results"
 
 
 def test_refused_instances_are_transient_with_the_status(
