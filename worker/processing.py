@@ -121,8 +121,9 @@ def _load_results(folder: Path) -> tuple[list[Dataset], list[dict[str, Any]]] | 
     if not manifest_path.exists():
         return None
     manifest = json.loads(manifest_path.read_text())
-    outputs = [pydicom.dcmread(folder / f"{uid}.dcm") for uid in manifest["outputs"]]
-    return outputs, manifest["outcomes"]
+    outputs: list[Dataset] = [pydicom.dcmread(folder / f"{uid}.dcm") for uid in manifest["outputs"]]
+    outcomes: list[dict[str, Any]] = manifest["outcomes"]
+    return outputs, outcomes
 
 
 def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]]]:

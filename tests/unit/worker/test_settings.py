@@ -19,7 +19,7 @@ def test_example_config_loads_and_documents_every_section() -> None:
     settings = load_settings(REPO / "deploy" / "config.example.yaml")
     assert settings.scp.ae_title == "PACS_ANNOTATOR"
     assert settings.destinations["pacs"].default is True
-    assert settings.routing_rules[0].pipelines == ("ct-basic",)
+    assert settings.routing_rules[0].pipelines == ("ct-basic", "ct-lung-nodules")
     text = (REPO / "deploy" / "config.example.yaml").read_text()
     for field in type(settings).model_fields:
         assert f"\n{field}:" in text or text.startswith(f"{field}:"), field
