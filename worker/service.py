@@ -62,13 +62,6 @@ def run_scp(
         quiet_seconds=settings.completion.quiet_seconds,
     )
     scp.start()
-    log.info(
-        "SCP %s listening on %s:%d; spool %s",
-        settings.scp.ae_title,
-        settings.scp.host,
-        scp.port,
-        spool.root,
-    )
     status = 0
     next_recovery = 0.0
     try:
