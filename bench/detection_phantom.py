@@ -37,7 +37,7 @@ from tests.unit.pipelines.phantom import (
     LUNG_SEMI_AXES,
     Nodule,
     Vessel,
-    make_ct_phantom_with_truth,
+    make_ct_phantom,
 )
 
 SIZES_MM = (4.0, 6.0, 8.0, 10.0, 15.0, 20.0)
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tallies = {name: Tally(found=dict.fromkeys(SIZES_MM, 0)) for name in detectors}
     for scan in range(args.scans):
         nodules, vessels = _scene(rng)
-        phantom = make_ct_phantom_with_truth(
+        phantom = make_ct_phantom(
             slices=60,
             size=224,
             pixel_spacing=1.5,

@@ -22,7 +22,7 @@ def test_send_stores_a_folder_in_the_pacs(orthanc: Orthanc, tmp_path: Path) -> N
     )
     folder = tmp_path / "series"
     (folder / "nested").mkdir(parents=True)
-    datasets = make_ct_phantom(slices=6, size=32, pixel_spacing=11.0, seed=3)
+    datasets = make_ct_phantom(slices=6, size=32, pixel_spacing=11.0, seed=3).datasets
     for i, ds in enumerate(datasets):
         ds.save_as(folder / "nested" / f"{i}.dcm", enforce_file_format=True)
     (folder / "README.txt").write_text("not DICOM")

@@ -15,7 +15,7 @@ from tests.conftest import shared_data_path
 from tests.integration.conftest import RunningService
 from tests.support.dicom_validate import dciodvfy_errors
 from tests.support.orthanc import Orthanc, wait_for
-from tests.unit.pipelines.phantom import make_ct_phantom_with_truth
+from tests.unit.pipelines.phantom import make_ct_phantom
 
 pytestmark = pytest.mark.integration
 
@@ -168,7 +168,7 @@ def test_real_ct_round_trip_gives_one_plausible_seg(
 def test_phantom_round_trip_measures_known_lung_volume(
     orthanc: Orthanc, service: RunningService, tmp_path: Path
 ) -> None:
-    phantom = make_ct_phantom_with_truth(shuffle=True, seed=7)
+    phantom = make_ct_phantom(shuffle=True, seed=7)
     files = []
     for i, ds in enumerate(phantom.datasets):
         path = tmp_path / f"ct{i:03d}.dcm"

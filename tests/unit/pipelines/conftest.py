@@ -10,13 +10,13 @@ from pipelines.ct_lung_nodules import CtLungNodulesPipeline
 from pipelines.findings import Findings
 from pipelines.volume import Volume, load_series, read_series
 from tests.conftest import shared_data_path
-from tests.unit.pipelines.phantom import CtPhantom, make_ct_phantom_with_truth, make_nodule_phantom
+from tests.unit.pipelines.phantom import CtPhantom, make_ct_phantom, make_nodule_phantom
 
 
 @pytest.fixture(scope="session")
 def phantom() -> CtPhantom:
     """The default axial phantom, in slice order. Do not mutate its datasets."""
-    return make_ct_phantom_with_truth()
+    return make_ct_phantom()
 
 
 @pytest.fixture(scope="session")

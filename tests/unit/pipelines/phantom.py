@@ -89,38 +89,6 @@ def make_ct_phantom(
     series_uid: str | None = None,
     nodules: Sequence[Nodule] = (),
     vessels: Sequence[Vessel] = (),
-) -> list[Dataset]:
-    """CT Image Storage datasets of the phantom (see ``make_ct_phantom_with_truth``)."""
-    return make_ct_phantom_with_truth(
-        slices=slices,
-        size=size,
-        pixel_spacing=pixel_spacing,
-        slice_spacing=slice_spacing,
-        orientation=orientation,
-        shuffle=shuffle,
-        noise_hu=noise_hu,
-        seed=seed,
-        study_uid=study_uid,
-        series_uid=series_uid,
-        nodules=nodules,
-        vessels=vessels,
-    ).datasets
-
-
-def make_ct_phantom_with_truth(
-    *,
-    slices: int = 48,
-    size: int = 128,
-    pixel_spacing: float = 2.75,
-    slice_spacing: float = 5.0,
-    orientation: Orientation = "axial",
-    shuffle: bool = False,
-    noise_hu: float = 10.0,
-    seed: int = 0,
-    study_uid: str | None = None,
-    series_uid: str | None = None,
-    nodules: Sequence[Nodule] = (),
-    vessels: Sequence[Vessel] = (),
 ) -> CtPhantom:
     """Build the phantom; the grid is centred on the patient origin.
 
@@ -318,7 +286,7 @@ LUNG_VESSELS: tuple[Vessel, ...] = (
 
 def make_nodule_phantom(*, seed: int = 11, study_uid: str | None = None) -> CtPhantom:
     """A thin-slice chest phantom (1.5 mm pixels, 2 mm slices) with nodules and vessels."""
-    return make_ct_phantom_with_truth(
+    return make_ct_phantom(
         slices=60,
         size=224,
         pixel_spacing=1.5,

@@ -15,7 +15,7 @@ from tests.unit.pipelines.phantom import (
     BONE_RADIUS,
     GAS_CENTRE,
     CtPhantom,
-    make_ct_phantom_with_truth,
+    make_ct_phantom,
 )
 
 
@@ -48,7 +48,7 @@ def test_phantom_lung_volume_within_5_percent(
 
 
 def test_lung_volume_does_not_depend_on_voxel_size() -> None:
-    fine = make_ct_phantom_with_truth(slices=80, size=176, pixel_spacing=2.0, slice_spacing=3.0)
+    fine = make_ct_phantom(slices=80, size=176, pixel_spacing=2.0, slice_spacing=3.0)
     volume = load_series(fine.datasets)
     lungs = _ml(_by_label(CtBasicPipeline().run(volume))["Lungs"], volume)
     assert lungs == pytest.approx(fine.lung_volume_ml, rel=0.05)

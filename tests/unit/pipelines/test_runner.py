@@ -40,7 +40,7 @@ def study_dir(tmp_path: Path) -> Path:
     """One small phantom CT series on disk, slices in random order."""
     datasets = make_ct_phantom(
         slices=40, size=96, pixel_spacing=3.5, shuffle=True, study_uid=STUDY_UID
-    )
+    ).datasets
     _save(datasets, tmp_path / "study", "ct")
     return tmp_path / "study"
 
@@ -102,7 +102,9 @@ def test_ct_series_gets_one_seg_and_reruns_give_identical_uids(study_dir: Path) 
 
 
 def test_different_input_gives_different_uids(study_dir: Path, tmp_path: Path) -> None:
-    other = make_ct_phantom(slices=40, size=96, pixel_spacing=3.5, seed=7, study_uid=STUDY_UID)
+    other = make_ct_phantom(
+        slices=40, size=96, pixel_spacing=3.5, seed=7, study_uid=STUDY_UID
+    ).datasets
     _save(other, tmp_path / "other", "ct")
     first, other = _run(study_dir).outputs, _run(tmp_path / "other").outputs
     assert {ds.SOPInstanceUID for ds in first}.isdisjoint(ds.SOPInstanceUID for ds in other)
@@ -147,7 +149,9 @@ def test_unreadable_files_are_recorded_and_the_rest_runs(study_dir: Path) -> Non
 
 
 def test_bad_series_fails_alone(study_dir: Path, tmp_path: Path) -> None:
-    broken = make_ct_phantom(slices=12, size=64, pixel_spacing=5.5, seed=3, study_uid=STUDY_UID)
+    broken = make_ct_phantom(
+        slices=12, size=64, pixel_spacing=5.5, seed=3, study_uid=STUDY_UID
+    ).datasets
     del broken[5]
     _save(broken, study_dir, "broken")
 
@@ -255,7 +259,9 @@ def test_pipeline_input_error_fails_the_series(study_dir: Path) -> None:
 def test_only_forces_the_pipeline_but_respects_its_modalities(
     study_dir: Path, tmp_path: Path
 ) -> None:
-    mr = make_ct_phantom(slices=6, size=32, pixel_spacing=11.0, seed=5, study_uid=STUDY_UID)
+    mr = make_ct_phantom(
+        slices=6, size=32, pixel_spacing=11.0, seed=5, study_uid=STUDY_UID
+    ).datasets
     for ds in mr:
         ds.Modality = "MR"
     _save(mr, study_dir, "mr")
@@ -277,7 +283,7 @@ def test_logs_carry_uids_but_no_phi(study_dir: Path, caplog: pytest.LogCaptureFi
     (study_dir / "garbage.dcm").write_bytes(b"junk")
     with caplog.at_level(logging.DEBUG):
         result = _run(study_dir)
-    template = make_ct_phantom(slices=1, size=8, pixel_spacing=1.0)[0]
+    template = make_ct_phantom(slices=1, size=8, pixel_spacing=1.0).datasets[0]
     assert result.outcomes[-1].series_uid in caplog.text
     for phi in (
         str(template.PatientName),

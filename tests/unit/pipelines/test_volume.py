@@ -29,7 +29,7 @@ def _assert_voxels_match_anatomy(volume: Volume) -> None:
 
 
 def test_shuffled_slices_load_sorted_along_the_normal() -> None:
-    datasets = make_ct_phantom(slices=20, size=64, pixel_spacing=5.5, shuffle=True)
+    datasets = make_ct_phantom(slices=20, size=64, pixel_spacing=5.5, shuffle=True).datasets
     assert [float(ds.ImagePositionPatient[2]) for ds in datasets] != sorted(
         float(ds.ImagePositionPatient[2]) for ds in datasets
     )
@@ -84,7 +84,7 @@ def test_non_axial_series_gets_the_right_affine(orientation: str) -> None:
         slice_spacing=4.0,
         orientation=orientation,  # type: ignore[arg-type]
         shuffle=True,
-    )
+    ).datasets
     volume = load_series(datasets)
 
     iop = np.array([float(v) for v in datasets[0].ImageOrientationPatient])
@@ -188,7 +188,7 @@ def test_single_slice_uses_slice_thickness_then_1mm(phantom: CtPhantom) -> None:
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
 def test_compressed_pixel_data_decodes(syntax: str) -> None:
-    plain = make_ct_phantom(slices=6, size=64, pixel_spacing=5.5)
+    plain = make_ct_phantom(slices=6, size=64, pixel_spacing=5.5).datasets
     compressed = _copies(plain)
     for ds in compressed:
         ds.compress(syntax, generate_instance_uid=False)
@@ -197,8 +197,8 @@ def test_compressed_pixel_data_decodes(syntax: str) -> None:
 
 
 def test_read_series_groups_by_series_and_reports_unreadable(tmp_path: Path) -> None:
-    first = make_ct_phantom(slices=4, size=32, pixel_spacing=11.0, seed=1)
-    second = make_ct_phantom(slices=3, size=32, pixel_spacing=11.0, seed=2)
+    first = make_ct_phantom(slices=4, size=32, pixel_spacing=11.0, seed=1).datasets
+    second = make_ct_phantom(slices=3, size=32, pixel_spacing=11.0, seed=2).datasets
     for n, ds in enumerate(first + second):
         ds.save_as(tmp_path / f"{n}.dcm", enforce_file_format=True)
     series = read_series(sorted(tmp_path.glob("*.dcm")))

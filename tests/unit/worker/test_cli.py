@@ -24,7 +24,7 @@ def test_run_writes_seg_for_a_local_series(
     monkeypatch.chdir(tmp_path)
     series = tmp_path / "series"
     series.mkdir()
-    for i, ds in enumerate(make_ct_phantom(slices=12, size=64, pixel_spacing=5.5)):
+    for i, ds in enumerate(make_ct_phantom(slices=12, size=64, pixel_spacing=5.5).datasets):
         ds.save_as(series / f"{i}.dcm", enforce_file_format=True)
     out = tmp_path / "out"
     assert main(["run", str(series), "--out", str(out), "--pipeline", "ct-basic"]) == EXIT_OK
@@ -39,7 +39,7 @@ def test_run_reports_failure_with_exit_1(
     monkeypatch.chdir(tmp_path)
     series = tmp_path / "series"
     series.mkdir()
-    datasets = make_ct_phantom(slices=12, size=64, pixel_spacing=5.5)
+    datasets = make_ct_phantom(slices=12, size=64, pixel_spacing=5.5).datasets
     datasets[3].Rows = 32  # a slice of another size: no volume can be formed
     for i, ds in enumerate(datasets):
         ds.save_as(series / f"{i}.dcm", enforce_file_format=True)

@@ -97,7 +97,7 @@ def runtime(tmp_path: Path, pacs: FakePacs) -> Runtime:
 
 @pytest.fixture(scope="module")
 def phantom() -> list[Dataset]:
-    return make_ct_phantom(slices=16, size=64, pixel_spacing=5.5)
+    return make_ct_phantom(slices=16, size=64, pixel_spacing=5.5).datasets
 
 
 def test_job_runs_delivers_and_records_results(
