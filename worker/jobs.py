@@ -10,9 +10,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from worker.migrations import upgrade_schema
 
 
 class JobState(enum.StrEnum):
@@ -22,9 +36,10 @@ class JobState(enum.StrEnum):
     DELIVERING = "delivering"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 
 
 class UnknownJobError(KeyError):
@@ -59,6 +74,8 @@ class _JobRow(_Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivering_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    delivery_failures: Mapped[int] = mapped_column(Integer, default=0)
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,31 @@ class Job:
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    delivering_at: datetime | None = None
+    delivery_failures: int = 0
+
+    def stage_seconds(self) -> dict[str, float]:
+        """How long each finished stage took: waiting in the queue, processing, delivering.
+
+        For a retried job these are its last attempt's stages.
+        """
+        spans = {
+            "queue_wait": (self.queued_at, self.started_at),
+            "processing": (self.started_at, self.delivering_at or self.finished_at),
+            "delivery": (self.delivering_at, self.finished_at),
+        }
+        return {
+            name: (end - start).total_seconds()
+            for name, (start, end) in spans.items()
+            if start is not None and end is not None and end >= start
+        }
+
+    @property
+    def duration_seconds(self) -> float | None:
+        """From received to a final state."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.received_at).total_seconds()
 
     @classmethod
     def _from_row(cls, row: _JobRow) -> Job:
@@ -101,6 +143,8 @@ class Job:
             queued_at=_aware(row.queued_at),
             started_at=_aware(row.started_at),
             finished_at=_aware(row.finished_at),
+            delivering_at=_aware(row.delivering_at),
+            delivery_failures=row.delivery_failures or 0,
         )
 
 
@@ -135,7 +179,12 @@ class JobStore:
     def __init__(self, url: str) -> None:
         self._engine = make_engine(url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-        _Base.metadata.create_all(self._engine)
+        # Alembic, not create_all: an existing database is upgraded and keeps its rows.
+        upgrade_schema(self._engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def close(self) -> None:
         self._engine.dispose()
@@ -193,15 +242,98 @@ class JobStore:
             return None
 
     def list(
-        self, *, states: Sequence[JobState] = (), study_uid: str | None = None, limit: int = 100
+        self,
+        *,
+        states: Sequence[JobState] = (),
+        study_uid: str | None = None,
+        search: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[Job]:
+        """Newest first; ``search`` matches part of an accession number, study UID or job id."""
         query = select(_JobRow).order_by(_JobRow.received_at.desc(), _JobRow.id.desc())
         if states:
             query = query.where(_JobRow.state.in_([s.value for s in states]))
         if study_uid:
             query = query.where(_JobRow.study_uid == study_uid)
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
+            query = query.where(
+                or_(
+                    _JobRow.accession_number.like(pattern, escape="\\"),
+                    _JobRow.study_uid.like(pattern, escape="\\"),
+                    _JobRow.id.like(pattern, escape="\\"),
+                )
+            )
         with self._session() as s:
-            return [Job._from_row(r) for r in s.scalars(query.limit(limit))]
+            return [Job._from_row(r) for r in s.scalars(query.limit(limit).offset(offset))]
+
+    def counts(self) -> dict[JobState, int]:
+        """Jobs per state, every state present (zero when none)."""
+        query = select(_JobRow.state, func.count()).group_by(_JobRow.state)
+        with self._session() as s:
+            found = {JobState(state): int(n) for state, n in s.execute(query)}
+        return {state: found.get(state, 0) for state in JobState}
+
+    def totals(self) -> tuple[int, int]:
+        """(instances in all jobs, delivery failures so far): monotonic, for /metrics."""
+        query = select(
+            func.coalesce(func.sum(_JobRow.instance_count), 0),
+            func.coalesce(func.sum(_JobRow.delivery_failures), 0),
+        )
+        with self._session() as s:
+            instances, failures = s.execute(query).one()
+        return int(instances), int(failures)
+
+    def finished(self, limit: int = 10000) -> list[Job]:
+        """Jobs in a final state, most recent first: what duration histograms are built from."""
+        query = (
+            select(_JobRow)
+            .where(_JobRow.finished_at.is_not(None))
+            .order_by(_JobRow.finished_at.desc())
+            .limit(limit)
+        )
+        with self._session() as s:
+            return [Job._from_row(r) for r in s.scalars(query)]
+
+    def _transition(self, job_id: str, from_states: Sequence[JobState], **fields: Any) -> bool:
+        """Change a job only if it is still in one of ``from_states`` (no lost races)."""
+        values = {k: v.value if isinstance(v, JobState) else v for k, v in fields.items()}
+        values["updated_at"] = _now()
+        query = (
+            update(_JobRow)
+            .where(_JobRow.id == job_id, _JobRow.state.in_([s.value for s in from_states]))
+            .values(**values)
+        )
+        with self._session() as s:
+            changed = s.execute(query).rowcount
+        if not changed:
+            self.get(job_id)  # raises UnknownJobError for a missing job
+        return bool(changed)
+
+    def reset_for_retry(self, job_id: str) -> bool:
+        """A failed or cancelled job goes back to queued; False if it is in another state."""
+        return self._transition(
+            job_id,
+            (JobState.FAILED, JobState.CANCELLED),
+            state=JobState.QUEUED,
+            error=None,
+            queued_at=_now(),
+            started_at=None,
+            delivering_at=None,
+            finished_at=None,
+        )
+
+    def cancel(self, job_id: str, reason: str) -> bool:
+        """A job not yet started is cancelled; False if it already runs or has finished."""
+        return self._transition(
+            job_id,
+            (JobState.RECEIVED, JobState.QUEUED),
+            state=JobState.CANCELLED,
+            error=reason,
+            finished_at=_now(),
+        )
 
     def _update(self, job_id: str, **fields: Any) -> Job:
         with self._session() as s:
@@ -227,12 +359,22 @@ class JobStore:
         self, job_id: str, *, pipelines: Sequence[str], outcomes: Sequence[dict[str, Any]]
     ) -> Job:
         return self._update(
-            job_id, state=JobState.DELIVERING, pipelines=list(pipelines), outcomes=list(outcomes)
+            job_id,
+            state=JobState.DELIVERING,
+            pipelines=list(pipelines),
+            outcomes=list(outcomes),
+            delivering_at=_now(),
         )
 
     def mark_retrying(self, job_id: str, reason: str) -> Job:
-        """A transient failure: the job is queued again and says why."""
-        return self._update(job_id, state=JobState.QUEUED, error=reason)
+        """A transient delivery failure: the job is queued again and says why."""
+        job = self.get(job_id)
+        return self._update(
+            job_id,
+            state=JobState.QUEUED,
+            error=reason,
+            delivery_failures=job.delivery_failures + 1,
+        )
 
     def mark_done(self, job_id: str, *, delivered: Sequence[dict[str, Any]]) -> Job:
         return self._update(
@@ -240,12 +382,22 @@ class JobStore:
         )
 
     def mark_failed(
-        self, job_id: str, reason: str, *, delivered: Sequence[dict[str, Any]] = ()
+        self,
+        job_id: str,
+        reason: str,
+        *,
+        delivered: Sequence[dict[str, Any]] = (),
+        delivery_failure: bool = False,
     ) -> Job:
+        """``delivery_failure`` counts the last failed delivery attempt too (for /metrics)."""
+        extra: dict[str, Any] = {}
+        if delivery_failure:
+            extra["delivery_failures"] = self.get(job_id).delivery_failures + 1
         return self._update(
             job_id,
             state=JobState.FAILED,
             error=reason,
             delivered=list(delivered),
             finished_at=_now(),
+            **extra,
         )

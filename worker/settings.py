@@ -112,6 +112,34 @@ class WorkerSettings(_Section):
     job_time_limit_seconds: float = Field(default=3600.0, gt=0)
 
 
+class MonitorSettings(_Section):
+    """The admin web app (dashboard, JSON API, /metrics).
+
+    Login takes the admin password (``password_hash``) or an API token (``token_hash``), both
+    stored as hashes made by ``pacs-annotator hash-password``. With neither set, the first
+    start generates a password into ``data_dir/monitor/admin-password`` (mode 0600).
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    admin_user: str = Field(default="admin", min_length=1, max_length=64)
+    password_hash: str = ""
+    token_hash: str = ""
+    session_secret: str = ""
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    refresh_seconds: int = Field(default=10, ge=0, le=3600)
+    worker_stale_seconds: float = Field(default=60.0, gt=0)
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+
+    @field_validator("password_hash", "token_hash")
+    @classmethod
+    def _known_hash(cls, value: str) -> str:
+        if value and not value.startswith("scrypt$"):
+            raise ValueError("must be a hash from 'pacs-annotator hash-password' (scrypt$...)")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything the service needs, validated once at start-up."""
 
@@ -132,6 +160,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     routing: tuple[RoutingRuleSettings, ...] = Field(default_factory=_default_routing)
     worker: WorkerSettings = WorkerSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -186,6 +215,10 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def monitor_dir(self) -> Path:
+        return self.data_dir / "monitor"
 
     @property
     def redis_dir(self) -> Path:

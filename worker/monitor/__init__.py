@@ -1,0 +1,1 @@
+"""The admin monitor: dashboard pages, JSON API, Prometheus /metrics, health checks."""
