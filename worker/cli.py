@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("directory", type=Path, metavar="DIR")
     r.add_argument("--out", type=Path, required=True, metavar="OUTDIR")
     r.add_argument("--pipeline", metavar="NAME", help="run this pipeline instead of the routing")
+
+    from worker.admin_cli import add_admin_commands
+
+    add_admin_commands(sub, config)
     return p
 
 
@@ -111,6 +115,9 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         print("pacs-annotator: broker_url is empty: a worker needs a Redis URL", file=sys.stderr)
         return EXIT_USAGE
     app = create_app(settings)
+    from worker.heartbeat import install_heartbeat
+
+    install_heartbeat(settings, (DEFAULT_QUEUE,))
     concurrency = args.concurrency or settings.worker.concurrency
     app.worker_main(
         [
@@ -234,6 +241,12 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failures else EXIT_OK
 
 
+def _cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.admin_cli import run_admin_command
+
+    return run_admin_command(settings, args)
+
+
 _COMMANDS = {
     "up": _cmd_up,
     "scp": _cmd_scp,
@@ -241,4 +254,10 @@ _COMMANDS = {
     "send": _cmd_send,
     "jobs": _cmd_jobs,
     "run": _cmd_run,
+    "monitor": _cmd_admin,
+    "hash-password": _cmd_admin,
+    "retry": _cmd_admin,
+    "cancel": _cmd_admin,
+    "intake": _cmd_admin,
+    "flower": _cmd_admin,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import enum
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from worker.migrations import upgrade_schema
@@ -286,7 +287,7 @@ class JobStore:
             instances, failures = s.execute(query).one()
         return int(instances), int(failures)
 
-    def finished(self, limit: int = 10000) -> list[Job]:
+    def finished(self, limit: int = 10000) -> builtins.list[Job]:
         """Jobs in a final state, most recent first: what duration histograms are built from."""
         query = (
             select(_JobRow)
@@ -307,7 +308,8 @@ class JobStore:
             .values(**values)
         )
         with self._session() as s:
-            changed = s.execute(query).rowcount
+            result = s.execute(query)
+            changed = result.rowcount if isinstance(result, CursorResult) else 0
         if not changed:
             self.get(job_id)  # raises UnknownJobError for a missing job
         return bool(changed)

@@ -16,9 +16,11 @@ from kombu.exceptions import OperationalError
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
 from worker.celery_app import create_app, enqueue_job
+from worker.controls import ControlPoller, announce_monitor, start_monitor_process
 from worker.dispatch import Dispatcher
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobStore
+from worker.ops_store import OpsStore
 from worker.processes import child_dies_with_parent, stop_process
 from worker.settings import ENV_PREFIX, Settings
 
@@ -61,6 +63,8 @@ def run_scp(
         on_complete=dispatcher.dispatch,
         quiet_seconds=settings.completion.quiet_seconds,
     )
+    controls = ControlPoller(OpsStore(store.engine), scp)
+    controls.apply()  # a pause set while the service was down holds from the first C-STORE
     scp.start()
     status = 0
     next_recovery = 0.0
@@ -72,6 +76,7 @@ def run_scp(
                 except (OperationalError, OSError) as exc:  # broker down: try again next round
                     log.warning("could not queue recovered studies (%s); will retry", exc)
                 next_recovery = time.monotonic() + RECOVERY_INTERVAL_SECONDS
+            controls.apply()
             if child is not None and child.poll() is not None:
                 log.error("worker process exited with status %s; stopping", child.returncode)
                 status = 1
@@ -98,9 +103,15 @@ def run_up(settings: Settings, config: Path | None, stop: threading.Event) -> in
         embedded = EmbeddedRedis(settings.redis_dir)
         settings = settings.model_copy(update={"broker_url": embedded.start()})
     worker_proc = start_worker_process(config, settings.broker_url)
+    monitor_proc = None
+    if settings.monitor.enabled:
+        monitor_proc = start_monitor_process(config, settings.broker_url)
+        announce_monitor(settings)
     try:
         return run_scp(settings, stop, child=worker_proc)
     finally:
+        if monitor_proc is not None:
+            stop_process(monitor_proc, timeout=30)
         stop_process(worker_proc, timeout=30)
         if embedded is not None:
             embedded.stop()

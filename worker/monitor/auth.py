@@ -8,6 +8,7 @@ A session cookie is ``user|expiry|hmac``: no server-side state, so the monitor c
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -99,10 +100,9 @@ def resolve_credentials(
     else:
         secret_path = monitor_dir / SECRET_FILE
         if not secret_path.exists():
-            try:
+            # Another process may make it first; either way everyone reads the same file.
+            with contextlib.suppress(FileExistsError):
                 _write_private(secret_path, secrets.token_hex(32) + "\n")
-            except FileExistsError:  # another process made it first
-                pass
         secret = secret_path.read_text().strip().encode()
     creds = Credentials(user, password_hash, token_hash, secret, password_file)
     return creds, generated

@@ -28,9 +28,7 @@ STAGE_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800
 STAGES = ("queue_wait", "processing", "delivery")
 
 
-def _histogram_buckets(
-    values: Sequence[float], bounds: Sequence[float]
-) -> list[tuple[str, float]]:
+def _histogram_buckets(values: Sequence[float], bounds: Sequence[float]) -> list[tuple[str, float]]:
     ordered = sorted(values)
     buckets = [(repr(b), float(bisect.bisect_right(ordered, b))) for b in bounds]
     buckets.append(("+Inf", float(len(ordered))))
@@ -65,9 +63,7 @@ class ServiceCollector(Collector):
             "Failed delivery attempts (each retry and each final failure)",
             value=delivery_failures,
         )
-        by_state = GaugeMetricFamily(
-            "pacs_annotator_jobs", "Jobs by state", labels=["state"]
-        )
+        by_state = GaugeMetricFamily("pacs_annotator_jobs", "Jobs by state", labels=["state"])
         for state, n in counts.items():
             by_state.add_metric([state.value], n)
         yield by_state
@@ -98,11 +94,13 @@ class ServiceCollector(Collector):
         ops = self._src.ops
         online = ops.workers(seen_within=self._src.settings.monitor.worker_stale_seconds)
         yield GaugeMetricFamily(
-            "pacs_annotator_workers_online", "Worker processes with a recent heartbeat",
+            "pacs_annotator_workers_online",
+            "Worker processes with a recent heartbeat",
             value=len(online),
         )
         yield GaugeMetricFamily(
-            "pacs_annotator_intake_paused", "1 while the SCP refuses new instances",
+            "pacs_annotator_intake_paused",
+            "1 while the SCP refuses new instances",
             value=1 if ops.intake_paused() else 0,
         )
         if self._src.redis is not None:
@@ -111,7 +109,8 @@ class ServiceCollector(Collector):
             except redis.RedisError:
                 depths = {}
             depth = GaugeMetricFamily(
-                "pacs_annotator_queue_depth", "Messages waiting per Celery queue",
+                "pacs_annotator_queue_depth",
+                "Messages waiting per Celery queue",
                 labels=["queue"],
             )
             for queue, n in depths.items():

@@ -1,0 +1,43 @@
+"""Serving the monitor with uvicorn (``pacs-annotator monitor``, and a child of ``up``)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from worker.monitor.app import create_monitor_app
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def monitor_url(settings: Settings) -> str:
+    host = settings.monitor.host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{shown}:{settings.monitor.port}/"
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT (uvicorn handles both)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_monitor_app(settings)
+    generated = app.state.generated_password
+    if generated:
+        path = settings.monitor_dir / "admin-password"
+        # Shown once, on the admin's terminal, never in the log.
+        print(
+            f"monitor first login: user {settings.monitor.admin_user!r}, password {generated} "
+            f"(also in {path}, mode 0600; set monitor.password_hash to replace it)",
+            flush=True,
+        )
+    print(f"monitor listening on {monitor_url(settings)}", flush=True)
+    config = uvicorn.Config(
+        app,
+        host=settings.monitor.host,
+        port=settings.monitor.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # URLs carry study UIDs and search terms; keep the log to our lines
+    )
+    uvicorn.Server(config).run()
+    return 0
