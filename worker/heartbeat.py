@@ -47,6 +47,8 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> None:
+        """Write the first beat now, so the worker shows up before its first job."""
+        self.beat()
         self._thread.start()
 
     def stop(self) -> None:
@@ -75,7 +77,6 @@ class Heartbeat:
             log.warning("heartbeat of %s not recorded: %s", self.name, exc)
 
     def _run(self) -> None:
-        self.beat()
         while not self._stop.wait(self._interval):
             self.beat()
 
