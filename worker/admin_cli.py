@@ -107,16 +107,22 @@ def _action(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _flower(settings: Settings, args: argparse.Namespace) -> int:
-    if not settings.broker_url:
+    from worker.controls import BROKER_URL_FILE
+
+    broker_url = settings.broker_url
+    recorded = settings.data_dir / BROKER_URL_FILE
+    if not broker_url and recorded.exists():  # beside `up` and its embedded Redis
+        broker_url = recorded.read_text().strip()
+    if not broker_url:
         print(
             "pacs-annotator: broker_url is empty: Flower needs the service's Redis URL "
-            "(PACS_ANNOTATOR_BROKER_URL)",
+            "(PACS_ANNOTATOR_BROKER_URL), or run it beside a running 'up' with the same config",
             file=sys.stderr,
         )
         return EXIT_USAGE
     extra = [a for a in args.flower_args if a != "--"]
     argv = [
-        sys.executable, "-m", "celery", f"--broker={settings.broker_url}", "flower",
+        sys.executable, "-m", "celery", f"--broker={broker_url}", "flower",
         f"--port={args.port}", f"--address={args.address}", *extra,
     ]  # fmt: skip
     os.execv(sys.executable, argv)

@@ -16,7 +16,12 @@ from kombu.exceptions import OperationalError
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
 from worker.celery_app import create_app, enqueue_job
-from worker.controls import ControlPoller, announce_monitor, start_monitor_process
+from worker.controls import (
+    ControlPoller,
+    announce_monitor,
+    record_broker_url,
+    start_monitor_process,
+)
 from worker.dispatch import Dispatcher
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobStore
@@ -102,6 +107,7 @@ def run_up(settings: Settings, config: Path | None, stop: threading.Event) -> in
     if not settings.broker_url:
         embedded = EmbeddedRedis(settings.redis_dir)
         settings = settings.model_copy(update={"broker_url": embedded.start()})
+    record_broker_url(settings, settings.broker_url)
     worker_proc = start_worker_process(config, settings.broker_url)
     monitor_proc = None
     if settings.monitor.enabled:
