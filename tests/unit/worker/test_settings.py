@@ -73,3 +73,9 @@ def test_unreadable_or_non_mapping_file(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "- a\n- b\n"))
     with pytest.raises(SettingsError, match="not valid YAML"):
         load_settings(write(tmp_path, "scp: [\n"))
+
+
+def test_monitor_hash_settings_must_be_hashes(tmp_path: Path) -> None:
+    path = write(tmp_path, "monitor:\n  password_hash: plain-text-password\n")
+    with pytest.raises(SettingsError, match=r"monitor\.password_hash: .*hash-password"):
+        load_settings(path)
