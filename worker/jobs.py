@@ -352,10 +352,17 @@ class JobStore:
         return self._update(job_id, state=JobState.QUEUED, queued_at=_now(), error=None)
 
     def mark_running(self, job_id: str) -> Job:
+        """Start an attempt, unless the job reached a final state (an admin cancelled it) in
+        the meantime: then the job is returned unchanged and the caller must not run it."""
         job = self.get(job_id)
-        return self._update(
-            job_id, state=JobState.RUNNING, started_at=_now(), attempts=job.attempts + 1
+        self._transition(
+            job_id,
+            [s for s in JobState if s not in FINAL_STATES],
+            state=JobState.RUNNING,
+            started_at=_now(),
+            attempts=job.attempts + 1,
         )
+        return self.get(job_id)
 
     def mark_delivering(
         self, job_id: str, *, pipelines: Sequence[str], outcomes: Sequence[dict[str, Any]]

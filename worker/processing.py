@@ -188,6 +188,9 @@ def process_job(rt: Runtime, job_id: str) -> Job:
         log.info("job %s is already %s; nothing to do", job_id, job.state)
         return job
     job = rt.store.mark_running(job_id)
+    if job.state in FINAL_STATES:  # cancelled between the check above and now
+        log.info("job %s is already %s; nothing to do", job_id, job.state)
+        return job
     log.info("job %s: study %s, accession %s", job.id, job.study_uid, job.accession_number)
     try:
         outputs, outcomes = _annotate(rt, job)

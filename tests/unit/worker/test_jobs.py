@@ -292,3 +292,12 @@ def test_migrations_build_exactly_the_models(store: JobStore) -> None:
     with store.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), _Base.metadata)
     assert diffs == []
+
+
+def test_a_job_cancelled_before_its_worker_starts_it_stays_cancelled(store: JobStore) -> None:
+    _create(store)
+    job_id = "20261125T000000Z-aaaa"
+    store.mark_queued(job_id)
+    store.cancel(job_id, "cancelled by admin")
+    late = store.mark_running(job_id)
+    assert late.state is JobState.CANCELLED and late.attempts == 0 and late.started_at is None
