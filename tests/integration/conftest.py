@@ -69,6 +69,8 @@ def write_config(path: Path, *, data_dir: Path, port: int, orthanc: Orthanc) -> 
             }
         },
         "delivery": {"max_retries": 2, "retry_delay_seconds": 1, "timeout_seconds": 30},
+        # `up` starts the monitor too: never on the fixed default port, tests run side by side.
+        "monitor": {"port": free_port()},
     }
     path.write_text(yaml.safe_dump(config))
     return path

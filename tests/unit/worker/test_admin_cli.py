@@ -70,3 +70,13 @@ def test_flower_needs_a_broker(tmp_path: Path, capsys: pytest.CaptureFixture[str
     config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data")}))
     assert main(["flower", "--config", str(config)]) == 2
     assert "Flower needs the service's Redis URL" in capsys.readouterr().err
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    from worker.cli import _COMMANDS, _parser
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    parser = _parser()
+    assert parser.parse_args(["monitor"]).command == "monitor"
+    for name in _COMMANDS:
+        assert f"| `{name}" in readme, name
