@@ -10,6 +10,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kombu.exceptions import OperationalError
+
 from scu_scp.spool import Spool, validate_uid
 from worker.jobs import Job, JobState, JobStore
 from worker.ops_store import OpsStore
@@ -39,7 +41,8 @@ class Admin:
             )
         try:
             self.enqueue(job_id)
-        except Exception as exc:  # broker down: say so on the job instead of leaving it queued
+        except (OperationalError, OSError, RuntimeError) as exc:
+            # Broker down or not configured: say so on the job instead of leaving it queued.
             reason = f"retry could not be queued: {type(exc).__name__}: {exc}"
             self.store.mark_failed(job_id, reason)
             self.ops.audit(actor, "retry-failed", job_id, reason)
