@@ -20,6 +20,7 @@ from worker.dispatch import Dispatcher
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobStore
 from worker.processes import child_dies_with_parent, stop_process
+from worker.pull import StudyPoller
 from worker.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ def run_scp(
         quiet_seconds=settings.completion.quiet_seconds,
     )
     scp.start()
+    poller = StudyPoller(settings, store, spool, dispatcher)
+    poller.start()
     status = 0
     next_recovery = 0.0
     try:
@@ -78,6 +81,7 @@ def run_scp(
                 break
             stop.wait(1.0)
     finally:
+        poller.stop()
         scp.stop()
         store.close()
     return status
