@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from scu_scp.models import DeliveryError, DeliveryResult, InstanceResult
 
 __all__ = [
+    "QIDO_PAGE_SIZE",
     "DicomwebEndpoint",
     "FetchError",
     "RetrievedInstance",
@@ -37,6 +38,8 @@ AuthKind = Literal["none", "basic", "bearer"]
 
 # Status codes of a STOW-RS Failed SOP Sequence item with no FailureReason: "processing failure".
 _PROCESSING_FAILURE = 0x0110
+#: Studies asked for per QIDO-RS request.
+QIDO_PAGE_SIZE = 100
 # Any transfer syntax the server holds: pull instances as stored, no transcoding.
 _AS_STORED = (("application/dicom", "*"),)
 
@@ -204,16 +207,30 @@ def search_studies(
     *,
     client: DICOMwebClient | None = None,
 ) -> list[str]:
-    """Study Instance UIDs matching ``filters`` (QIDO-RS attribute keywords), all pages."""
+    """Study Instance UIDs matching ``filters`` (QIDO-RS attribute keywords), all pages.
+
+    Pages by limit/offset ourselves: dicomweb-client's ``get_remaining`` never ends against
+    servers that ignore ``offset`` without ``limit`` (Orthanc 1.10's plugin). A page with no
+    UID not seen before also ends the search, whatever the server does with ``offset``.
+    """
     client = client or _client(endpoint)
-    try:
-        found = client.search_for_studies(
-            search_filters=dict(filters), fields=["StudyInstanceUID"], get_remaining=True
-        )
-    except requests.RequestException as exc:
-        raise FetchError(f"QIDO-RS: {_http_reason(exc, endpoint)}") from exc
-    uids = [_value(item, "0020000D") for item in found]
-    return list(dict.fromkeys(u for u in uids if u))
+    uids: dict[str, None] = {}
+    offset = 0
+    while True:
+        try:
+            page = client.search_for_studies(
+                search_filters=dict(filters),
+                fields=["StudyInstanceUID"],
+                limit=QIDO_PAGE_SIZE,
+                offset=offset,
+            )
+        except requests.RequestException as exc:
+            raise FetchError(f"QIDO-RS: {_http_reason(exc, endpoint)}") from exc
+        new = [u for u in (_value(item, "0020000D") for item in page) if u and u not in uids]
+        uids.update(dict.fromkeys(new))
+        if len(page) < QIDO_PAGE_SIZE or not new:
+            return list(uids)
+        offset += len(page)
 
 
 def _encode(ds: Dataset) -> bytes:
