@@ -72,8 +72,29 @@ class RetrievedInstance:
     data: bytes
 
 
+class _RawWildcards(requests.adapters.HTTPAdapter):
+    """Sends ``*`` in query strings as is: RFC 3986 allows it there, and some servers
+    (Orthanc 1.10) do not decode ``%2A``, so a QIDO-RS wildcard match would find nothing."""
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        if request.url and "?" in request.url:
+            path, query = request.url.split("?", 1)
+            request.url = f"{path}?{query.replace('%2A', '*')}"
+        return super().send(request, stream, timeout, verify, cert, proxies)
+
+
 def _client(endpoint: DicomwebEndpoint) -> DICOMwebClient:
     session = requests.Session()
+    session.mount("http://", _RawWildcards())
+    session.mount("https://", _RawWildcards())
     session.trust_env = False  # no proxy from the environment to a hospital-internal archive
     if endpoint.auth == "basic":
         session.auth = (endpoint.username, endpoint.password)

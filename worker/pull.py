@@ -122,6 +122,7 @@ class StudyPoller:
         self._today = today
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.rounds = 0  # polls done by the threads, for monitoring and tests
 
     @property
     def polled(self) -> Mapping[str, DicomwebSource]:
@@ -133,10 +134,10 @@ class StudyPoller:
         assert source.poll is not None
         where = web_endpoint(source, self._settings.delivery.timeout_seconds)
         uids = search_studies(where, qido_filters(source.poll, self._today()))
+        new = [uid for uid in uids if not self._store.list(study_uid=uid, limit=1)]
+        log.info("poll of %s: %d matching studies, %d new", name, len(uids), len(new))
         jobs = []
-        for uid in uids:
-            if self._store.list(study_uid=uid, limit=1):
-                continue
+        for uid in new:
             try:
                 jobs.append(
                     pull_study(
@@ -153,13 +154,12 @@ class StudyPoller:
     def _run(self, name: str, interval: float) -> None:
         while not self._stop.is_set():
             try:
-                jobs = self.poll_once(name)
-                if jobs:
-                    log.info("poll of %s queued %d new studies", name, len(jobs))
+                self.poll_once(name)
             except FetchError as exc:
                 log.warning("poll of %s failed: %s; will try again", name, exc)
             except (OperationalError, OSError) as exc:  # spool disk or broker: keep polling
                 log.error("poll of %s failed: %s; will try again", name, exc)
+            self.rounds += 1
             self._stop.wait(interval)
 
     def start(self) -> None:
