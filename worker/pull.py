@@ -8,6 +8,8 @@ the admin API call: the study lands in the spool with the durability of a receiv
 from __future__ import annotations
 
 import logging
+import secrets
+import shutil
 import threading
 from collections.abc import Callable, Mapping
 from datetime import date, timedelta
@@ -25,6 +27,9 @@ from worker.jobs import Job, JobStore
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Folder under the spool root where fetched studies are staged until complete.
+STAGING_DIR = "pulls"
 
 __all__ = ["PullError", "StudyPoller", "pull_study", "qido_filters"]
 
@@ -47,7 +52,12 @@ def pull_study(
 def fetch_into_spool(
     settings: Settings, source_name: str, study_uid: str, *, spool: Spool
 ) -> SpooledStudy:
-    """WADO-RS every instance of the study into the spool (fsynced), then seal it."""
+    """WADO-RS every instance of the study into the spool (fsynced), then seal it.
+
+    Instances are staged in a spool of their own under ``spool/pulls/`` and the sealed batch
+    renamed into ``spool/studies/``: the SCP never sees a half-fetched study as received,
+    and another process (the CLI) never writes into the SCP's incoming folders.
+    """
     source = settings.sources.get(source_name)
     if source is None:
         known = ", ".join(sorted(settings.sources)) or "none configured"
@@ -58,6 +68,8 @@ def fetch_into_spool(
         raise PullError(str(exc)) from exc
     where = web_endpoint(source, settings.delivery.timeout_seconds)
     host = urlsplit(where.url).hostname or ""
+    staging_root = spool.root / STAGING_DIR / secrets.token_hex(8)
+    staging = Spool(staging_root)
     count = 0
     try:
         for instance in fetch_study(where, study_uid):
@@ -66,7 +78,7 @@ def fetch_into_spool(
                     f"{where.url} answered study {study_uid} with an instance of study "
                     f"{instance.study_uid!r} ({instance.sop_uid})"
                 )
-            spool.store(
+            staging.store(
                 instance.data,
                 study_uid=study_uid,
                 series_uid=instance.series_uid,
@@ -75,13 +87,17 @@ def fetch_into_spool(
                 calling_host=host,
             )
             count += 1
+        staged = staging.seal(study_uid)
+        if staged is None:  # pragma: no cover - fetch_study raises when there is nothing
+            raise PullError(f"study {study_uid}: nothing to seal after fetching {count} instances")
+        sealed = spool.adopt(staged)
     except FetchError as exc:
         raise PullError(f"source {source_name}: {exc}") from exc
     except ValueError as exc:  # an instance UID unusable as a path: refuse the study
         raise PullError(f"source {source_name}, study {study_uid}: {exc}") from exc
-    sealed = spool.seal(study_uid)
-    if sealed is None:  # pragma: no cover - count > 0 means files are there
-        raise PullError(f"study {study_uid}: nothing to seal after fetching {count} instances")
+    finally:
+        # A failed fetch leaves nothing behind: the study is still in the archive.
+        shutil.rmtree(staging_root, ignore_errors=True)
     log.info("pulled study %s from %s: %d instances", study_uid, source_name, count)
     return sealed
 

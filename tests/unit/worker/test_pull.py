@@ -5,23 +5,27 @@ The job store (SQLite), spool and Orthanc are real; only the broker is a list of
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+import yaml
 from pydicom.uid import generate_uid
 
 from scu_scp.spool import Spool
 from tests.support.orthanc import Orthanc, require_orthanc, wait_for
 from tests.unit.pipelines.phantom import make_ct_phantom
+from worker.cli import main
 from worker.dispatch import Dispatcher
 from worker.jobs import JobState, JobStore
 from worker.pull import PullError, StudyPoller, pull_study
 from worker.settings import Settings, load_settings
 
 USERS = {"annotator": "right-password"}
+SOURCE = {"auth": {"type": "basic", "username": "annotator", "password": "right-password"}}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +108,31 @@ def test_pull_errors_name_the_source_and_http_status(tmp_path: Path, orthanc: Or
     with pytest.raises(PullError, match=r"source web: WADO-RS of study .*: 401 Unauthorized"):
         pull_study(wrong.settings, "web", study_uid, spool=wrong.spool, dispatcher=wrong.dispatcher)
     assert w.queued == [] and wrong.queued == []
+    for spool in (w.spool, wrong.spool):  # nothing half-fetched is left to look received
+        assert list(spool.incoming.iterdir()) == []
+        assert list((spool.root / "pulls").iterdir()) == []
+        assert spool.sealed() == []
+
+
+def test_annotate_command_without_a_broker_records_the_job(
+    tmp_path: Path, orthanc: Orthanc, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No broker_url and no running `up`: the job waits as received for the service."""
+    w = world(tmp_path, orthanc)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(json.loads(w.settings.model_dump_json(exclude={"sources", "routing"})))
+        + yaml.safe_dump({"sources": {"web": {**SOURCE, "url": orthanc.dicomweb_url}}})
+    )
+    study_uid, count = upload_study(orthanc, tmp_path / "in", "CLI1")
+    assert main(["annotate", "--config", str(config), "--source", "nope", "--study", "1.2"]) == 2
+    assert "unknown source 'nope' (known: web)" in capsys.readouterr().err
+    assert main(["annotate", "--config", str(config), "--source", "web", "--study", "1.2"]) == 1
+    assert "404 Not Found" in capsys.readouterr().err
+    assert main(["annotate", "--config", str(config), "--source", "web", "--study", study_uid]) == 0
+    assert "the service queues it" in capsys.readouterr().out
+    [job] = JobStore(w.settings.effective_database_url).list(study_uid=study_uid)
+    assert (job.state, job.instance_count) == (JobState.RECEIVED, count)
 
 
 def test_poller_queues_each_matching_study_once(tmp_path: Path, orthanc: Orthanc) -> None:
