@@ -6,6 +6,7 @@ Kept apart from ``worker.settings`` so that file stays about the service as a wh
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -91,7 +92,7 @@ class DicomwebSource(_Section):
     _ca = field_validator("ca_bundle")(check_ca_bundle)
 
 
-def check_dicomweb(settings: Settings) -> None:
+def check_dicomweb(settings: Settings, known_pipelines: Collection[str]) -> None:
     """Sources and delivery rules name known destinations; source names cannot be mistaken
     for a DICOM sender (a pulled job records its source name as its calling AE)."""
     ae_titles = {d.ae_title for d in settings.destinations.values() if d.ae_title}
@@ -107,3 +108,6 @@ def check_dicomweb(settings: Settings) -> None:
         for target in rule.to:
             if target not in settings.destinations:
                 raise ValueError(f"delivery.rules[{i}].to: unknown destination {target!r}")
+        for pipeline in rule.pipelines:
+            if pipeline not in known_pipelines:
+                raise ValueError(f"delivery.rules[{i}].pipelines: unknown pipeline {pipeline!r}")

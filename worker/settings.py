@@ -202,8 +202,8 @@ class Settings(BaseSettings):
         for name in self.delivery.to:
             if name not in self.destinations:
                 raise ValueError(f"delivery.to: unknown destination {name!r}")
-        check_dicomweb(self)
         known = builtin_pipelines().keys()
+        check_dicomweb(self, known)
         for i, rule in enumerate(self.routing):
             for name in rule.pipelines:
                 if name not in known:

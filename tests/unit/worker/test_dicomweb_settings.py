@@ -79,6 +79,10 @@ def test_bad_destinations_are_refused_naming_the_setting(
         ({"sources": {"a name with spaces": SOURCE}}, "a source name is 1-16"),
         ({"sources": {"PACS": SOURCE}}, "equals a destination's AE title"),
         ({"delivery": {"rules": [{"to": ["nowhere"]}]}}, "delivery.rules[0].to"),
+        (
+            {"delivery": {"rules": [{"to": ["pacs"], "pipelines": ["nope"]}]}},
+            "delivery.rules[0].pipelines: unknown pipeline 'nope'",
+        ),
         ({"sources": {"web": {**SOURCE, "poll": {"interval_seconds": 0}}}}, "interval_seconds"),
     ],
 )
