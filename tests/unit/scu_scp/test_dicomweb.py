@@ -1,4 +1,4 @@
-"""DICOMweb edge: STOW-RS responses to per-instance results, error mapping, QIDO paging.
+"""DICOMweb edge: STOW-RS responses to per-instance results, error mapping, QIDO paging, TLS.
 
 The client seam (``client=``) takes fakes here; tests/integration/test_dicomweb.py and
 tests/unit/worker/test_pull.py run the same code against a real Orthanc.
@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import ssl
+import subprocess
+import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pydicom
 import pytest
@@ -171,3 +177,71 @@ def test_fetch_reencodes_instances_as_part10() -> None:
 def test_fetch_of_an_empty_study_is_an_error() -> None:
     with pytest.raises(FetchError, match="no instances"):
         list(fetch_study(ENDPOINT, "1.2.3", client=FakeClient()))  # type: ignore[arg-type]
+
+
+class _StowHandler(BaseHTTPRequestHandler):
+    """Answers any STOW-RS with 200 and an empty response; records the Authorization header."""
+
+    seen_auth: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        _StowHandler.seen_auth.append(self.headers.get("Authorization", ""))
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real TLS server with a self-signed certificate for 127.0.0.1: (base URL, cert)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (Debian package 'openssl')")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StowHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/dicom-web", cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_is_verified_by_default(https_server: tuple[str, Path]) -> None:
+    url, _cert = https_server
+    with pytest.raises(DeliveryError, match=f"TLS verification failed for {url}"):
+        store_datasets(DicomwebEndpoint(url, timeout=10), [_instance()])
+
+
+def test_ca_bundle_trusts_a_private_ca_and_bearer_token_is_sent(
+    https_server: tuple[str, Path],
+) -> None:
+    url, cert = https_server
+    endpoint = DicomwebEndpoint(url, "bearer", token="tok3n", ca_bundle=str(cert), timeout=10)
+    result = store_datasets(endpoint, [_instance()])
+    assert result.ok and len(result.instances) == 1
+    assert _StowHandler.seen_auth[-1] == "Bearer tok3n"
+
+
+@pytest.mark.filterwarnings("ignore:Unverified HTTPS request")
+def test_verification_can_be_turned_off(https_server: tuple[str, Path]) -> None:
+    url, _cert = https_server
+    result = store_datasets(DicomwebEndpoint(url, verify_tls=False, timeout=10), [_instance()])
+    assert result.ok
