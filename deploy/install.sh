@@ -2,7 +2,7 @@
 # Set up pacs-annotator on this machine (Debian 12, Python >= 3.11): the system packages it
 # needs, a virtual environment at .venv in the repository root, and the project in it.
 #   deploy/install.sh          to run the service (adds redis-server for the embedded broker)
-#   deploy/install.sh --dev    also what the tests need: Orthanc, dcmtk, dicom3tools, chromium
+#   deploy/install.sh --dev    also what the tests need: Orthanc, dcmtk, dicom3tools, chromium, openssl
 #                              (the dashboard's browser test drives Debian's chromium)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
@@ -17,7 +17,7 @@ esac
 
 packages=(redis-server)
 if [ "$dev" = 1 ]; then
-  packages+=(orthanc orthanc-dicomweb dcmtk dicom3tools chromium)
+  packages+=(orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl)
 fi
 missing=()
 for p in "${packages[@]}"; do

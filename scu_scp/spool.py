@@ -219,6 +219,19 @@ class Spool:
             _fsync_dir(self.studies)
         return self._study_from(target, meta)
 
+    def adopt(self, study: SpooledStudy) -> SpooledStudy:
+        """Move a batch sealed in another spool on the same file system into this one.
+
+        For studies fetched (not received) by another process: they are staged in a spool
+        of their own, so a partial fetch never looks like a received study here, then
+        renamed in atomically once complete.
+        """
+        target = self.studies / study.batch_id
+        with self._lock:
+            study.path.rename(target)
+            _fsync_dir(self.studies)
+        return self._load_sealed(target)
+
     # -- reading -------------------------------------------------------------------------
 
     def sealed(self) -> list[SpooledStudy]:

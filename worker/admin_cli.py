@@ -72,16 +72,23 @@ def _action(settings: Settings, args: argparse.Namespace) -> int:
     from scu_scp.spool import Spool
     from worker.admin import ActionError, Admin
     from worker.celery_app import create_app, enqueue_job
+    from worker.embedded_redis import service_broker_url
     from worker.jobs import JobStore, UnknownJobError
     from worker.ops_store import OpsStore
 
     store = JobStore(settings.effective_database_url)
     ops = OpsStore(store.engine)
 
+    broker_url = service_broker_url(settings.broker_url, settings.redis_dir)
+
     def enqueue(job_id: str) -> None:
-        if not settings.broker_url:
-            raise RuntimeError("broker_url is empty: set it to the service's Redis")
-        enqueue_job(create_app(settings, with_tasks=False), job_id)
+        if not broker_url:
+            raise RuntimeError(
+                "broker_url is empty and no running 'up' published its embedded Redis: "
+                "set broker_url to the service's Redis"
+            )
+        app = create_app(settings.model_copy(update={"broker_url": broker_url}), with_tasks=False)
+        enqueue_job(app, job_id)
 
     admin = Admin(store, ops, Spool(settings.spool_dir), enqueue)
     actor = f"cli:{getpass.getuser()}"
@@ -107,12 +114,9 @@ def _action(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _flower(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.controls import BROKER_URL_FILE
+    from worker.embedded_redis import service_broker_url
 
-    broker_url = settings.broker_url
-    recorded = settings.data_dir / BROKER_URL_FILE
-    if not broker_url and recorded.exists():  # beside `up` and its embedded Redis
-        broker_url = recorded.read_text().strip()
+    broker_url = service_broker_url(settings.broker_url, settings.redis_dir)
     if not broker_url:
         print(
             "pacs-annotator: broker_url is empty: Flower needs the service's Redis URL "

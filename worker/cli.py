@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, default=50)
     j.add_argument("--json", action="store_true", help="machine-readable output")
 
+    a = sub.add_parser(
+        "annotate", parents=[config], help="pull a study from a DICOMweb source and queue it"
+    )
+    a.add_argument("--source", required=True, metavar="NAME", help="a source from the settings")
+    a.add_argument("--study", required=True, metavar="UID", help="Study Instance UID")
+
     r = sub.add_parser(
         "run", parents=[config], help="run pipelines on a local series folder, no network"
     )
@@ -141,6 +147,9 @@ def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
             print(f"pacs-annotator: unknown destination {args.to!r}", file=sys.stderr)
             return EXIT_USAGE
         d = settings.destinations[args.to]
+        if d.ae_title is None or d.host is None or d.port is None:
+            print(f"pacs-annotator: {args.to} is not a dicom destination", file=sys.stderr)
+            return EXIT_USAGE
         node = DicomNode(d.ae_title, d.host, d.port)
     elif args.host and args.port and args.aet:
         node = DicomNode(args.aet, args.host, args.port)
@@ -245,6 +254,24 @@ def _cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
     from worker.admin_cli import run_admin_command
 
     return run_admin_command(settings, args)
+def _cmd_annotate(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.jobs import JobState
+    from worker.pull import PullError, annotate_from_source
+
+    if args.source not in settings.sources:
+        known = ", ".join(sorted(settings.sources)) or "none configured"
+        print(f"pacs-annotator: unknown source {args.source!r} (known: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        job = annotate_from_source(settings, args.source, args.study)
+    except PullError as exc:
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if job.state is JobState.RECEIVED:
+        print(f"job {job.id} recorded ({job.instance_count} instances); the service queues it")
+    else:
+        print(f"job {job.id} {job.state.value}: study {job.study_uid}, {job.instance_count} inst.")
+    return EXIT_OK
 
 
 _COMMANDS = {
@@ -260,4 +287,5 @@ _COMMANDS = {
     "cancel": _cmd_admin,
     "intake": _cmd_admin,
     "flower": _cmd_admin,
+    "annotate": _cmd_annotate,
 }

@@ -58,18 +58,6 @@ def start_monitor_process(config: Path | None, broker_url: str) -> subprocess.Po
     return subprocess.Popen(args, env=env, preexec_fn=child_dies_with_parent)
 
 
-BROKER_URL_FILE = "broker-url"
-
-
-def record_broker_url(settings: Settings, broker_url: str) -> None:
-    """Where ``up``'s embedded Redis listens, for ``flower`` and other tools started beside it."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.data_dir / BROKER_URL_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(broker_url + "\n")
-    tmp.replace(path)
-
-
 def announce_monitor(settings: Settings) -> None:
     from worker.monitor.server import monitor_url
 

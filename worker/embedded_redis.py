@@ -20,6 +20,25 @@ class EmbeddedRedisError(RuntimeError):
     pass
 
 
+URL_FILE = "url"
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the embedded redis-server a running ``up`` published, if any."""
+    try:
+        return (data_dir / URL_FILE).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def service_broker_url(broker_url: str, redis_dir: Path) -> str:
+    """The configured broker, else the embedded one a running ``up`` published ('' if none).
+
+    Commands started beside ``up`` (annotate, retry, flower) reach its queue this way.
+    """
+    return broker_url or running_url(redis_dir) or ""
+
+
 class EmbeddedRedis:
     """Starts redis-server on a free loopback port with its data (AOF) under ``data_dir``."""
 
@@ -82,10 +101,13 @@ class EmbeddedRedis:
                 raise EmbeddedRedisError(f"redis-server did not answer within {self._timeout} s")
             time.sleep(0.1)
         client.close()
+        # Other commands on this machine (annotate --source) find the broker here.
+        (self._dir / URL_FILE).write_text(self.url + "\n", encoding="utf-8")
         log.info("embedded redis-server on 127.0.0.1:%d (data in %s)", self.port, self._dir)
         return self.url
 
     def stop(self) -> None:
+        (self._dir / URL_FILE).unlink(missing_ok=True)
         if self._proc is not None:
             stop_process(self._proc, timeout=10)
             self._proc = None

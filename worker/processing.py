@@ -16,10 +16,12 @@ from pydicom.dataset import Dataset
 from pipelines.base import Pipeline
 from pipelines.errors import InputError
 from pipelines.runner import StudyResult, annotate_study
+from scu_scp.dicomweb import DicomwebEndpoint, store_datasets
 from scu_scp.models import DeliveryError, DeliveryResult, DicomNode
 from scu_scp.scu import send_datasets
 from scu_scp.spool import Spool
 from worker import __version__
+from worker.delivery_rules import dicom_node, route_by_rules, web_endpoint
 from worker.jobs import FINAL_STATES, Job, JobStore
 from worker.settings import Destination, Settings
 
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 Sender = Callable[[DicomNode, Sequence[Dataset]], DeliveryResult]
+WebSender = Callable[[DicomwebEndpoint, Sequence[Dataset]], DeliveryResult]
 
 
 class TransientDeliveryError(Exception):
@@ -47,6 +50,7 @@ class Runtime:
     spool: Spool
     pipelines: dict[str, Pipeline]
     send: Sender
+    send_web: WebSender = store_datasets
 
 
 def make_sender(settings: Settings) -> Sender:
@@ -61,8 +65,18 @@ def make_sender(settings: Settings) -> Sender:
     return send
 
 
-def choose_destinations(settings: Settings, calling_ae: str) -> list[tuple[str, Destination]]:
-    """Where results go: ``delivery.to`` if set, else the caller's own node, else the default."""
+def choose_destinations(
+    settings: Settings,
+    calling_ae: str,
+    *,
+    modalities: Sequence[str] = (),
+    pipelines: Sequence[str] = (),
+) -> list[tuple[str, Destination]]:
+    """Where results go: matching ``delivery.rules``, else the source's ``deliver_to``, else
+    ``delivery.to``, else the caller's own node, else the default."""
+    routed = route_by_rules(settings, calling_ae, modalities=modalities, pipelines=pipelines)
+    if routed:
+        return [(name, settings.destinations[name]) for name in routed]
     if settings.delivery.to:
         return [(name, settings.destinations[name]) for name in settings.delivery.to]
     for name, dest in settings.destinations.items():
@@ -143,12 +157,27 @@ def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]
     return list(result.outputs), outcomes
 
 
-def _deliver(rt: Runtime, job: Job, outputs: Sequence[Dataset]) -> list[dict[str, Any]]:
+def _send_to(rt: Runtime, dest: Destination, outputs: Sequence[Dataset]) -> DeliveryResult:
+    """C-STORE or STOW-RS by the destination's type; both give per-instance results."""
+    if dest.type == "dicomweb":
+        return rt.send_web(web_endpoint(dest, rt.settings.delivery.timeout_seconds), outputs)
+    return rt.send(dicom_node(dest), outputs)
+
+
+def _deliver(
+    rt: Runtime,
+    job: Job,
+    outputs: Sequence[Dataset],
+    outcomes: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
     delivered: list[dict[str, Any]] = []
-    for name, dest in choose_destinations(rt.settings, job.calling_ae):
-        node = DicomNode(dest.ae_title, dest.host, dest.port)
+    modalities = [str(o.get("modality") or "") for o in outcomes]
+    pipelines = [str(o.get("pipeline") or "") for o in outcomes if o.get("status") != "failed"]
+    for name, dest in choose_destinations(
+        rt.settings, job.calling_ae, modalities=modalities, pipelines=pipelines
+    ):
         try:
-            result = rt.send(node, outputs)
+            result = _send_to(rt, dest, outputs)
         except DeliveryError as exc:
             raise TransientDeliveryError(f"destination {name}: {exc}") from exc
         if result.failed:
@@ -202,7 +231,7 @@ def process_job(rt: Runtime, job_id: str) -> Job:
     delivered: list[dict[str, Any]] = []
     if outputs:
         try:
-            delivered = _deliver(rt, job, outputs)
+            delivered = _deliver(rt, job, outputs, outcomes)
         except NoDestinationError as exc:
             return rt.store.mark_failed(job_id, str(exc))
     failure = _failure_summary(outcomes)

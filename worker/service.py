@@ -19,7 +19,6 @@ from worker.celery_app import create_app, enqueue_job
 from worker.controls import (
     ControlPoller,
     announce_monitor,
-    record_broker_url,
     start_monitor_process,
 )
 from worker.dispatch import Dispatcher
@@ -27,6 +26,7 @@ from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobStore
 from worker.ops_store import OpsStore
 from worker.processes import child_dies_with_parent, stop_process
+from worker.pull import StudyPoller
 from worker.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def run_scp(
     controls = ControlPoller(OpsStore(store.engine), scp)
     controls.apply()  # a pause set while the service was down holds from the first C-STORE
     scp.start()
+    poller = StudyPoller(settings, store, spool, dispatcher)
+    poller.start()
     status = 0
     next_recovery = 0.0
     try:
@@ -88,6 +90,7 @@ def run_scp(
                 break
             stop.wait(1.0)
     finally:
+        poller.stop()
         scp.stop()
         store.close()
     return status
@@ -107,7 +110,6 @@ def run_up(settings: Settings, config: Path | None, stop: threading.Event) -> in
     if not settings.broker_url:
         embedded = EmbeddedRedis(settings.redis_dir)
         settings = settings.model_copy(update={"broker_url": embedded.start()})
-    record_broker_url(settings, settings.broker_url)
     worker_proc = start_worker_process(config, settings.broker_url)
     monitor_proc = None
     if settings.monitor.enabled:

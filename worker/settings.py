@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from pipelines.registry import builtin_pipelines
 from pipelines.routing import DEFAULT_RULES, RoutingRule
+from worker.dicomweb_settings import (
+    DeliveryRule,
+    DicomwebAuthSettings,
+    DicomwebSource,
+    check_ca_bundle,
+    check_dicomweb,
+    check_http_url,
+)
 
 ENV_PREFIX = "PACS_ANNOTATOR_"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no "\"
@@ -53,14 +61,36 @@ class CompletionSettings(_Section):
 
 
 class Destination(_Section):
-    """A DICOM node that receives results (C-STORE SCP)."""
+    """A node that receives results: a DICOM C-STORE SCP (``type: dicom``, the default)
+    or a DICOMweb archive (``type: dicomweb``, STOW-RS to ``url``)."""
 
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    type: Literal["dicom", "dicomweb"] = "dicom"
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    url: str | None = None
+    auth: DicomwebAuthSettings = DicomwebAuthSettings()
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
     default: bool = False
 
-    _ae = field_validator("ae_title")(_check_ae_title)
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+    _url = field_validator("url")(check_http_url)
+    _ca = field_validator("ca_bundle")(check_ca_bundle)
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> Destination:
+        if self.type == "dicom":
+            missing = [n for n in ("ae_title", "host", "port") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"a dicom destination needs {', '.join(missing)}")
+        elif self.url is None:
+            raise ValueError("a dicomweb destination needs url")
+        return self
 
 
 class DeliverySettings(_Section):
@@ -68,12 +98,15 @@ class DeliverySettings(_Section):
 
     ``to`` empty means: the destination whose AE title equals the calling AE of the study,
     else the destination marked ``default``. A list of names sends to each of them.
+    ``rules`` (first checked; every matching rule adds its destinations) route by source,
+    modality or pipeline, so one job can go to a DICOM PACS and a DICOMweb archive.
     """
 
     to: tuple[str, ...] = ()
     max_retries: int = Field(default=5, ge=0, le=100)
     retry_delay_seconds: float = Field(default=30.0, gt=0)
     timeout_seconds: float = Field(default=60.0, gt=0)
+    rules: tuple[DeliveryRule, ...] = ()
 
 
 class RoutingRuleSettings(_Section):
@@ -157,6 +190,7 @@ class Settings(BaseSettings):
     scp: ScpSettings = ScpSettings()
     completion: CompletionSettings = CompletionSettings()
     destinations: dict[str, Destination] = Field(default_factory=dict)
+    sources: dict[str, DicomwebSource] = Field(default_factory=dict)
     delivery: DeliverySettings = DeliverySettings()
     routing: tuple[RoutingRuleSettings, ...] = Field(default_factory=_default_routing)
     worker: WorkerSettings = WorkerSettings()
@@ -198,6 +232,7 @@ class Settings(BaseSettings):
             if name not in self.destinations:
                 raise ValueError(f"delivery.to: unknown destination {name!r}")
         known = builtin_pipelines().keys()
+        check_dicomweb(self, known)
         for i, rule in enumerate(self.routing):
             for name in rule.pipelines:
                 if name not in known:

@@ -12,7 +12,6 @@ import yaml
 
 from tests.support.orthanc import wait_for
 from tests.support.processes import free_port, log_tail, require_binaries, stop_process
-from worker.controls import BROKER_URL_FILE
 from worker.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
@@ -23,9 +22,8 @@ def test_flower_finds_the_embedded_broker_and_serves_its_ui(tmp_path: Path) -> N
     data = tmp_path / "data"
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(data)}))
-    with EmbeddedRedis(tmp_path / "redis") as server:
-        data.mkdir()
-        (data / BROKER_URL_FILE).write_text(server.url + "\n")  # what `up` records
+    # The same embedded Redis `up` starts, publishing its URL under data_dir/redis.
+    with EmbeddedRedis(data / "redis") as server:
         port = free_port()
         log_path = tmp_path / "flower.log"
         with log_path.open("wb") as log_file:

@@ -228,3 +228,19 @@ def test_stale_partial_writes_are_discarded_at_start(tmp_path: Path) -> None:
 
     assert not stale.exists()
     assert in_flight.exists()
+
+
+def test_adopt_moves_a_batch_sealed_elsewhere_into_the_spool(tmp_path: Path) -> None:
+    main = Spool(tmp_path / "spool")
+    staging = Spool(tmp_path / "spool" / "pulls" / "x")
+    for n in range(3):
+        store(staging, b"instance %d" % n, n)
+    staged = staging.seal(STUDY)
+    assert staged is not None
+    assert main.sealed() == [] and main.pending() == {}
+    adopted = main.adopt(staged)
+    assert adopted.path == main.studies / staged.batch_id
+    assert not staged.path.exists()
+    assert main.open_sealed(staged.batch_id) == adopted
+    assert adopted.instance_count == 3 and adopted.calling_ae == staged.calling_ae
+    assert len(main.instance_paths(adopted)) == 3
