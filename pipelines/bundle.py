@@ -16,7 +16,6 @@ Loading happens once per pipeline object (per worker process), on first use or w
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ import torch
 from monai.bundle.config_parser import ConfigParser
 from monai.data.meta_tensor import MetaTensor
 
+from pipelines.bundle_files import WEIGHTS, bundle_metadata, check_bundle_dir, config_file
 from pipelines.bundle_geometry import to_meta_tensor, to_volume_grid
 from pipelines.bundle_outputs import (
     LabelCode,
@@ -45,8 +45,6 @@ from pipelines.volume import Volume
 logger = logging.getLogger(__name__)
 
 Kind = Literal["auto", "segmentation", "detection", "classification"]
-CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
-WEIGHTS = ("models/model.pt", "models/model.ts")
 #: Transforms that read or write files: replaced by the pipeline's own DICOM I/O.
 _LOADERS = frozenset({"LoadImaged", "LoadImage", "LoadImageD", "LoadImageDict"})
 _WRITER_PREFIXES = ("Save", "Write")
@@ -66,36 +64,6 @@ class BundleSpec:
     labels: Mapping[str, LabelCode] = field(default_factory=dict)
     min_score: float = 0.5
     amp: bool = True
-
-
-def config_file(path: Path, config: str) -> Path:
-    """``configs/<config>.json|yaml|yml`` of the bundle at ``path``; ``BundleError`` if none."""
-    for suffix in CONFIG_SUFFIXES:
-        candidate = path / "configs" / f"{config}{suffix}"
-        if candidate.is_file():
-            return candidate
-    raise BundleError(f"bundle {path}: no configs/{config}.json or .yaml")
-
-
-def check_bundle_dir(path: Path, config: str = "inference") -> None:
-    """Cheap start-up check (runs no bundle code): the config and the weights exist."""
-    if not path.is_dir():
-        raise BundleError(f"bundle directory {path} does not exist")
-    config_file(path, config)
-    if not any((path / weights).is_file() for weights in WEIGHTS):
-        raise BundleError(f"bundle {path}: no weights ({' or '.join(WEIGHTS)})")
-
-
-def bundle_metadata(path: Path) -> dict[str, Any]:
-    """``configs/metadata.json`` as plain JSON ({} when absent)."""
-    meta = path / "configs" / "metadata.json"
-    if not meta.is_file():
-        return {}
-    try:
-        loaded = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"bundle {path}: cannot read configs/metadata.json: {exc}") from exc
-    return loaded if isinstance(loaded, dict) else {}
 
 
 @dataclass

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from celery import Celery
 
+from worker.bundle_settings import DEFAULT_QUEUE
+from worker.queues import JobRoute
 from worker.settings import Settings
 
 PROCESS_STUDY = "pacs_annotator.process_study"
-DEFAULT_QUEUE = "pacs-annotator"
+__all__ = ["DEFAULT_QUEUE", "PROCESS_STUDY", "create_app", "enqueue_job"]
 
 
 def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
@@ -41,6 +43,14 @@ def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
     return app
 
 
-def enqueue_job(app: Celery, job_id: str) -> None:
-    """Queue one job by task name: the producer never imports the pipelines."""
-    app.send_task(PROCESS_STUDY, args=[job_id], queue=DEFAULT_QUEUE)
+def enqueue_job(app: Celery, job_id: str, route: JobRoute | None = None) -> None:
+    """Queue one job by task name: the producer never imports the pipelines.
+
+    ``route`` (see ``worker.queues``) picks the queue and may shorten the soft time limit.
+    """
+    route = route or JobRoute()
+    options: dict[str, float] = {}
+    if route.soft_time_limit is not None:
+        soft = route.soft_time_limit
+        options = {"soft_time_limit": soft, "time_limit": soft + 60}
+    app.send_task(PROCESS_STUDY, args=[job_id], queue=route.queue, **options)

@@ -20,6 +20,7 @@ from worker.dispatch import Dispatcher
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobStore
 from worker.processes import child_dies_with_parent, stop_process
+from worker.queues import JobRoute, plan_job
 from worker.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ def run_scp(
     store = JobStore(settings.effective_database_url)
     spool = Spool(settings.spool_dir)
     app = create_app(settings, with_tasks=False)
-    dispatcher = Dispatcher(store, spool, lambda job_id: enqueue_job(app, job_id))
+
+    def route(job_id: str) -> JobRoute:
+        return plan_job(settings, spool.instance_paths(spool.open_sealed(job_id)))
+
+    dispatcher = Dispatcher(store, spool, lambda job_id: enqueue_job(app, job_id, route(job_id)))
     scp = StorageSCP(
         ae_title=settings.scp.ae_title,
         host=settings.scp.host,
