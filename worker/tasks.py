@@ -65,6 +65,7 @@ def register_tasks(
 
     @app.task(  # type: ignore[untyped-decorator]
         name=PROCESS_STUDY,
+        shared=False,  # bound to this app's settings; never registered on other apps
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,
