@@ -317,7 +317,9 @@ def _load(spec: BundleSpec, device: torch.device, metadata: Mapping[str, Any]) -
         postprocessing = None
         if kind == "segmentation" and parser.get("postprocessing") is not None:
             postprocessing = parser.get_parsed_content("postprocessing")
-        inferer = parser.get_parsed_content("inferer") if parser.get("inferer") else None
+        inferer = None  # a detector brings its own (set by detector_ops)
+        if kind != "detection" and parser.get("inferer") is not None:
+            inferer = parser.get_parsed_content("inferer")
     except (RuntimeError, ValueError, KeyError, AttributeError, TypeError, ImportError) as exc:
         raise BundleError(f"bundle {spec.name} ({spec.path}) cannot be loaded: {exc}") from exc
     return _Loaded(

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -125,3 +126,123 @@ def threshold_weights(
     weight[1, 0, 0, 0, 0] = gain
     bias[1] = -gain * threshold_hu / scale
     return {"weight": weight, "bias": bias}
+
+
+class TinyFpn(torch.nn.Module):
+    """A small 3D feature pyramid for RetinaNet (two levels, strides 2 and 4).
+
+    The Model Zoo detector uses MONAI's ResNet-FPN, which needs torchvision (not installed
+    here); MONAI's RetinaNet takes any module with ``out_channels`` returning feature maps.
+    """
+
+    def __init__(self, out_channels: int = 16) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        c = out_channels
+        self.level1 = torch.nn.Sequential(
+            torch.nn.Conv3d(1, c, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv3d(c, c, 3, padding=1),
+            torch.nn.ReLU(),
+        )
+        self.level2 = torch.nn.Sequential(
+            torch.nn.Conv3d(c, c, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv3d(c, c, 3, padding=1),
+            torch.nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        first = self.level1(x)
+        return {"0": first, "1": self.level2(first)}
+
+
+def detection_config(*, intensity: tuple[float, float], pixdim: Sequence[float]) -> dict[str, Any]:
+    """A Model Zoo style RetinaNet detection config (as lung_nodule_ct_detection's)."""
+    return {
+        "image_key": "image",
+        "device": "$torch.device('cpu')",
+        "feature_extractor": {"_target_": "tests.support.bundles.TinyFpn", "out_channels": 16},
+        "network_def": {
+            "_target_": "RetinaNet",
+            "spatial_dims": 3,
+            "num_classes": 1,
+            "num_anchors": 3,
+            "feature_extractor": "@feature_extractor",
+            "size_divisible": [8, 8, 8],
+        },
+        "network": "$@network_def.to(@device)",
+        "anchor_generator": {
+            "_target_": "monai.apps.detection.utils.anchor_utils.AnchorGeneratorWithAnchorShape",
+            "feature_map_scales": [1, 2],
+            "base_anchor_shapes": [[6, 6, 6], [8, 8, 8], [10, 10, 10]],
+        },
+        "detector": {
+            "_target_": "RetinaNetDetector",
+            "network": "@network",
+            "anchor_generator": "@anchor_generator",
+            "debug": False,
+        },
+        "detector_ops": [
+            "$@detector.set_target_keys(box_key='box', label_key='label')",
+            "$@detector.set_box_selector_parameters(score_thresh=0.05,"
+            "topk_candidates_per_level=100,nms_thresh=0.22,detections_per_img=10)",
+        ],
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "@image_key"},
+                {"_target_": "EnsureChannelFirstd", "keys": "@image_key"},
+                {"_target_": "Orientationd", "keys": "@image_key", "axcodes": "RAS"},
+                {"_target_": "Spacingd", "keys": "@image_key", "pixdim": list(pixdim)},
+                {
+                    "_target_": "ScaleIntensityRanged",
+                    "keys": "@image_key",
+                    "a_min": intensity[0],
+                    "a_max": intensity[1],
+                    "b_min": 0.0,
+                    "b_max": 1.0,
+                    "clip": True,
+                },
+                {"_target_": "EnsureTyped", "keys": "@image_key"},
+            ],
+        },
+    }
+
+
+def train_detector(detector: Any, *, steps: int, shape: Sequence[int], seed: int = 0) -> None:
+    """Train a RetinaNetDetector briefly on bright spheres in noise (image voxel space).
+
+    MONAI's training path checks ``isinstance(matcher, torchvision's Matcher)`` even with
+    its own ATSS matcher; torchvision is not installed here, so that name is stubbed for
+    the training only (inference never touches it).
+    """
+    from monai.apps.detection.networks import retinanet_detector
+
+    if not isinstance(retinanet_detector.Matcher, type):
+        retinanet_detector.Matcher = type("Matcher", (), {})
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
+    detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
+    detector.set_hard_negative_sampler(
+        batch_size_per_image=64, positive_fraction=0.3, pool_size=20, min_neg=16
+    )
+    optimizer = torch.optim.Adam(detector.network.parameters(), 1e-3)
+    detector.train()
+    for _ in range(steps):
+        images, targets = [], []
+        for _ in range(2):
+            image = rng.normal(0.0, 0.02, shape).astype(np.float32)
+            centre = rng.uniform([6] * 3, np.array(shape) - 6)
+            radius = rng.uniform(3.0, 5.0)
+            image[np.linalg.norm(grid - centre, axis=-1) <= radius] = 1.0
+            images.append(torch.from_numpy(image)[None])
+            box = torch.tensor([[*(centre - radius), *(centre + radius)]], dtype=torch.float32)
+            targets.append({"box": box, "label": torch.tensor([0])})
+        losses = detector(images, targets)
+        loss = losses[detector.cls_key] + losses[detector.box_reg_key]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    detector.eval()
