@@ -246,3 +246,51 @@ def train_detector(detector: Any, *, steps: int, shape: Sequence[int], seed: int
         loss.backward()
         optimizer.step()
     detector.eval()
+
+
+SMALL_UNET = {
+    "_target_": "UNet",
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [8, 16, 32],
+    "strides": [2, 2],
+    "num_res_units": 1,
+}
+
+
+def train_segmenter(
+    network: torch.nn.Module, *, steps: int, shape: Sequence[int], seed: int = 0
+) -> None:
+    """Train a 2-class segmentation network briefly on bright spheres in noise.
+
+    Images are in the bundle's pre-processed space (intensity window -> [-1, 1]), labels
+    are the spheres; the network has to learn where spheres are, nothing is constructed.
+    """
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.Adam(network.parameters(), 1e-2)
+    network.train()
+    for _ in range(steps):
+        images, labels = [], []
+        for _ in range(4):
+            image = rng.normal(-1.0, 0.05, shape).astype(np.float32)
+            label = np.zeros(shape, dtype=np.float32)
+            for _ in range(int(rng.integers(1, 4))):
+                centre = rng.uniform([4] * 3, np.array(shape) - 4)
+                inside = np.linalg.norm(grid - centre, axis=-1) <= rng.uniform(2.0, 6.0)
+                image[inside] = rng.uniform(0.6, 1.0)
+                label[inside] = 1.0
+            images.append(image[None])
+            labels.append(label[None])
+        batch = torch.from_numpy(np.stack(images))
+        target = torch.from_numpy(np.stack(labels))
+        loss = loss_fn(network(batch), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    network.eval()
