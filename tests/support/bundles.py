@@ -294,3 +294,15 @@ def train_segmenter(
         loss.backward()
         optimizer.step()
     network.eval()
+
+
+class MeanClassifier(torch.nn.Module):
+    """Two class logits from the mean input intensity: a classifier with known behaviour."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = self.linear(x.mean(dim=(1, 2, 3, 4))[:, None])
+        return result

@@ -263,3 +263,35 @@ def test_cuda_with_mixed_precision(threshold_bundle: Path) -> None:
     [segment] = pipeline.run(volume).segments
     assert next(pipeline._loaded.network.parameters()).is_cuda  # type: ignore[union-attr]
     assert dice(segment.mask, volume.voxels > DENSE_HU) >= 0.93
+
+
+def test_classification_bundle_puts_class_probabilities_in_the_sr(tmp_path: Path) -> None:
+    """Logits from the mean scaled intensity: a phantom with more air is "mostly air"."""
+    config = segmentation_config({"_target_": "tests.support.bundles.MeanClassifier"}, pixdim=None)
+    del config["postprocessing"]
+    weight = torch.tensor([[0.0], [-20.0]])
+    bias = torch.tensor([0.0, -20.0 * 0.5])  # class 1 wins when the mean is below -0.5
+    root = write_bundle(
+        tmp_path / "classifier",
+        config,
+        channel_def={"0": "mostly tissue", "1": "mostly air"},
+        state_dict={"linear.weight": weight, "linear.bias": bias},
+        output_format="classification",
+    )
+    phantom = make_ct_phantom(slices=8, size=48, pixel_spacing=8.0, slice_spacing=10.0)
+    volume = load_series(phantom.datasets)
+    mean = float(np.clip(volume.voxels / 1000.0, -1, 1).mean())
+    pipeline = BundlePipeline(BundleSpec(name="classes", path=root))
+    findings = pipeline.run(volume)
+    meanings = [c.code.meaning for c in findings.classifications]
+    probabilities = [c.probability for c in findings.classifications]
+    assert meanings == ["mostly tissue", "mostly air"]
+    assert sum(probabilities) == pytest.approx(1.0)
+    expected = 1.0 / (1.0 + np.exp(20.0 * (mean + 0.5)))
+    assert probabilities[1] == pytest.approx(expected, abs=1e-4)
+    result, written = run_bundle(pipeline, phantom.datasets, tmp_path / "out")
+    assert result.report is not None and not any(p.name.startswith("SEG-") for p in written)
+    [sr_path] = [p for p in written if p.name.startswith("SR-")]
+    assert dciodvfy_errors(sr_path) == []
+    concepts = [str(e.value) for e in result.report.iterall() if e.keyword == "CodeMeaning"]
+    assert "mostly air" in concepts
