@@ -306,3 +306,13 @@ class MeanClassifier(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result: torch.Tensor = self.linear(x.mean(dim=(1, 2, 3, 4))[:, None])
         return result
+
+
+class SlowNet(torch.nn.Module):
+    """A network that never finishes in time: for time-limit tests."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(600)
+        return torch.zeros((x.shape[0], 2, *x.shape[2:]))
