@@ -116,7 +116,11 @@ class BundlePipeline:
         )
 
     def run(self, volume: Volume) -> Findings:
-        self.load()
+        try:
+            self.load()
+        except BundleError as exc:
+            # Fails the series with the reason; the other pipelines of the job still run.
+            raise ModelRunError(str(exc)) from exc
         loaded = self._loaded
         assert loaded is not None
         start = time.perf_counter()

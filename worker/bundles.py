@@ -14,6 +14,7 @@ from pydicom.sr.coding import Code
 from pipelines.base import Pipeline
 from pipelines.bundle import BundlePipeline, BundleSpec
 from pipelines.bundle_outputs import LabelCode
+from pipelines.errors import BundleError
 from pipelines.registry import builtin_pipelines
 from worker.bundle_settings import BundlePipelineSettings, LabelCodeSettings
 from worker.settings import Settings
@@ -53,4 +54,9 @@ def load_models(pipelines: dict[str, Pipeline]) -> None:
     """Load every bundle now (in the worker process, after fork), so jobs find them warm."""
     for pipeline in pipelines.values():
         if isinstance(pipeline, BundlePipeline):
-            pipeline.load()
+            try:
+                pipeline.load()
+            except BundleError as exc:
+                # Jobs routed to it fail with this reason (it is tried again then); the
+                # worker and the other pipelines stay up.
+                log.error("cannot load pipeline %s: %s", pipeline.name, exc)

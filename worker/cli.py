@@ -216,6 +216,7 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.errors import DeviceOutOfMemoryError
     from pipelines.routing import RoutingRule
     from pipelines.runner import annotate_study
     from worker.bundles import configured_pipelines
@@ -237,9 +238,17 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     rules: tuple[RoutingRule, ...] = settings.routing_rules
     paths = sorted(p for p in args.directory.rglob("*") if p.is_file())
-    result = annotate_study(
-        paths, rules=rules, pipelines=pipelines, software_version=__version__, only=args.pipeline
-    )
+    try:
+        result = annotate_study(
+            paths,
+            rules=rules,
+            pipelines=pipelines,
+            software_version=__version__,
+            only=args.pipeline,
+        )
+    except DeviceOutOfMemoryError as exc:
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     args.out.mkdir(parents=True, exist_ok=True)
     for ds in result.outputs:
         target = args.out / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"

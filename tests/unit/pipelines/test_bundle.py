@@ -295,3 +295,22 @@ def test_classification_bundle_puts_class_probabilities_in_the_sr(tmp_path: Path
     assert dciodvfy_errors(sr_path) == []
     concepts = [str(e.value) for e in result.report.iterall() if e.keyword == "CodeMeaning"]
     assert "mostly air" in concepts
+
+
+def test_weights_that_do_not_fit_fail_the_series_with_the_reason(tmp_path: Path) -> None:
+    root = write_bundle(
+        tmp_path / "misfit",
+        segmentation_config({**CONV_1X1X1, "out_channels": 3}, pixdim=None),
+        channel_def={"0": "background", "1": "bone"},
+        state_dict=threshold_weights(DENSE_HU),  # 2 output channels, not 3
+    )
+    phantom = make_ct_phantom(slices=8, size=32, pixel_spacing=8.0)
+    folder = tmp_path / "in"
+    result = annotate_study(
+        _write(phantom.datasets, folder),
+        rules=(RoutingRule(pipelines=("misfit",)),),
+        pipelines={"misfit": BundlePipeline(BundleSpec(name="misfit", path=root))},
+        software_version="9.9.9",
+    )
+    [failure] = result.failures
+    assert failure.reason and "models/model.pt does not fit network_def" in failure.reason
