@@ -162,7 +162,10 @@ class BundlePipeline:
                     return loaded.inferer(batch, loaded.network)
                 return loaded.network(batch)
         except RuntimeError as exc:
-            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            message = str(exc).lower()
+            if isinstance(exc, torch.OutOfMemoryError) or any(
+                text in message for text in ("out of memory", "can't allocate memory")
+            ):
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 raise DeviceOutOfMemoryError(

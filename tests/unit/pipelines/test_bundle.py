@@ -219,6 +219,11 @@ class OutOfMemoryNet(torch.nn.Module):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
+class CpuAllocationNet(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+
+
 class BrokenNet(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("Given groups=1, weight of size [16, 3, 3, 3, 3], expected 3 channels")
@@ -242,6 +247,9 @@ def test_out_of_memory_and_model_errors_are_reported(
     with pytest.raises(DeviceOutOfMemoryError, match="out of memory on cpu") as caught:
         pipeline.run(volume)
     assert caught.value.pipeline == "oom" and volume.series_uid in str(caught.value)
+    monkeypatch.setattr(loaded, "network", CpuAllocationNet())
+    with pytest.raises(DeviceOutOfMemoryError, match="can't allocate memory"):
+        pipeline.run(volume)
     monkeypatch.setattr(loaded, "network", BrokenNet())
     with pytest.raises(ModelRunError, match=r"inference failed .* expected 3 channels"):
         pipeline.run(volume)
