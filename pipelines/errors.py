@@ -11,3 +11,24 @@ class VolumeError(InputError):
 
 class UnsupportedSeriesError(InputError):
     """A series of a kind no pipeline handles (e.g. an image-less SOP class)."""
+
+
+class ModelRunError(InputError):
+    """A model could not process this series (its transforms or network refused the input)."""
+
+
+class BundleError(ValueError):
+    """A MONAI bundle directory cannot be used: a configuration error, found at load time."""
+
+
+class DeviceOutOfMemoryError(RuntimeError):
+    """The model ran out of memory on its device.
+
+    Not an ``InputError``: the series may well run elsewhere (a CPU worker), so the worker
+    decides whether the job fails with this reason or is retried on another queue.
+    """
+
+    def __init__(self, message: str, *, pipeline: str, device: str) -> None:
+        super().__init__(message)
+        self.pipeline = pipeline
+        self.device = device

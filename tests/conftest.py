@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+#: ../shared/data, or PACS_ANNOTATOR_TEST_DATA (a checkout elsewhere, e.g. a git worktree).
+SHARED_DATA = Path(
+    os.environ.get("PACS_ANNOTATOR_TEST_DATA") or REPO_ROOT.parent / "shared" / "data"
+)
 
 
 def shared_data_path(*parts: str) -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from kombu.exceptions import OperationalError
 
-from scu_scp.spool import Spool, validate_uid
+from scu_scp.spool import Spool, UnknownBatchError, validate_uid
 from worker.jobs import Job, JobState, JobStore
 from worker.ops_store import OpsStore
 
@@ -41,8 +41,9 @@ class Admin:
             )
         try:
             self.enqueue(job_id)
-        except (OperationalError, OSError, RuntimeError) as exc:
-            # Broker down or not configured: say so on the job instead of leaving it queued.
+        except (OperationalError, OSError, UnknownBatchError) as exc:
+            # Broker down or not configured, or the received files gone from the spool: say
+            # so on the job instead of leaving it queued.
             reason = f"retry could not be queued: {type(exc).__name__}: {exc}"
             self.store.mark_failed(job_id, reason)
             self.ops.audit(actor, "retry-failed", job_id, reason)

@@ -71,26 +71,15 @@ def _hash_password(from_stdin: bool) -> int:
 def _action(settings: Settings, args: argparse.Namespace) -> int:
     from scu_scp.spool import Spool
     from worker.admin import ActionError, Admin
-    from worker.celery_app import create_app, enqueue_job
-    from worker.embedded_redis import service_broker_url
+    from worker.celery_app import job_enqueuer
     from worker.jobs import JobStore, UnknownJobError
     from worker.ops_store import OpsStore
 
     store = JobStore(settings.effective_database_url)
     ops = OpsStore(store.engine)
 
-    broker_url = service_broker_url(settings.broker_url, settings.redis_dir)
-
-    def enqueue(job_id: str) -> None:
-        if not broker_url:
-            raise RuntimeError(
-                "broker_url is empty and no running 'up' published its embedded Redis: "
-                "set broker_url to the service's Redis"
-            )
-        app = create_app(settings.model_copy(update={"broker_url": broker_url}), with_tasks=False)
-        enqueue_job(app, job_id)
-
-    admin = Admin(store, ops, Spool(settings.spool_dir), enqueue)
+    spool = Spool(settings.spool_dir)
+    admin = Admin(store, ops, spool, job_enqueuer(settings, spool))
     actor = f"cli:{getpass.getuser()}"
     try:
         if args.command == "retry":

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from collections.abc import Callable
 
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from scu_scp.spool import Spool
+from worker.bundle_settings import DEFAULT_QUEUE
+from worker.embedded_redis import service_broker_url
+from worker.queues import JobRoute, plan_job
 from worker.settings import Settings
 
 PROCESS_STUDY = "pacs_annotator.process_study"
-DEFAULT_QUEUE = "pacs-annotator"
+__all__ = ["DEFAULT_QUEUE", "PROCESS_STUDY", "create_app", "enqueue_job", "job_enqueuer"]
 
 
 def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
@@ -41,6 +48,41 @@ def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
     return app
 
 
-def enqueue_job(app: Celery, job_id: str) -> None:
-    """Queue one job by task name: the producer never imports the pipelines."""
-    app.send_task(PROCESS_STUDY, args=[job_id], queue=DEFAULT_QUEUE)
+def enqueue_job(app: Celery, job_id: str, route: JobRoute | None = None) -> None:
+    """Queue one job by task name: the producer never imports the pipelines.
+
+    ``route`` (see ``worker.queues``) picks the queue and may shorten the soft time limit.
+    """
+    route = route or JobRoute()
+    options: dict[str, float] = {}
+    if route.soft_time_limit is not None:
+        soft = route.soft_time_limit
+        options = {"soft_time_limit": soft, "time_limit": soft + 60}
+    app.send_task(PROCESS_STUDY, args=[job_id], queue=route.queue, **options)
+
+
+def job_enqueuer(settings: Settings, spool: Spool) -> Callable[[str], None]:
+    """How every producer (SCP dispatcher, pull, retry from the CLI or the monitor) queues a job.
+
+    The broker is ``broker_url``, else the embedded one a running ``up`` published; the
+    queue and time limit are planned from the sealed study's series (``worker.queues``).
+    Without a broker the returned function raises OperationalError, as a broker that is
+    down does, so callers handle both the same way.
+    """
+    broker = service_broker_url(settings.broker_url, settings.redis_dir)
+    if not broker:
+
+        def refuse(job_id: str) -> None:
+            raise OperationalError(
+                f"job {job_id} not queued: broker_url is empty and no running 'up' published "
+                "its embedded Redis"
+            )
+
+        return refuse
+    app = create_app(settings.model_copy(update={"broker_url": broker}), with_tasks=False)
+
+    def enqueue(job_id: str) -> None:
+        route = plan_job(settings, spool.instance_paths(spool.open_sealed(job_id)))
+        enqueue_job(app, job_id, route)
+
+    return enqueue

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from worker import __version__
 from worker.settings import Settings, SettingsError, load_settings
+from worker.worker_options import with_worker_options, worker_hostname
 
 log = logging.getLogger("pacs_annotator")
 
@@ -48,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("scp", parents=[config], help="run the DICOM receiver (needs broker_url)")
     w = sub.add_parser("worker", parents=[config], help="run a Celery worker that processes jobs")
     w.add_argument("--concurrency", type=int, help="worker processes (default: worker.concurrency)")
+    w.add_argument("--device", help="cpu, cuda or cuda:N for this worker's models (worker.device)")
+    w.add_argument(
+        "--queues", help="comma-separated queues to take jobs from (worker.queues; default: all)"
+    )
 
     s = sub.add_parser(
         "send", parents=[config], help="C-STORE every DICOM file under DIR to a node"
@@ -76,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("directory", type=Path, metavar="DIR")
     r.add_argument("--out", type=Path, required=True, metavar="OUTDIR")
     r.add_argument("--pipeline", metavar="NAME", help="run this pipeline instead of the routing")
+    r.add_argument("--device", help="cpu, cuda or cuda:N for the models (worker.device)")
 
     from worker.admin_cli import add_admin_commands
 
@@ -115,24 +121,29 @@ def _cmd_scp(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.celery_app import DEFAULT_QUEUE, create_app
+    from worker.celery_app import create_app
+    from worker.heartbeat import install_heartbeat
+    from worker.queues import worker_queues
 
     if not settings.broker_url:
         print("pacs-annotator: broker_url is empty: a worker needs a Redis URL", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        settings = with_worker_options(settings, device=args.device, queues=args.queues)
+    except SettingsError as exc:
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     app = create_app(settings)
-    from worker.heartbeat import install_heartbeat
-
-    install_heartbeat(settings, (DEFAULT_QUEUE,))
+    install_heartbeat(settings, worker_queues(settings))
     concurrency = args.concurrency or settings.worker.concurrency
     app.worker_main(
         [
             "worker",
             f"--loglevel={settings.log_level}",
             f"--concurrency={concurrency}",
-            f"--queues={DEFAULT_QUEUE}",
+            f"--queues={','.join(worker_queues(settings))}",
             "--pool=prefork",
-            "--hostname=pacs-annotator@%h",
+            f"--hostname={worker_hostname(settings.worker.device)}@%h",
         ]
     )
     return EXIT_OK
@@ -220,11 +231,17 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from pipelines.registry import builtin_pipelines
+    from pipelines.errors import DeviceOutOfMemoryError
     from pipelines.routing import RoutingRule
     from pipelines.runner import annotate_study
+    from worker.bundles import configured_pipelines
 
-    pipelines = builtin_pipelines()
+    try:
+        settings = with_worker_options(settings, device=args.device, queues=None)
+    except SettingsError as exc:
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    pipelines = configured_pipelines(settings)
     if args.pipeline and args.pipeline not in pipelines:
         known = ", ".join(sorted(pipelines))
         print(
@@ -236,9 +253,17 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     rules: tuple[RoutingRule, ...] = settings.routing_rules
     paths = sorted(p for p in args.directory.rglob("*") if p.is_file())
-    result = annotate_study(
-        paths, rules=rules, pipelines=pipelines, software_version=__version__, only=args.pipeline
-    )
+    try:
+        result = annotate_study(
+            paths,
+            rules=rules,
+            pipelines=pipelines,
+            software_version=__version__,
+            only=args.pipeline,
+        )
+    except DeviceOutOfMemoryError as exc:
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     args.out.mkdir(parents=True, exist_ok=True)
     for ds in result.outputs:
         target = args.out / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"

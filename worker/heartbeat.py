@@ -26,8 +26,8 @@ HEARTBEAT_SECONDS = 10.0
 
 
 def worker_device(settings: Settings) -> str:
-    """The device jobs run on. One seam, so a ``worker.device`` setting can plug in here."""
-    return "cpu"
+    """The device this worker's models run on, as the dashboard shows it."""
+    return settings.worker.device
 
 
 class Heartbeat:

@@ -204,25 +204,13 @@ def annotate_from_source(settings: Settings, source_name: str, study_uid: str) -
     The broker is ``broker_url``, else the embedded one a running ``up`` published. If it
     cannot be reached the job stays "received" and the service queues it when it recovers.
     """
-    from worker.celery_app import create_app, enqueue_job
-    from worker.embedded_redis import service_broker_url
+    from worker.celery_app import job_enqueuer
 
-    broker = service_broker_url(settings.broker_url, settings.redis_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.effective_database_url)
     try:
         spool = Spool(settings.spool_dir)
-        if broker:
-            app = create_app(settings.model_copy(update={"broker_url": broker}), with_tasks=False)
-
-            def enqueue(job_id: str) -> None:
-                enqueue_job(app, job_id)
-
-        else:
-
-            def enqueue(job_id: str) -> None:
-                raise OperationalError("no broker: set broker_url or start 'pacs-annotator up'")
-
+        enqueue = job_enqueuer(settings, spool)
         sealed = fetch_into_spool(settings, source_name, study_uid, spool=spool)
         try:
             return Dispatcher(store, spool, enqueue).dispatch(sealed)

@@ -15,7 +15,7 @@ from kombu.exceptions import OperationalError
 
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
-from worker.celery_app import create_app, enqueue_job
+from worker.celery_app import job_enqueuer
 from worker.controls import (
     ControlPoller,
     announce_monitor,
@@ -58,8 +58,7 @@ def run_scp(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.effective_database_url)
     spool = Spool(settings.spool_dir)
-    app = create_app(settings, with_tasks=False)
-    dispatcher = Dispatcher(store, spool, lambda job_id: enqueue_job(app, job_id))
+    dispatcher = Dispatcher(store, spool, job_enqueuer(settings, spool))
     scp = StorageSCP(
         ae_title=settings.scp.ae_title,
         host=settings.scp.host,

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from pipelines.registry import builtin_pipelines
 from pipelines.routing import DEFAULT_RULES, RoutingRule
+from worker.bundle_settings import BundlePipelineSettings, check_device, check_queues
 from worker.dicomweb_settings import (
     DeliveryRule,
     DicomwebAuthSettings,
@@ -143,6 +144,11 @@ class WorkerSettings(_Section):
 
     concurrency: int = Field(default=1, ge=1, le=64)
     job_time_limit_seconds: float = Field(default=3600.0, gt=0)
+    device: str = "cpu"  # cpu, cuda or cuda:N: where this worker's models run
+    queues: tuple[str, ...] = ()  # queues this worker takes jobs from; empty: all configured
+
+    _device = field_validator("device")(check_device)
+    _queues = field_validator("queues")(check_queues)
 
 
 class MonitorSettings(_Section):
@@ -195,6 +201,7 @@ class Settings(BaseSettings):
     routing: tuple[RoutingRuleSettings, ...] = Field(default_factory=_default_routing)
     worker: WorkerSettings = WorkerSettings()
     monitor: MonitorSettings = MonitorSettings()
+    pipelines: dict[str, BundlePipelineSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -231,7 +238,11 @@ class Settings(BaseSettings):
         for name in self.delivery.to:
             if name not in self.destinations:
                 raise ValueError(f"delivery.to: unknown destination {name!r}")
-        known = builtin_pipelines().keys()
+        builtin = builtin_pipelines().keys()
+        for name in self.pipelines:
+            if name in builtin:
+                raise ValueError(f"pipelines.{name}: the name of a built-in pipeline")
+        known = builtin | self.pipelines.keys()
         check_dicomweb(self, known)
         for i, rule in enumerate(self.routing):
             for name in rule.pipelines:

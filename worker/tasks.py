@@ -7,9 +7,11 @@ import os
 from collections.abc import Callable
 
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 
-from pipelines.registry import builtin_pipelines
+from pipelines.errors import DeviceOutOfMemoryError
 from scu_scp.spool import Spool
+from worker.bundles import configured_pipelines, load_models
 from worker.celery_app import PROCESS_STUDY
 from worker.jobs import JobStore
 from worker.processing import Runtime, TransientDeliveryError, make_sender, process_job
@@ -38,11 +40,14 @@ class _PerProcess:
 
 
 def build_runtime(settings: Settings) -> Runtime:
+    """Runs in the worker process after fork: models load here, once, and stay warm."""
+    pipelines = configured_pipelines(settings)
+    load_models(pipelines)
     return Runtime(
         settings=settings,
         store=JobStore(settings.effective_database_url),
         spool=Spool(settings.spool_dir),
-        pipelines=dict(builtin_pipelines()),
+        pipelines=pipelines,
         send=make_sender(settings),
     )
 
@@ -60,6 +65,7 @@ def register_tasks(
 
     @app.task(  # type: ignore[untyped-decorator]
         name=PROCESS_STUDY,
+        shared=False,  # bound to this app's settings; never registered on other apps
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,
@@ -78,7 +84,34 @@ def register_tasks(
             rt.store.mark_retrying(job_id, f"{exc} (retry {retries + 1} in {delay:.0f} s)")
             log.warning("job %s: %s; retrying in %.0f s", job_id, exc, delay)
             raise self.retry(countdown=delay, exc=exc) from exc
+        except SoftTimeLimitExceeded:
+            limits = self.request.timelimit or (None, None)
+            soft = limits[1] or app.conf.task_soft_time_limit
+            limit = f" of {float(soft):.0f} s" if soft else ""
+            reason = f"time limit exceeded: the job ran longer than its soft time limit{limit}"
+            log.warning("job %s: %s", job_id, reason)
+            rt.store.mark_failed(job_id, reason)
+        except DeviceOutOfMemoryError as exc:
+            _out_of_memory(app, rt, settings, job_id, exc)
         except Exception as exc:
             # The edge of the job: record the reason so the admin sees it, then fail loudly.
             rt.store.mark_failed(job_id, f"internal error: {type(exc).__name__}: {exc}")
             raise
+
+
+def _out_of_memory(
+    app: Celery, rt: Runtime, settings: Settings, job_id: str, exc: DeviceOutOfMemoryError
+) -> None:
+    """Fail with the reason, or hand the job to the pipeline's CPU queue if one is set.
+
+    The worker itself goes on: the model freed what it could and takes the next job.
+    """
+    bundle = settings.pipelines.get(exc.pipeline)
+    fallback = bundle.oom_fallback_queue if bundle is not None else None
+    if fallback is None or not exc.device.startswith("cuda"):
+        log.warning("job %s failed: %s", job_id, exc)
+        rt.store.mark_failed(job_id, str(exc))
+        return
+    rt.store.mark_retrying(job_id, f"{exc} (queued again on {fallback})")
+    app.send_task(PROCESS_STUDY, args=[job_id], queue=fallback)
+    log.warning("job %s: out of memory on %s; queued again on %s", job_id, exc.device, fallback)

@@ -21,8 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from scu_scp.spool import Spool, UnknownBatchError
 from worker import __version__
 from worker.admin import ActionError, Admin
-from worker.celery_app import create_app as create_celery_app
-from worker.celery_app import enqueue_job
+from worker.celery_app import job_enqueuer
 from worker.jobs import JobState, JobStore, UnknownJobError
 from worker.monitor.auth import Credentials, TokenChecker, check_session, resolve_credentials
 from worker.monitor.metrics import render_metrics
@@ -49,17 +48,6 @@ class LoginRequiredError(Exception):
     """A page was asked for without a session: the handler sends the browser to /login."""
 
 
-def _enqueuer(settings: Settings) -> Any:
-    if not settings.broker_url:
-
-        def refuse(job_id: str) -> None:
-            raise RuntimeError("broker_url is not set: cannot queue jobs from this monitor")
-
-        return refuse
-    celery = create_celery_app(settings, with_tasks=False)
-    return lambda job_id: enqueue_job(celery, job_id)
-
-
 class Monitor:
     """What every request needs, built once per monitor process."""
 
@@ -68,7 +56,7 @@ class Monitor:
         client = redis.Redis.from_url(settings.broker_url) if settings.broker_url else None
         spool = Spool(settings.spool_dir)
         self.sources = Sources(settings, store, OpsStore(store.engine), spool, client)
-        self.admin = Admin(store, self.sources.ops, spool, _enqueuer(settings))
+        self.admin = Admin(store, self.sources.ops, spool, job_enqueuer(settings, spool))
         self.credentials = credentials
         self.tokens = TokenChecker(credentials)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))

@@ -89,9 +89,11 @@ def make_ct_phantom(
     series_uid: str | None = None,
     nodules: Sequence[Nodule] = (),
     vessels: Sequence[Vessel] = (),
+    nodule_hu: float = NODULE_HU,
 ) -> CtPhantom:
     """Build the phantom; the grid is centred on the patient origin.
 
+    ``nodule_hu`` paints the nodules denser (e.g. bone-like spheres for geometry tests).
     ``shuffle`` returns the slices in random order with InstanceNumber following that
     random order, so a loader that sorts by file order or InstanceNumber gets it wrong.
     """
@@ -111,7 +113,7 @@ def make_ct_phantom(
         + c[..., None] * pixel_spacing * row_dir
     )
     hu = _anatomy(points[..., 0], points[..., 1], points[..., 2])
-    _add_solids(hu, points, nodules, vessels)
+    _add_solids(hu, points, nodules, vessels, nodule_hu)
     del points
     rng = np.random.default_rng(seed)
     noisy = hu + rng.normal(0.0, noise_hu, hu.shape) * (hu > AIR_HU)
@@ -168,6 +170,7 @@ def _add_solids(
     points: npt.NDArray[np.float64],
     nodules: Sequence[Nodule],
     vessels: Sequence[Vessel],
+    nodule_hu: float = NODULE_HU,
 ) -> None:
     """Paint spheres and tubes, each only over its bounding box (the grid can be large)."""
     for nodule in nodules:
@@ -175,7 +178,7 @@ def _add_solids(
         radius = nodule.diameter / 2.0
         box = _box(points, centre - radius, centre + radius)
         inside = np.linalg.norm(points[box] - centre, axis=-1) <= radius
-        hu[box][inside] = NODULE_HU
+        hu[box][inside] = nodule_hu
     for vessel in vessels:
         start, end = np.array(vessel.start), np.array(vessel.end)
         radius = vessel.diameter / 2.0

@@ -11,7 +11,9 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.unit.worker.monitor.conftest import TOKEN, Env, bearer
+from tests.unit.pipelines.phantom import make_ct_phantom
+from tests.unit.worker.monitor.conftest import TOKEN, Env, bearer, broken_series
+from tests.unit.worker.test_processing import spool_study
 from worker.celery_app import DEFAULT_QUEUE
 from worker.jobs import JobState
 from worker.monitor.state import queue_depths
@@ -116,7 +118,9 @@ def test_preview_shows_slices_with_segments_and_circled_detection(
 
 
 def test_retry_requeues_a_failed_job_and_is_audited(client: TestClient, env: Env) -> None:
-    job_id = _new_job(env, "retry-me", JobState.FAILED)
+    broken = make_ct_phantom(slices=8, size=32, pixel_spacing=9.0, seed=11).datasets
+    job_id = process_job(env.runtime, spool_study(env.runtime, broken_series(broken))).id
+    assert env.store.get(job_id).state is JobState.FAILED
     before = queue_depths(env.redis)[DEFAULT_QUEUE]
     response = client.post(f"/api/jobs/{job_id}/retry", headers=bearer())
     assert response.status_code == 200, response.text
@@ -129,6 +133,17 @@ def test_retry_requeues_a_failed_job_and_is_audited(client: TestClient, env: Env
     assert client.post(f"/api/jobs/{env.done_job}/retry", headers=bearer()).status_code == 409
     assert client.post("/api/jobs/nope/retry", headers=bearer()).status_code == 404
     env.redis.delete(DEFAULT_QUEUE)
+
+
+def test_retry_of_a_job_whose_files_left_the_spool_fails_with_the_reason(
+    client: TestClient, env: Env
+) -> None:
+    job_id = _new_job(env, "files-gone", JobState.FAILED)
+    response = client.post(f"/api/jobs/{job_id}/retry", headers=bearer())
+    assert response.status_code == 409, response.text
+    assert "not a spool batch" in response.json()["detail"]
+    job = env.store.get(job_id)
+    assert job.state is JobState.FAILED and "retry could not be queued" in (job.error or "")
 
 
 def test_cancel_a_queued_job_which_the_worker_then_skips(client: TestClient, env: Env) -> None:

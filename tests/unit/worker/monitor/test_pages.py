@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import stat
-from datetime import UTC, datetime
 
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.unit.worker.monitor.conftest import PASSWORD, Env
+from tests.unit.pipelines.phantom import make_ct_phantom
+from tests.unit.worker.monitor.conftest import PASSWORD, Env, broken_series
+from tests.unit.worker.test_processing import spool_study
 from worker.jobs import JobState
 from worker.monitor.app import create_monitor_app
 from worker.monitor.auth import verify_secret
+from worker.processing import process_job
 from worker.settings import load_settings
 
 
@@ -74,27 +76,19 @@ def test_job_page_shows_timeline_delivered_preview_and_actions(env: Env) -> None
 
 
 def test_form_actions_redirect_with_a_message_and_are_audited(env: Env) -> None:
-    env.store.create(
-        job_id="page-retry",
-        study_uid="1.2.3",
-        accession_number="",
-        calling_ae="X",
-        spool_path="/x",
-        instance_count=1,
-        received_at=datetime.now(UTC),
-    )
-    env.store.mark_failed("page-retry", "bad")
+    broken = make_ct_phantom(slices=8, size=32, pixel_spacing=9.0, seed=13).datasets
+    job_id = process_job(env.runtime, spool_study(env.runtime, broken_series(broken))).id
     with env.app_client() as client:
         _login(client)
-        response = client.post("/jobs/page-retry/retry", follow_redirects=False)
-        assert response.headers["location"] == "/jobs/page-retry?msg=queued%20again"
-        assert env.store.get("page-retry").state is JobState.QUEUED
+        response = client.post(f"/jobs/{job_id}/retry", follow_redirects=False)
+        assert response.headers["location"] == f"/jobs/{job_id}?msg=queued%20again"
+        assert env.store.get(job_id).state is JobState.QUEUED
         page = client.get(response.headers["location"])
         assert 'id="flash">queued again' in page.text and 'id="cancel"' in page.text
-        refused = client.post("/jobs/page-retry/retry", follow_redirects=False)
+        refused = client.post(f"/jobs/{job_id}/retry", follow_redirects=False)
         assert "error=" in refused.headers["location"]
-        client.post("/jobs/page-retry/cancel")
-        assert env.store.get("page-retry").state is JobState.CANCELLED
+        client.post(f"/jobs/{job_id}/cancel")
+        assert env.store.get(job_id).state is JobState.CANCELLED
         client.post("/intake/pause")
         assert env.ops.intake_paused()
         assert "paused: the SCP answers 0xA700" in client.get("/").text
