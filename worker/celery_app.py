@@ -28,7 +28,9 @@ def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
         task_time_limit=limit + 60,
         # An unacknowledged job is handed to another worker only after this; keep it above
         # the longest job (plus delivery retries) so a slow job is never run twice at once.
-        broker_transport_options={"visibility_timeout": int(limit * 2 + 600)},
+        broker_transport_options={
+            "visibility_timeout": settings.worker.effective_visibility_timeout
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,

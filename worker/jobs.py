@@ -6,13 +6,14 @@ import enum
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.expression import and_, or_, update
 
 
 class JobState(enum.StrEnum):
@@ -81,6 +82,7 @@ class Job:
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    updated_at: datetime | None = None
 
     @classmethod
     def _from_row(cls, row: _JobRow) -> Job:
@@ -101,6 +103,7 @@ class Job:
             queued_at=_aware(row.queued_at),
             started_at=_aware(row.started_at),
             finished_at=_aware(row.finished_at),
+            updated_at=_aware(row.updated_at),
         )
 
 
@@ -222,6 +225,47 @@ class JobStore:
         return self._update(
             job_id, state=JobState.RUNNING, started_at=_now(), attempts=job.attempts + 1
         )
+
+    def claim(self, job_id: str, *, lease_seconds: float) -> Job | None:
+        """Mark the job running for this worker, unless another worker holds it.
+
+        One atomic UPDATE: a waiting job, or a running one whose lease (``updated_at``,
+        refreshed by ``touch``) is older than ``lease_seconds``. None: not claimable.
+        """
+        now = _now()
+        active = [JobState.RUNNING.value, JobState.DELIVERING.value]
+        waiting = [JobState.RECEIVED.value, JobState.QUEUED.value]
+        stale = now - timedelta(seconds=lease_seconds)
+        stmt = (
+            update(_JobRow)
+            .where(
+                _JobRow.id == job_id,
+                or_(
+                    _JobRow.state.in_(waiting),
+                    and_(_JobRow.state.in_(active), _JobRow.updated_at < stale),
+                ),
+            )
+            .values(
+                state=JobState.RUNNING.value,
+                started_at=now,
+                attempts=_JobRow.attempts + 1,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        with self._session() as s:
+            claimed = s.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+        return self.get(job_id) if claimed else None
+
+    def touch(self, job_id: str) -> None:
+        """Refresh a job's ``updated_at``: the running worker's lease, or a re-queue time."""
+        with self._session() as s:
+            s.execute(
+                update(_JobRow)
+                .where(_JobRow.id == job_id, _JobRow.state.not_in([f.value for f in FINAL_STATES]))
+                .values(updated_at=_now())
+                .execution_options(synchronize_session=False)
+            )
 
     def mark_delivering(
         self, job_id: str, *, pipelines: Sequence[str], outcomes: Sequence[dict[str, Any]]

@@ -20,7 +20,7 @@ from scu_scp.models import DeliveryError, DeliveryResult, DicomNode
 from scu_scp.scu import send_datasets
 from scu_scp.spool import Spool
 from worker import __version__
-from worker.jobs import FINAL_STATES, Job, JobStore
+from worker.jobs import Job, JobStore
 from worker.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
@@ -183,11 +183,13 @@ def process_job(rt: Runtime, job_id: str) -> Job:
     Idempotent: outputs have UIDs derived from their inputs, so running a job again sends
     the same instances and the PACS keeps one copy.
     """
-    job = rt.store.get(job_id)
-    if job.state in FINAL_STATES:
-        log.info("job %s is already %s; nothing to do", job_id, job.state)
+    claimed = rt.store.claim(job_id, lease_seconds=rt.settings.worker.lease_seconds)
+    if claimed is None:
+        # Done, failed, or running on a live worker: this message is a harmless duplicate.
+        job = rt.store.get(job_id)
+        log.info("job %s is %s (finished or held by a live worker): skipped", job_id, job.state)
         return job
-    job = rt.store.mark_running(job_id)
+    job = claimed
     log.info("job %s: study %s, accession %s", job.id, job.study_uid, job.accession_number)
     try:
         outputs, outcomes = _annotate(rt, job)
@@ -202,6 +204,9 @@ def process_job(rt: Runtime, job_id: str) -> Job:
             delivered = _deliver(rt, job, outputs)
         except NoDestinationError as exc:
             return rt.store.mark_failed(job_id, str(exc))
+        except TransientDeliveryError as exc:
+            rt.store.mark_retrying(job_id, str(exc))  # releases the lease for the retry
+            raise
     failure = _failure_summary(outcomes)
     if failure:
         log.warning("job %s: %s", job_id, failure)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
@@ -20,6 +21,7 @@ from worker.dispatch import Dispatcher
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobStore
 from worker.processes import child_dies_with_parent, stop_process
+from worker.reliability import requeue_lost_jobs
 from worker.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,10 @@ def run_scp(
             if time.monotonic() >= next_recovery:
                 try:
                     dispatcher.recover()
-                except (OperationalError, OSError) as exc:  # broker down: try again next round
+                    requeue_lost_jobs(settings, store, lambda job_id: enqueue_job(app, job_id))
+                except (OperationalError, OSError, RedisError) as exc:  # broker down: next round
                     log.warning("could not queue recovered studies (%s); will retry", exc)
-                next_recovery = time.monotonic() + RECOVERY_INTERVAL_SECONDS
+                next_recovery = time.monotonic() + settings.recovery.interval_seconds
             if child is not None and child.poll() is not None:
                 log.error("worker process exited with status %s; stopping", child.returncode)
                 status = 1

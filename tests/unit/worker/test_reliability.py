@@ -1,0 +1,175 @@
+"""Leases and re-queueing: a job runs on one worker at a time and survives a broker that forgot it.
+
+The job store runs on a real SQLite file and, where one answers, the real PostgreSQL; the
+broker is a real redis-server holding real Celery messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.processes import require_binaries
+from tests.unit.worker.test_jobs import _postgres_url
+from worker.celery_app import DEFAULT_QUEUE, create_app, enqueue_job
+from worker.embedded_redis import EmbeddedRedis
+from worker.jobs import JobState, JobStore
+from worker.reliability import Heartbeat, broker_job_ids, reconcile
+from worker.settings import load_settings
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    if request.param == "sqlite":
+        s = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+        yield s
+        s.close()
+    else:
+        gen = _postgres_url()
+        s = JobStore(next(gen))
+        yield s
+        s.close()
+        next(gen, None)
+
+
+def _job(store: JobStore, job_id: str, *, queued: bool = True) -> str:
+    store.create(
+        job_id=job_id,
+        study_uid="1.2.3",
+        accession_number="ACC",
+        calling_ae="ORTHANC",
+        spool_path="/tmp/x",
+        instance_count=1,
+        received_at=datetime.now(UTC),
+    )
+    if queued:
+        store.mark_queued(job_id)
+    return job_id
+
+
+def test_claim_lets_one_worker_hold_a_job_until_its_lease_goes_stale(store: JobStore) -> None:
+    job_id = _job(store, "j1")
+    first = store.claim(job_id, lease_seconds=3600)
+    assert first is not None and first.state is JobState.RUNNING and first.attempts == 1
+    # A second copy of the message while the lease is fresh: refused.
+    assert store.claim(job_id, lease_seconds=3600) is None
+    assert store.get(job_id).attempts == 1
+    # The holder died: with a lease shorter than the row's age, the next copy takes over.
+    second = store.claim(job_id, lease_seconds=0)
+    assert second is not None and second.attempts == 2
+
+
+def test_finished_jobs_cannot_be_claimed(store: JobStore) -> None:
+    done = _job(store, "done")
+    store.mark_done(done, delivered=[])
+    failed = _job(store, "failed")
+    store.mark_failed(failed, "bad input")
+    for job_id in (done, failed):
+        assert store.claim(job_id, lease_seconds=0) is None
+        store.touch(job_id)
+    assert store.get(done).state is JobState.DONE
+    assert store.get(failed).state is JobState.FAILED
+
+
+def test_heartbeat_keeps_the_lease_fresh(store: JobStore) -> None:
+    job_id = _job(store, "beat")
+    claimed = store.claim(job_id, lease_seconds=60)
+    assert claimed is not None and claimed.updated_at is not None
+    with Heartbeat(store, job_id, lease_seconds=0.2):
+        deadline = datetime.now(UTC) + timedelta(seconds=30)
+        while True:
+            updated = store.get(job_id).updated_at
+            assert updated is not None
+            if updated > claimed.updated_at:
+                break
+            assert datetime.now(UTC) < deadline, "the heartbeat never refreshed the lease"
+    assert store.claim(job_id, lease_seconds=60) is None
+
+
+def test_reconcile_requeues_only_jobs_the_broker_lost(store: JobStore) -> None:
+    in_queue = _job(store, "in-queue")
+    lost = _job(store, "lost")
+    running_alive = _job(store, "running-alive")
+    store.claim(running_alive, lease_seconds=60)
+    running_dead = _job(store, "running-dead")
+    store.claim(running_dead, lease_seconds=60)
+    done = _job(store, "done")
+    store.mark_done(done, delivered=[])
+    received = _job(store, "received", queued=False)  # the spool recovery owns these
+    sent: list[str] = []
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+
+    # Young rows are left alone: a message may be on its way to a worker.
+    assert (
+        reconcile(
+            store, sent.append, {in_queue}, requeue_after_seconds=120, lease_seconds=60, now=soon
+        )
+        == []
+    )
+    later = datetime.now(UTC) + timedelta(seconds=300)
+    store.touch(running_alive)  # its worker is alive and beating
+    requeued = reconcile(
+        store, sent.append, {in_queue}, requeue_after_seconds=120, lease_seconds=60, now=later
+    )
+    assert sorted(requeued) == sorted(sent) == sorted([lost, running_dead, running_alive])
+    assert received not in sent and done not in sent and in_queue not in sent
+
+
+def test_reconcile_waits_for_a_stale_lease(store: JobStore) -> None:
+    running = _job(store, "running")
+    store.claim(running, lease_seconds=60)
+    sent: list[str] = []
+    now = datetime.now(UTC) + timedelta(seconds=10)
+    assert (
+        reconcile(store, sent.append, set(), requeue_after_seconds=1, lease_seconds=60, now=now)
+        == []
+    )
+    assert sent == []
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    require_binaries("redis-server")
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        yield server.url
+
+
+def test_broker_job_ids_sees_queued_and_unacked_messages_and_forgets_on_flush(
+    broker: str, tmp_path: Path
+) -> None:
+    settings = load_settings(None, data_dir=tmp_path, broker_url=broker)
+    app = create_app(settings, with_tasks=False)
+    client = redis.Redis.from_url(broker)
+    try:
+        enqueue_job(app, "job-a")
+        enqueue_job(app, "job-b")
+        assert broker_job_ids(client, DEFAULT_QUEUE) == {"job-a", "job-b"}
+        # A worker took one and has not acknowledged it: still the broker's.
+        with app.connection_for_read() as conn:
+            queue = conn.SimpleQueue(DEFAULT_QUEUE)
+            message = queue.get(timeout=10)
+            assert client.hlen("unacked") == 1
+            assert broker_job_ids(client, DEFAULT_QUEUE) == {"job-a", "job-b"}
+            client.flushall()
+            assert broker_job_ids(client, DEFAULT_QUEUE) == set()
+            message.ack()
+            queue.close()
+    finally:
+        client.close()
+
+
+def test_visibility_timeout_must_exceed_the_lease(tmp_path: Path) -> None:
+    from worker.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=r"worker\.visibility_timeout_seconds must exceed"):
+        load_settings(None, data_dir=tmp_path, worker={"visibility_timeout_seconds": 30})
+    ok = load_settings(
+        None, data_dir=tmp_path, worker={"visibility_timeout_seconds": 30, "lease_seconds": 5}
+    )
+    assert ok.worker.effective_visibility_timeout == 30
+    default = load_settings(None, data_dir=tmp_path, worker={"job_time_limit_seconds": 100})
+    assert default.worker.effective_visibility_timeout == 800
