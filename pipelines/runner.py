@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydicom.dataset import Dataset
-from pydicom.uid import SegmentationStorage
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    MRImageStorage,
+    SegmentationStorage,
+)
 
 from pipelines.base import Pipeline
 from pipelines.errors import InputError
@@ -36,6 +44,17 @@ _OutcomeFactory = Callable[[str | None, Status, str | None, tuple[Dataset, ...]]
 
 #: SOP classes that carry pixel data but are results, not images to segment.
 _RESULT_SOP_CLASSES = frozenset({str(SegmentationStorage)})
+#: Image SOP classes: an instance of these without Pixel Data is damaged, not "not an image".
+_IMAGE_SOP_CLASSES = frozenset(
+    str(uid)
+    for uid in (
+        CTImageStorage,
+        EnhancedCTImageStorage,
+        LegacyConvertedEnhancedCTImageStorage,
+        MRImageStorage,
+        EnhancedMRImageStorage,
+    )
+)
 #: SeriesNumber of the study's SR (SEGs use source + 1000).
 REPORT_SERIES_NUMBER = 9000
 
@@ -173,7 +192,9 @@ def _annotate_series(
         return [outcome(None, "skipped", f"no routing rule matches modality {modality or '-'}", ())]
     not_image = _why_not_image_series(first)
     if not_image:
-        return [outcome(None, "skipped", not_image, ())]
+        # An image SOP class without pixels is broken input; a document or report is not.
+        broken = str(first.get("SOPClassUID", "")) in _IMAGE_SOP_CLASSES
+        return [outcome(None, "failed" if broken else "skipped", not_image, ())]
 
     results: list[SeriesOutcome] = []
     volume: Volume | None = None
@@ -262,7 +283,8 @@ def _why_not_image_series(ds: Dataset) -> str | None:
     if sop_class in _RESULT_SOP_CLASSES:
         return f"series of SOP class {sop_class} (a result object, not images)"
     if "PixelData" not in ds:
-        return f"series of SOP class {sop_class or '-'} has no pixel data"
+        name = UID(sop_class).name if sop_class else "-"
+        return f"series of SOP class {name} has no pixel data"
     return None
 
 
