@@ -12,8 +12,9 @@ each found, or that it found nothing, so "ran, found nothing" differs from "neve
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -80,6 +81,8 @@ class StudyResult:
 
     outcomes: tuple[SeriesOutcome, ...]
     report: Dataset | None = None
+    #: Seconds spent per stage ("load", "pipelines", "write"), for benchmarks and logs.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def outputs(self) -> tuple[Dataset, ...]:
@@ -111,7 +114,10 @@ def annotate_study(
     "failed" outcome with the reason, and the other series go on.
     """
     _check_pipeline_names(rules, pipelines, only)
+    timings = {"load": 0.0, "pipelines": 0.0, "write": 0.0}
+    started = time.perf_counter()
     scan = scan_files(paths)
+    timings["load"] += time.perf_counter() - started
     outcomes = [
         SeriesOutcome("", "", None, "failed", f"unreadable file {bad.path}: {bad.reason}", ())
         for bad in scan.unreadable
@@ -120,10 +126,12 @@ def annotate_study(
     for series_uid in sorted(scan.series):
         outcomes.extend(
             _annotate_series(
-                scan.series[series_uid], rules, pipelines, software_version, only, results
+                scan.series[series_uid], rules, pipelines, software_version, only, results, timings
             )
         )
+    started = time.perf_counter()
     report = _report(results, software_version, outcomes)
+    timings["write"] += time.perf_counter() - started
     for outcome in outcomes:
         logger.info(
             "series %s pipeline %s: %s%s",
@@ -132,7 +140,7 @@ def annotate_study(
             outcome.status,
             f" ({outcome.reason})" if outcome.reason else "",
         )
-    return StudyResult(outcomes=tuple(outcomes), report=report)
+    return StudyResult(outcomes=tuple(outcomes), report=report, timings=timings)
 
 
 def _report(
@@ -169,8 +177,12 @@ def _annotate_series(
     software_version: str,
     only: str | None,
     collected: list[SeriesResult],
+    timings: dict[str, float],
 ) -> list[SeriesOutcome]:
-    """Outcomes of one series; each finished result is appended to ``collected`` for the SR."""
+    """Outcomes of one series; each finished result is appended to ``collected`` for the SR.
+
+    Time spent loading, running and writing is added to ``timings``.
+    """
     first = datasets[0]
     series_uid = str(first.SeriesInstanceUID)
     modality = str(first.get("Modality", ""))
@@ -208,12 +220,18 @@ def _annotate_series(
             continue
         try:
             if volume is None:
+                started = time.perf_counter()
                 volume = load_series(datasets)
+                timings["load"] += time.perf_counter() - started
+            started = time.perf_counter()
             findings = pipeline.run(volume)
+            timings["pipelines"] += time.perf_counter() - started
         except InputError as exc:
             results.append(outcome(name, "failed", str(exc), ()))
             continue
+        started = time.perf_counter()
         written, seg = _write_results(volume, name, findings, software_version, outcome)
+        timings["write"] += time.perf_counter() - started
         results.append(written)
         if written.status == "done":
             collected.append((volume, findings, seg))

@@ -22,6 +22,7 @@ from scu_scp.spool import Spool
 from worker import __version__
 from worker.jobs import Job, JobStore
 from worker.settings import Destination, Settings
+from worker.timings import record_timings, timed
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,9 @@ def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]
         pipelines=rt.pipelines,
         software_version=__version__,
     )
-    outcomes = _save_results(folder, result)
+    with timed(folder, "save"):
+        outcomes = _save_results(folder, result)
+    record_timings(folder, result.timings)
     return list(result.outputs), outcomes
 
 
@@ -201,7 +204,8 @@ def process_job(rt: Runtime, job_id: str) -> Job:
     delivered: list[dict[str, Any]] = []
     if outputs:
         try:
-            delivered = _deliver(rt, job, outputs)
+            with timed(rt.settings.results_dir / job.id, "deliver"):
+                delivered = _deliver(rt, job, outputs)
         except NoDestinationError as exc:
             return rt.store.mark_failed(job_id, str(exc))
         except TransientDeliveryError as exc:
