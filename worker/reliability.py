@@ -6,9 +6,10 @@ Two mechanisms, one rule (the job store is the truth, the broker only a delivery
   a ``Heartbeat`` thread refreshes it. A second copy of the message (Redis redelivery after
   ``visibility_timeout``, or a re-queue below) finds the lease alive and does nothing; once
   the worker is dead the lease goes stale and the next copy takes the job over.
-- ``reconcile`` runs in the dispatcher: a non-final job with no message in Redis (neither
+- ``reconcile`` runs in the dispatcher: a queued job with no message in Redis (neither
   waiting in the queue nor held unacknowledged by a worker) whose row has not moved for a
-  while is queued again. That covers Redis restarted without its data (FLUSHALL, no AOF).
+  while is queued again, which covers Redis restarted without its data (FLUSHALL, no AOF);
+  so is a running job whose lease went stale (its worker died) with no copy waiting.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -84,50 +86,66 @@ def _job_id_of(raw: bytes | str) -> str | None:
     return None
 
 
-def broker_job_ids(client: redis.Redis, queue: str) -> set[str]:
-    """Ids of the jobs that have a message in Redis: waiting in ``queue`` or unacknowledged."""
-    raw: list[Any] = []
+@dataclass(frozen=True)
+class BrokerView:
+    """Job ids with a message in Redis: waiting in the queue, or delivered and not acked."""
+
+    waiting: frozenset[str]
+    unacked: frozenset[str]
+
+
+def broker_job_ids(client: redis.Redis, queue: str) -> BrokerView:
+    """What Redis holds for ``queue`` right now (kombu's lists and its "unacked" hash)."""
+    waiting: list[Any] = []
     for step in _PRIORITY_STEPS:
         key = queue if step == 0 else f"{queue}{_PRIORITY_SEPARATOR}{step}"
-        raw += client.lrange(key, 0, -1)
-    raw += client.hvals(_UNACKED_KEY)
-    return {job_id for job_id in map(_job_id_of, raw) if job_id is not None}
+        waiting += client.lrange(key, 0, -1)
+    unacked = client.hvals(_UNACKED_KEY)
+
+    def ids(raw: Iterable[Any]) -> frozenset[str]:
+        return frozenset(job_id for job_id in map(_job_id_of, raw) if job_id is not None)
+
+    return BrokerView(waiting=ids(waiting), unacked=ids(unacked))
 
 
 def reconcile(
     store: JobStore,
     enqueue: Callable[[str], None],
-    in_broker: Iterable[str],
+    broker: BrokerView,
     *,
     requeue_after_seconds: float,
     lease_seconds: float,
     now: datetime | None = None,
 ) -> list[str]:
-    """Queue again every non-final job the broker has no message for; returns their ids.
+    """Queue again every non-final job that no live worker and no message will pick up.
 
-    A queued job qualifies once its row is ``requeue_after_seconds`` old (a message may be
-    between the queue and a worker for a moment); a running one once its lease is stale.
-    Duplicates are harmless: ``JobStore.claim`` lets only one worker run a job.
+    - queued, with no message in Redis at all, its row ``requeue_after_seconds`` old (a
+      message may be between the queue and a worker for a moment): Redis lost it;
+    - running or delivering with a lease older than ``lease_seconds``, and no copy waiting
+      in the queue: its worker died. Its unacknowledged message would come back only after
+      the visibility timeout (hours by default); this brings the job back after the lease.
+
+    Returns the ids queued. Duplicates are harmless: ``JobStore.claim`` lets one worker run
+    a job, and a finished job ignores further copies.
     """
     now = now or datetime.now(UTC)
-    present = set(in_broker)
     requeued: list[str] = []
     for job in store.list(states=_ACTIVE_STATES, limit=100_000):
-        if job.id in present or job.updated_at is None:
+        if job.updated_at is None or job.id in broker.waiting:
             continue
         age = now - job.updated_at
-        limit = requeue_after_seconds if job.state is JobState.QUEUED else lease_seconds
-        if age < timedelta(seconds=limit):
-            continue
+        if job.state is JobState.QUEUED:
+            if job.id in broker.unacked or age < timedelta(seconds=requeue_after_seconds):
+                continue
+            why = "queued with no message in the broker"
+        else:
+            if age < timedelta(seconds=lease_seconds):
+                continue
+            why = f"{job.state.value} with a stale lease (its worker is gone)"
         enqueue(job.id)
         if job.state is JobState.QUEUED:
             store.touch(job.id)  # wait another period before the next attempt
-        log.warning(
-            "job %s was %s with no message in the broker for %.0f s: queued again",
-            job.id,
-            job.state.value,
-            age.total_seconds(),
-        )
+        log.warning("job %s was %s for %.0f s: queued again", job.id, why, age.total_seconds())
         requeued.append(job.id)
     return requeued
 

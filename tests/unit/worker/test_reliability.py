@@ -18,7 +18,7 @@ from tests.unit.worker.test_jobs import _postgres_url
 from worker.celery_app import DEFAULT_QUEUE, create_app, enqueue_job
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobState, JobStore
-from worker.reliability import Heartbeat, broker_job_ids, reconcile
+from worker.reliability import BrokerView, Heartbeat, broker_job_ids, reconcile
 from worker.settings import load_settings
 
 
@@ -90,45 +90,46 @@ def test_heartbeat_keeps_the_lease_fresh(store: JobStore) -> None:
     assert store.claim(job_id, lease_seconds=60) is None
 
 
-def test_reconcile_requeues_only_jobs_the_broker_lost(store: JobStore) -> None:
-    in_queue = _job(store, "in-queue")
+def test_reconcile_requeues_queued_jobs_the_broker_lost(store: JobStore) -> None:
+    waiting = _job(store, "waiting")
+    held = _job(store, "held")  # a worker holds it unacknowledged (e.g. a retry countdown)
     lost = _job(store, "lost")
-    running_alive = _job(store, "running-alive")
-    store.claim(running_alive, lease_seconds=60)
-    running_dead = _job(store, "running-dead")
-    store.claim(running_dead, lease_seconds=60)
     done = _job(store, "done")
     store.mark_done(done, delivered=[])
     received = _job(store, "received", queued=False)  # the spool recovery owns these
+    broker = BrokerView(waiting=frozenset({waiting}), unacked=frozenset({held}))
     sent: list[str] = []
-    soon = datetime.now(UTC) + timedelta(seconds=30)
+
+    def run(after: float) -> list[str]:
+        now = datetime.now(UTC) + timedelta(seconds=after)
+        return reconcile(
+            store, sent.append, broker, requeue_after_seconds=120, lease_seconds=60, now=now
+        )
 
     # Young rows are left alone: a message may be on its way to a worker.
-    assert (
-        reconcile(
-            store, sent.append, {in_queue}, requeue_after_seconds=120, lease_seconds=60, now=soon
-        )
-        == []
-    )
-    later = datetime.now(UTC) + timedelta(seconds=300)
-    store.touch(running_alive)  # its worker is alive and beating
-    requeued = reconcile(
-        store, sent.append, {in_queue}, requeue_after_seconds=120, lease_seconds=60, now=later
-    )
-    assert sorted(requeued) == sorted(sent) == sorted([lost, running_dead, running_alive])
-    assert received not in sent and done not in sent and in_queue not in sent
+    assert run(30) == [] and sent == []
+    assert run(300) == [lost] and sent == [lost]
+    # Re-queued rows are touched: not queued again at the next pass.
+    assert run(60) == []
+    assert received not in sent and done not in sent
 
 
-def test_reconcile_waits_for_a_stale_lease(store: JobStore) -> None:
-    running = _job(store, "running")
-    store.claim(running, lease_seconds=60)
+def test_reconcile_requeues_running_jobs_whose_lease_went_stale(store: JobStore) -> None:
+    dead = _job(store, "dead")  # its message is still unacknowledged in Redis
+    store.claim(dead, lease_seconds=60)
+    copy_waiting = _job(store, "copy-waiting")  # dead too, but a copy already waits
+    store.claim(copy_waiting, lease_seconds=60)
+    broker = BrokerView(waiting=frozenset({copy_waiting}), unacked=frozenset({dead}))
     sent: list[str] = []
-    now = datetime.now(UTC) + timedelta(seconds=10)
-    assert (
-        reconcile(store, sent.append, set(), requeue_after_seconds=1, lease_seconds=60, now=now)
-        == []
-    )
-    assert sent == []
+
+    def run(after: float) -> list[str]:
+        now = datetime.now(UTC) + timedelta(seconds=after)
+        return reconcile(
+            store, sent.append, broker, requeue_after_seconds=1, lease_seconds=60, now=now
+        )
+
+    assert run(10) == [], "a fresh lease: its worker is alive"
+    assert run(120) == [dead] and sent == [dead]
 
 
 @pytest.fixture
@@ -147,15 +148,17 @@ def test_broker_job_ids_sees_queued_and_unacked_messages_and_forgets_on_flush(
     try:
         enqueue_job(app, "job-a")
         enqueue_job(app, "job-b")
-        assert broker_job_ids(client, DEFAULT_QUEUE) == {"job-a", "job-b"}
+        view = broker_job_ids(client, DEFAULT_QUEUE)
+        assert view == BrokerView(frozenset({"job-a", "job-b"}), frozenset())
         # A worker took one and has not acknowledged it: still the broker's.
         with app.connection_for_read() as conn:
             queue = conn.SimpleQueue(DEFAULT_QUEUE)
             message = queue.get(timeout=10)
             assert client.hlen("unacked") == 1
-            assert broker_job_ids(client, DEFAULT_QUEUE) == {"job-a", "job-b"}
+            view = broker_job_ids(client, DEFAULT_QUEUE)
+            assert view == BrokerView(frozenset({"job-b"}), frozenset({"job-a"}))
             client.flushall()
-            assert broker_job_ids(client, DEFAULT_QUEUE) == set()
+            assert broker_job_ids(client, DEFAULT_QUEUE) == BrokerView(frozenset(), frozenset())
             message.ack()
             queue.close()
     finally:
