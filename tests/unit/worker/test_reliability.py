@@ -6,6 +6,7 @@ broker is a real redis-server holding real Celery messages.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,13 +14,20 @@ from pathlib import Path
 import pytest
 import redis
 
+from pipelines.registry import builtin_pipelines
+from scu_scp.spool import Spool
 from tests.support.processes import require_binaries
+from tests.unit.pipelines.phantom import make_ct_phantom
+from tests.unit.worker.test_dispatch import sealed_study
 from tests.unit.worker.test_jobs import _postgres_url
+from tests.unit.worker.test_processing import FakePacs, make_settings, spool_study
 from worker.celery_app import DEFAULT_QUEUE, create_app, enqueue_job
+from worker.dispatch import Dispatcher
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobState, JobStore
+from worker.processing import Runtime, process_job
 from worker.reliability import BrokerView, Heartbeat, broker_job_ids, reconcile
-from worker.settings import load_settings
+from worker.settings import SettingsError, load_settings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -166,8 +174,6 @@ def test_broker_job_ids_sees_queued_and_unacked_messages_and_forgets_on_flush(
 
 
 def test_visibility_timeout_must_exceed_the_lease(tmp_path: Path) -> None:
-    from worker.settings import SettingsError
-
     with pytest.raises(SettingsError, match=r"worker\.visibility_timeout_seconds must exceed"):
         load_settings(None, data_dir=tmp_path, worker={"visibility_timeout_seconds": 30})
     ok = load_settings(
@@ -176,3 +182,50 @@ def test_visibility_timeout_must_exceed_the_lease(tmp_path: Path) -> None:
     assert ok.worker.effective_visibility_timeout == 30
     default = load_settings(None, data_dir=tmp_path, worker={"job_time_limit_seconds": 100})
     assert default.worker.effective_visibility_timeout == 800
+
+
+def test_dispatch_and_recovery_at_once_queue_a_study_once(tmp_path: Path) -> None:
+    """The SCP's completion thread and the recovery loop racing for one sealed study."""
+    spool = Spool(tmp_path / "spool")
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    study = sealed_study(spool)
+    inside, release = threading.Event(), threading.Event()
+    sent: list[str] = []
+
+    def slow_enqueue(job_id: str) -> None:
+        sent.append(job_id)
+        inside.set()
+        release.wait(30)
+
+    dispatcher = Dispatcher(store, spool, slow_enqueue)
+    first = threading.Thread(target=dispatcher.dispatch, args=(study,))
+    first.start()
+    assert inside.wait(30)
+    # The study's job is "received" and its first message is being sent: recovery now.
+    second = threading.Thread(target=dispatcher.recover)
+    second.start()
+    second.join(0.5)  # without the dispatcher's lock it would send a second message here
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert sent == [study.batch_id]
+    assert store.get(study.batch_id).state is JobState.QUEUED
+    store.close()
+
+
+def test_process_job_leaves_a_job_held_by_a_live_worker_alone(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    pacs = FakePacs()
+    rt = Runtime(
+        settings=settings,
+        store=JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}"),
+        spool=Spool(settings.spool_dir),
+        pipelines=dict(builtin_pipelines()),
+        send=pacs,
+    )
+    job_id = spool_study(rt, make_ct_phantom(slices=8, size=64, pixel_spacing=5.5).datasets)
+    assert rt.store.claim(job_id, lease_seconds=60) is not None  # another worker runs it
+    job = process_job(rt, job_id)
+    assert job.state is JobState.RUNNING and job.attempts == 1
+    assert pacs.received == [], "a duplicate message must not run or deliver the job"
+    rt.store.close()
