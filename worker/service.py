@@ -26,8 +26,6 @@ from worker.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
-RECOVERY_INTERVAL_SECONDS = 60.0
-
 
 def stop_on_signals() -> threading.Event:
     """An event set by SIGTERM or SIGINT, so services shut down cleanly."""
