@@ -12,13 +12,22 @@ each found, or that it found nothing, so "ran, found nothing" differs from "neve
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from pydicom.dataset import Dataset
-from pydicom.uid import SegmentationStorage
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    MRImageStorage,
+    SegmentationStorage,
+)
 
 from pipelines.base import Pipeline
 from pipelines.errors import InputError
@@ -36,6 +45,17 @@ _OutcomeFactory = Callable[[str | None, Status, str | None, tuple[Dataset, ...]]
 
 #: SOP classes that carry pixel data but are results, not images to segment.
 _RESULT_SOP_CLASSES = frozenset({str(SegmentationStorage)})
+#: Image SOP classes: an instance of these without Pixel Data is damaged, not "not an image".
+_IMAGE_SOP_CLASSES = frozenset(
+    str(uid)
+    for uid in (
+        CTImageStorage,
+        EnhancedCTImageStorage,
+        LegacyConvertedEnhancedCTImageStorage,
+        MRImageStorage,
+        EnhancedMRImageStorage,
+    )
+)
 #: SeriesNumber of the study's SR (SEGs use source + 1000).
 REPORT_SERIES_NUMBER = 9000
 
@@ -61,6 +81,8 @@ class StudyResult:
 
     outcomes: tuple[SeriesOutcome, ...]
     report: Dataset | None = None
+    #: Seconds spent per stage ("load", "pipelines", "write"), for benchmarks and logs.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def outputs(self) -> tuple[Dataset, ...]:
@@ -92,7 +114,10 @@ def annotate_study(
     "failed" outcome with the reason, and the other series go on.
     """
     _check_pipeline_names(rules, pipelines, only)
+    timings = {"load": 0.0, "pipelines": 0.0, "write": 0.0}
+    started = time.perf_counter()
     scan = scan_files(paths)
+    timings["load"] += time.perf_counter() - started
     outcomes = [
         SeriesOutcome("", "", None, "failed", f"unreadable file {bad.path}: {bad.reason}", ())
         for bad in scan.unreadable
@@ -101,10 +126,12 @@ def annotate_study(
     for series_uid in sorted(scan.series):
         outcomes.extend(
             _annotate_series(
-                scan.series[series_uid], rules, pipelines, software_version, only, results
+                scan.series[series_uid], rules, pipelines, software_version, only, results, timings
             )
         )
+    started = time.perf_counter()
     report = _report(results, software_version, outcomes)
+    timings["write"] += time.perf_counter() - started
     for outcome in outcomes:
         logger.info(
             "series %s pipeline %s: %s%s",
@@ -113,7 +140,7 @@ def annotate_study(
             outcome.status,
             f" ({outcome.reason})" if outcome.reason else "",
         )
-    return StudyResult(outcomes=tuple(outcomes), report=report)
+    return StudyResult(outcomes=tuple(outcomes), report=report, timings=timings)
 
 
 def _report(
@@ -150,8 +177,12 @@ def _annotate_series(
     software_version: str,
     only: str | None,
     collected: list[SeriesResult],
+    timings: dict[str, float],
 ) -> list[SeriesOutcome]:
-    """Outcomes of one series; each finished result is appended to ``collected`` for the SR."""
+    """Outcomes of one series; each finished result is appended to ``collected`` for the SR.
+
+    Time spent loading, running and writing is added to ``timings``.
+    """
     first = datasets[0]
     series_uid = str(first.SeriesInstanceUID)
     modality = str(first.get("Modality", ""))
@@ -173,7 +204,9 @@ def _annotate_series(
         return [outcome(None, "skipped", f"no routing rule matches modality {modality or '-'}", ())]
     not_image = _why_not_image_series(first)
     if not_image:
-        return [outcome(None, "skipped", not_image, ())]
+        # An image SOP class without pixels is broken input; a document or report is not.
+        broken = str(first.get("SOPClassUID", "")) in _IMAGE_SOP_CLASSES
+        return [outcome(None, "failed" if broken else "skipped", not_image, ())]
 
     results: list[SeriesOutcome] = []
     volume: Volume | None = None
@@ -187,12 +220,18 @@ def _annotate_series(
             continue
         try:
             if volume is None:
+                started = time.perf_counter()
                 volume = load_series(datasets)
+                timings["load"] += time.perf_counter() - started
+            started = time.perf_counter()
             findings = pipeline.run(volume)
+            timings["pipelines"] += time.perf_counter() - started
         except InputError as exc:
             results.append(outcome(name, "failed", str(exc), ()))
             continue
+        started = time.perf_counter()
         written, seg = _write_results(volume, name, findings, software_version, outcome)
+        timings["write"] += time.perf_counter() - started
         results.append(written)
         if written.status == "done":
             collected.append((volume, findings, seg))
@@ -262,7 +301,8 @@ def _why_not_image_series(ds: Dataset) -> str | None:
     if sop_class in _RESULT_SOP_CLASSES:
         return f"series of SOP class {sop_class} (a result object, not images)"
     if "PixelData" not in ds:
-        return f"series of SOP class {sop_class or '-'} has no pixel data"
+        name = UID(sop_class).name if sop_class else "-"
+        return f"series of SOP class {name} has no pixel data"
     return None
 
 

@@ -33,9 +33,12 @@ def create_app(settings: Settings, *, with_tasks: bool = True) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=limit,
         task_time_limit=limit + 60,
-        # An unacknowledged job is handed to another worker only after this; keep it above
-        # the longest job (plus delivery retries) so a slow job is never run twice at once.
-        broker_transport_options={"visibility_timeout": int(limit * 2 + 600)},
+        # An unacknowledged job is handed to another worker only after this (setting
+        # worker.visibility_timeout_seconds); a copy that arrives while the job still runs
+        # finds its live lease and does nothing (worker/reliability.py).
+        broker_transport_options={
+            "visibility_timeout": settings.worker.effective_visibility_timeout
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 import pydicom
@@ -33,8 +34,15 @@ class Dispatcher:
         self._store = store
         self._spool = spool
         self._enqueue = enqueue
+        # The SCP's completion thread and the recovery loop may dispatch the same study at
+        # once; one at a time, or both see "received" and queue it twice.
+        self._lock = threading.RLock()
 
     def dispatch(self, study: SpooledStudy) -> Job:
+        with self._lock:
+            return self._dispatch(study)
+
+    def _dispatch(self, study: SpooledStudy) -> Job:
         job = self._store.create(
             job_id=study.batch_id,
             study_uid=study.study_uid,
@@ -61,11 +69,12 @@ class Dispatcher:
     def recover(self) -> int:
         """Queue sealed studies that have no queued job yet (after a crash or broker outage)."""
         count = 0
-        for study in self._spool.sealed():
-            job = self._store.find(study.batch_id)
-            if job is None or job.state is JobState.RECEIVED:
-                self.dispatch(study)
-                count += 1
+        with self._lock:
+            for study in self._spool.sealed():
+                job = self._store.find(study.batch_id)
+                if job is None or job.state is JobState.RECEIVED:
+                    self._dispatch(study)
+                    count += 1
         if count:
             log.info("recovered %d sealed studies without a queued job", count)
         return count

@@ -7,7 +7,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.expression import and_
 
 from worker.migrations import upgrade_schema
 
@@ -124,6 +125,7 @@ class Job:
         if self.finished_at is None:
             return None
         return (self.finished_at - self.received_at).total_seconds()
+    updated_at: datetime | None = None
 
     @classmethod
     def _from_row(cls, row: _JobRow) -> Job:
@@ -146,6 +148,7 @@ class Job:
             finished_at=_aware(row.finished_at),
             delivering_at=_aware(row.delivering_at),
             delivery_failures=row.delivery_failures or 0,
+            updated_at=_aware(row.updated_at),
         )
 
 
@@ -351,18 +354,46 @@ class JobStore:
     def mark_queued(self, job_id: str) -> Job:
         return self._update(job_id, state=JobState.QUEUED, queued_at=_now(), error=None)
 
-    def mark_running(self, job_id: str) -> Job:
-        """Start an attempt, unless the job reached a final state (an admin cancelled it) in
-        the meantime: then the job is returned unchanged and the caller must not run it."""
-        job = self.get(job_id)
-        self._transition(
-            job_id,
-            [s for s in JobState if s not in FINAL_STATES],
-            state=JobState.RUNNING,
-            started_at=_now(),
-            attempts=job.attempts + 1,
+    def claim(self, job_id: str, *, lease_seconds: float) -> Job | None:
+        """Mark the job running for this worker, unless another worker holds it.
+
+        One atomic UPDATE: a waiting job, or a running one whose lease (``updated_at``,
+        refreshed by ``touch``) is older than ``lease_seconds``. None: not claimable.
+        """
+        now = _now()
+        active = [JobState.RUNNING.value, JobState.DELIVERING.value]
+        waiting = [JobState.RECEIVED.value, JobState.QUEUED.value]
+        stale = now - timedelta(seconds=lease_seconds)
+        stmt = (
+            update(_JobRow)
+            .where(
+                _JobRow.id == job_id,
+                or_(
+                    _JobRow.state.in_(waiting),
+                    and_(_JobRow.state.in_(active), _JobRow.updated_at < stale),
+                ),
+            )
+            .values(
+                state=JobState.RUNNING.value,
+                started_at=now,
+                attempts=_JobRow.attempts + 1,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
         )
-        return self.get(job_id)
+        with self._session() as s:
+            claimed = s.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+        return self.get(job_id) if claimed else None
+
+    def touch(self, job_id: str) -> None:
+        """Refresh a job's ``updated_at``: the running worker's lease, or a re-queue time."""
+        with self._session() as s:
+            s.execute(
+                update(_JobRow)
+                .where(_JobRow.id == job_id, _JobRow.state.not_in([f.value for f in FINAL_STATES]))
+                .values(updated_at=_now())
+                .execution_options(synchronize_session=False)
+            )
 
     def mark_delivering(
         self, job_id: str, *, pipelines: Sequence[str], outcomes: Sequence[dict[str, Any]]

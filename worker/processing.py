@@ -22,8 +22,9 @@ from scu_scp.scu import send_datasets
 from scu_scp.spool import Spool
 from worker import __version__
 from worker.delivery_rules import dicom_node, route_by_rules, web_endpoint
-from worker.jobs import FINAL_STATES, Job, JobStore
+from worker.jobs import Job, JobStore
 from worker.settings import Destination, Settings
+from worker.timings import record_timings, timed
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,9 @@ def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]
         pipelines=rt.pipelines,
         software_version=__version__,
     )
-    outcomes = _save_results(folder, result)
+    with timed(folder, "save"):
+        outcomes = _save_results(folder, result)
+    record_timings(folder, result.timings)
     return list(result.outputs), outcomes
 
 
@@ -212,14 +215,13 @@ def process_job(rt: Runtime, job_id: str) -> Job:
     Idempotent: outputs have UIDs derived from their inputs, so running a job again sends
     the same instances and the PACS keeps one copy.
     """
-    job = rt.store.get(job_id)
-    if job.state in FINAL_STATES:
-        log.info("job %s is already %s; nothing to do", job_id, job.state)
+    claimed = rt.store.claim(job_id, lease_seconds=rt.settings.worker.lease_seconds)
+    if claimed is None:
+        # Done, failed, or running on a live worker: this message is a harmless duplicate.
+        job = rt.store.get(job_id)
+        log.info("job %s is %s (finished or held by a live worker): skipped", job_id, job.state)
         return job
-    job = rt.store.mark_running(job_id)
-    if job.state in FINAL_STATES:  # cancelled between the check above and now
-        log.info("job %s is already %s; nothing to do", job_id, job.state)
-        return job
+    job = claimed
     log.info("job %s: study %s, accession %s", job.id, job.study_uid, job.accession_number)
     try:
         outputs, outcomes = _annotate(rt, job)
@@ -231,9 +233,13 @@ def process_job(rt: Runtime, job_id: str) -> Job:
     delivered: list[dict[str, Any]] = []
     if outputs:
         try:
-            delivered = _deliver(rt, job, outputs, outcomes)
+            with timed(rt.settings.results_dir / job.id, "deliver"):
+                delivered = _deliver(rt, job, outputs, outcomes)
         except NoDestinationError as exc:
             return rt.store.mark_failed(job_id, str(exc))
+        except TransientDeliveryError as exc:
+            rt.store.mark_retrying(job_id, str(exc))  # releases the lease for the retry
+            raise
     failure = _failure_summary(outcomes)
     if failure:
         log.warning("job %s: %s", job_id, failure)

@@ -44,8 +44,11 @@ class JobRoute:
 
 def worker_queues(settings: Settings) -> tuple[str, ...]:
     """The queues a worker consumes: ``worker.queues``, or every queue configured."""
-    if settings.worker.queues:
-        return settings.worker.queues
+    return settings.worker.queues or configured_queues(settings)
+
+
+def configured_queues(settings: Settings) -> tuple[str, ...]:
+    """Every queue a job may be sent to: the default one and those the pipelines name."""
     queues = dict.fromkeys([DEFAULT_QUEUE])
     for bundle in settings.pipelines.values():
         queues[bundle.queue] = None

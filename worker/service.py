@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
@@ -27,11 +28,10 @@ from worker.jobs import JobStore
 from worker.ops_store import OpsStore
 from worker.processes import child_dies_with_parent, stop_process
 from worker.pull import StudyPoller
+from worker.reliability import requeue_lost_jobs
 from worker.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
-
-RECOVERY_INTERVAL_SECONDS = 60.0
 
 
 def stop_on_signals() -> threading.Event:
@@ -58,7 +58,8 @@ def run_scp(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.effective_database_url)
     spool = Spool(settings.spool_dir)
-    dispatcher = Dispatcher(store, spool, job_enqueuer(settings, spool))
+    enqueue = job_enqueuer(settings, spool)
+    dispatcher = Dispatcher(store, spool, enqueue)
     scp = StorageSCP(
         ae_title=settings.scp.ae_title,
         host=settings.scp.host,
@@ -79,9 +80,10 @@ def run_scp(
             if time.monotonic() >= next_recovery:
                 try:
                     dispatcher.recover()
-                except (OperationalError, OSError) as exc:  # broker down: try again next round
+                    requeue_lost_jobs(settings, store, enqueue)
+                except (OperationalError, OSError, RedisError) as exc:  # broker down: next round
                     log.warning("could not queue recovered studies (%s); will retry", exc)
-                next_recovery = time.monotonic() + RECOVERY_INTERVAL_SECONDS
+                next_recovery = time.monotonic() + settings.recovery.interval_seconds
             controls.apply()
             if child is not None and child.poll() is not None:
                 log.error("worker process exited with status %s; stopping", child.returncode)

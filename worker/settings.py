@@ -146,9 +146,38 @@ class WorkerSettings(_Section):
     job_time_limit_seconds: float = Field(default=3600.0, gt=0)
     device: str = "cpu"  # cpu, cuda or cuda:N: where this worker's models run
     queues: tuple[str, ...] = ()  # queues this worker takes jobs from; empty: all configured
+    # Redis hands an unacknowledged job (its worker died) to another worker after this.
+    # Empty: twice the job time limit plus 10 minutes. See README "Reliability".
+    visibility_timeout_seconds: float | None = Field(default=None, gt=0)
+    # A running job whose worker stopped refreshing its lease for this long may be taken over.
+    lease_seconds: float = Field(default=60.0, gt=0, le=86400)
 
     _device = field_validator("device")(check_device)
     _queues = field_validator("queues")(check_queues)
+
+    @model_validator(mode="after")
+    def _lease_below_visibility(self) -> WorkerSettings:
+        timeout = self.visibility_timeout_seconds
+        if timeout is not None and timeout <= self.lease_seconds:
+            raise ValueError(
+                "worker.visibility_timeout_seconds must exceed worker.lease_seconds, "
+                "or a redelivered job would find its dead worker's lease still valid"
+            )
+        return self
+
+    @property
+    def effective_visibility_timeout(self) -> float:
+        if self.visibility_timeout_seconds is not None:
+            return self.visibility_timeout_seconds
+        return self.job_time_limit_seconds * 2 + 600
+
+
+class RecoverySettings(_Section):
+    """How the dispatcher re-queues jobs the broker lost (Redis restarted without its data)."""
+
+    interval_seconds: float = Field(default=60.0, gt=0, le=86400)
+    # A queued job with no message in the broker for this long is queued again.
+    requeue_after_seconds: float = Field(default=120.0, gt=0)
 
 
 class MonitorSettings(_Section):
@@ -202,6 +231,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     monitor: MonitorSettings = MonitorSettings()
     pipelines: dict[str, BundlePipelineSettings] = Field(default_factory=dict)
+    recovery: RecoverySettings = RecoverySettings()
 
     @classmethod
     def settings_customise_sources(

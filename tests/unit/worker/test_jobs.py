@@ -16,6 +16,8 @@ from worker.ops_store import OpsStore
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
+LEASE = 60.0  # seconds a claim holds a job (worker.lease_seconds)
+
 
 def _postgres_url() -> Iterator[str]:
     try:
@@ -69,7 +71,8 @@ def test_lifecycle_records_states_times_and_results(store: JobStore) -> None:
     job = store.get("20261125T000000Z-aaaa")
     assert job.state is JobState.RECEIVED and job.attempts == 0
     assert store.mark_queued(job.id).queued_at is not None
-    running = store.mark_running(job.id)
+    running = store.claim(job.id, lease_seconds=LEASE)
+    assert running is not None
     assert running.state is JobState.RUNNING and running.attempts == 1 and running.started_at
     outcomes = [{"series_uid": "1.2.3.4", "status": "done", "outputs": ["9.9"]}]
     store.mark_delivering(job.id, pipelines=["ct-basic"], outcomes=outcomes)
@@ -90,10 +93,10 @@ def test_create_is_idempotent(store: JobStore) -> None:
 
 def test_failure_keeps_reason_and_retry_counts_attempts(store: JobStore) -> None:
     _create(store)
-    store.mark_running("20261125T000000Z-aaaa")
+    store.claim("20261125T000000Z-aaaa", lease_seconds=LEASE)
     store.mark_retrying("20261125T000000Z-aaaa", "destination pacs: connection refused")
     assert store.get("20261125T000000Z-aaaa").error == "destination pacs: connection refused"
-    store.mark_running("20261125T000000Z-aaaa")
+    store.claim("20261125T000000Z-aaaa", lease_seconds=LEASE)
     failed = store.mark_failed("20261125T000000Z-aaaa", "gave up")
     assert failed.state is JobState.FAILED and failed.error == "gave up" and failed.attempts == 2
 
@@ -122,7 +125,7 @@ def test_cancel_only_before_start_and_retry_only_after_failure(store: JobStore) 
     assert store.reset_for_retry("a")
     again = store.get("a")
     assert again.state is JobState.QUEUED and again.error is None and again.finished_at is None
-    store.mark_running("a")
+    store.claim("a", lease_seconds=LEASE)
     assert not store.cancel("a", "too late")
     assert not store.reset_for_retry("a")  # running, not failed
     store.mark_failed("a", "boom")
@@ -159,10 +162,10 @@ def test_stage_timings_and_delivery_failures(store: JobStore) -> None:
     _create(store)
     job_id = "20261125T000000Z-aaaa"
     store.mark_queued(job_id)
-    store.mark_running(job_id)
+    store.claim(job_id, lease_seconds=LEASE)
     store.mark_delivering(job_id, pipelines=["ct-basic"], outcomes=[])
     store.mark_retrying(job_id, "destination down")
-    store.mark_running(job_id)
+    store.claim(job_id, lease_seconds=LEASE)
     store.mark_delivering(job_id, pipelines=["ct-basic"], outcomes=[])
     done = store.mark_done(job_id, delivered=[])
     assert done.delivery_failures == 1
@@ -299,5 +302,6 @@ def test_a_job_cancelled_before_its_worker_starts_it_stays_cancelled(store: JobS
     job_id = "20261125T000000Z-aaaa"
     store.mark_queued(job_id)
     store.cancel(job_id, "cancelled by admin")
-    late = store.mark_running(job_id)
+    assert store.claim(job_id, lease_seconds=LEASE) is None
+    late = store.get(job_id)
     assert late.state is JobState.CANCELLED and late.attempts == 0 and late.started_at is None

@@ -135,7 +135,8 @@ def test_pacs_down_raises_transient_and_retry_reuses_results(
     pacs.down = True
     with pytest.raises(TransientDeliveryError, match="connection refused"):
         process_job(runtime, job_id)
-    assert runtime.store.get(job_id).state is JobState.DELIVERING
+    waiting = runtime.store.get(job_id)  # released for the retry, with the reason
+    assert waiting.state is JobState.QUEUED and "connection refused" in (waiting.error or "")
 
     def must_not_run(*_: Any, **__: Any) -> None:
         raise AssertionError("results were computed again instead of reused")

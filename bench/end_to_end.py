@@ -1,0 +1,224 @@
+"""Benchmark (not a test): studies per hour through one CPU worker, and where the time goes.
+
+For each set of built-in pipelines, `pacs-annotator up` (embedded Redis, SQLite, one worker
+process) runs beside a real Orthanc that receives the results. Studies are copies of the
+real CT in ../shared/data/ct-abdomen-crlm1004 (41 slices of 512x512; --ct DIR) with fresh
+UIDs, or of the synthetic phantom when that folder is absent (--source phantom forces it); dcmtk
+`storescu` sends them, as a PACS would.
+
+- Latency: studies sent one at a time, each waited for. From the last instance received
+  (spool write time) to the results stored in Orthanc (the job's finish, after the last
+  C-STORE success), split into quiet period (completion wait + seal + queueing), queue wait
+  (until a worker claims the job), load, pipelines, write (SEG/SR objects), save (results
+  to disk), deliver (C-STORE) and the rest (worker overhead: job store, file reads).
+- Throughput: --studies studies sent back to back; studies/hour = studies / (first claim to
+  last finish), i.e. the worker never idles.
+- Peers measured in the same run: the raw C-STORE of the same study into the annotator
+  (storescu wall time), and the configured quiet period.
+
+Run: .venv/bin/python bench/end_to_end.py [--studies N] [--latency-runs K] [--quiet S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import yaml
+from pydicom.uid import generate_uid
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.orthanc import Orthanc, wait_for
+from tests.support.processes import free_port, stop_process, wait_for_port
+from tests.unit.pipelines.phantom import make_ct_phantom
+from worker.jobs import Job, JobState, JobStore
+from worker.timings import read_timings
+
+REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-abdomen-crlm1004"
+PIPELINE_SETS: tuple[tuple[str, ...], ...] = (
+    ("ct-basic",),
+    ("ct-lung-nodules",),
+    ("ct-basic", "ct-lung-nodules"),
+)
+STAGES = ("quiet", "queue", "load", "pipelines", "write", "save", "deliver", "other")
+AET = "PACS_ANNOTATOR"
+
+
+def source_datasets(kind: str, folder: Path) -> list[pydicom.Dataset]:
+    if kind == "real" or (kind == "auto" and folder.is_dir()):
+        return [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+    return list(make_ct_phantom(slices=48, size=256, pixel_spacing=1.4).datasets)
+
+
+def write_copy(sources: Sequence[pydicom.Dataset], folder: Path) -> tuple[str, list[Path]]:
+    """The study with fresh Study/Series/SOP UIDs, so every copy is a new job and new results."""
+    folder.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for i, ds in enumerate(sources):
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return study, paths
+
+
+def storescu(port: int, paths: Sequence[Path], calling: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        ["storescu", "-aet", calling, "-aec", AET, "127.0.0.1", str(port), *map(str, paths)],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    port: int
+    store: JobStore
+    results: Path
+
+    def job_for(self, study_uid: str) -> Job | None:
+        jobs = self.store.list(study_uid=study_uid, limit=10)
+        return jobs[0] if jobs else None
+
+    def wait_done(self, study_uid: str, timeout: float = 900) -> Job:
+        def done() -> Job | None:
+            job = self.job_for(study_uid)
+            final = job is not None and job.state in (JobState.DONE, JobState.FAILED)
+            return job if final else None
+
+        job = wait_for(done, timeout=timeout, interval=0.2, message=f"job of {study_uid}")
+        if job.state is not JobState.DONE:
+            raise RuntimeError(f"job {job.id} failed: {job.error}")
+        return job
+
+
+def start_service(root: Path, orthanc: Orthanc, pipelines: Sequence[str], quiet: float) -> Service:
+    root.mkdir(parents=True)
+    port = free_port()
+    config = {
+        "data_dir": str(root / "data"),
+        "log_level": "WARNING",
+        "scp": {"ae_title": AET, "host": "127.0.0.1", "port": port},
+        "completion": {"quiet_seconds": quiet},
+        "destinations": {
+            "orthanc": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        },
+        "routing": [{"modality": "CT", "pipelines": list(pipelines)}],
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = (root / "service.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "up", "--config", str(path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port("127.0.0.1", port, timeout=120, proc=proc)
+    store = JobStore(f"sqlite:///{(root / 'data' / 'jobs.sqlite3').resolve()}")
+    return Service(proc, port, store, root / "data" / "results")
+
+
+def split(service: Service, job: Job) -> dict[str, float]:
+    assert job.queued_at and job.started_at and job.finished_at
+    total = (job.finished_at - job.received_at).total_seconds()
+    stages = {
+        "quiet": (job.queued_at - job.received_at).total_seconds(),
+        "queue": (job.started_at - job.queued_at).total_seconds(),
+    }
+    timings = read_timings(service.results / job.id)
+    for name in ("load", "pipelines", "write", "save", "deliver"):
+        stages[name] = timings.get(name, 0.0)
+    stages["other"] = total - sum(stages.values())
+    stages["total"] = total
+    return stages
+
+
+def bench_set(
+    orthanc: Orthanc,
+    sources: Sequence[pydicom.Dataset],
+    pipelines: Sequence[str],
+    args: argparse.Namespace,
+    root: Path,
+) -> dict[str, float]:
+    service = start_service(root, orthanc, pipelines, args.quiet)
+    copies = iter(range(10_000))
+    try:
+        # Warm-up: the worker imports and builds its pipelines on its first job.
+        study, paths = write_copy(sources, root / f"study{next(copies)}")
+        storescu(service.port, paths, orthanc.aet)
+        service.wait_done(study)
+
+        runs: list[dict[str, float]] = []
+        for _ in range(args.latency_runs):
+            study, paths = write_copy(sources, root / f"study{next(copies)}")
+            send = storescu(service.port, paths, orthanc.aet)
+            stages = split(service, service.wait_done(study))
+            stages["cstore"] = send
+            runs.append(stages)
+        result = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+        batch = [write_copy(sources, root / f"study{next(copies)}") for _ in range(args.studies)]
+        for _, paths in batch:
+            storescu(service.port, paths, orthanc.aet)
+        jobs = [service.wait_done(study) for study, _ in batch]
+        first = min(j.started_at for j in jobs if j.started_at)
+        last = max(j.finished_at for j in jobs if j.finished_at)
+        result["studies_per_hour"] = len(jobs) / (last - first).total_seconds() * 3600
+        return result
+    finally:
+        stop_process(service.proc, timeout=60)
+        service.store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=4, help="studies in the throughput batch")
+    parser.add_argument("--latency-runs", type=int, default=3, help="studies timed one by one")
+    parser.add_argument("--quiet", type=float, default=2.0, help="completion.quiet_seconds")
+    parser.add_argument("--source", choices=("auto", "real", "phantom"), default="auto")
+    parser.add_argument("--ct", type=Path, default=REAL_CT, help="folder of the real CT series")
+    args = parser.parse_args(argv)
+    sources = source_datasets(args.source, args.ct)
+    megabytes = sum(len(ds.PixelData) for ds in sources) / 1e6
+    print(f"study: {len(sources)} instances, {megabytes:.1f} MB of pixels")
+    results: dict[str, dict[str, float]] = {}
+    with Orthanc() as orthanc, tempfile.TemporaryDirectory(prefix="pa-bench-e2e-") as tmp:
+        for pipelines in PIPELINE_SETS:
+            name = " + ".join(pipelines)
+            print(f"running {name} ...", flush=True)
+            results[name] = bench_set(orthanc, sources, pipelines, args, Path(tmp) / name)
+
+    print("\nlatency, median of", args.latency_runs, "studies (seconds)\n")
+    header = ["pipelines", *STAGES, "total", "C-STORE", "total / C-STORE", "total / quiet"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for name, r in results.items():
+        cells = [f"{r[s]:.2f}" for s in (*STAGES, "total", "cstore")]
+        ratios = [f"{r['total'] / r['cstore']:.1f}x", f"{r['total'] / args.quiet:.1f}x"]
+        print(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    print(f"\nthroughput, {args.studies} studies back to back, one worker\n")
+    print("| pipelines | studies / hour | processing / C-STORE |")
+    print("| --- | --- | --- |")
+    for name, r in results.items():
+        per_study = 3600 / r["studies_per_hour"]
+        print(f"| {name} | {r['studies_per_hour']:.0f} | {per_study / r['cstore']:.1f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
