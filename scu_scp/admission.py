@@ -13,20 +13,30 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from scu_scp.security import CallerPolicy
 
-__all__ = ["Admission", "ScpLimits", "free_disk_bytes", "handle_requested"]
+__all__ = [
+    "Admission",
+    "ScpLimits",
+    "free_disk_bytes",
+    "handle_requested",
+    "refuse_over_limits",
+    "refused",
+]
 
 LOGGER = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
 REJECT_CONGESTION = (0x02, 0x03, 0x01)  # transient, presentation provider, temporary congestion
+_OUT_OF_RESOURCES = 0xA700
 
 
 @dataclass(frozen=True)
@@ -98,3 +108,45 @@ def handle_requested(event: Any, admission: Admission) -> None:
             admission.limits.min_free_disk_bytes,
         )
         _reject(event, REJECT_CONGESTION)
+
+
+def refused(comment: str) -> Dataset:
+    """0xA700 with a reason the PACS shows its admin (Error Comment is LO: 64 characters)."""
+    status = Dataset()
+    status.Status = _OUT_OF_RESOURCES
+    status.ErrorComment = comment[:64]
+    return status
+
+
+def _encoded_size(event: Any) -> int:
+    data = event.request.DataSet
+    if isinstance(data, BytesIO):
+        with data.getbuffer() as view:
+            return int(view.nbytes)
+    return len(event.encoded_dataset())
+
+
+def refuse_over_limits(event: Any, admission: Admission | None, calling_ae: str) -> Dataset | None:
+    """C-STORE: a refusal when the instance is too large or the spool disk too full, else None.
+
+    pynetdicom has already received the whole dataset into memory when this runs.
+    """
+    if admission is None:
+        return None
+    limits = admission.limits
+    if limits.max_instance_bytes:
+        size = _encoded_size(event)
+        if size > limits.max_instance_bytes:
+            LOGGER.warning(
+                "C-STORE from %s refused: %d bytes exceed scp.max_instance_bytes (%d)",
+                calling_ae,
+                size,
+                limits.max_instance_bytes,
+            )
+            return refused(f"instance {size} B over scp.max_instance_bytes")
+    if admission.disk_too_full() is not None:
+        LOGGER.error(
+            "C-STORE from %s refused: spool disk below scp.min_free_disk_bytes", calling_ae
+        )
+        return refused("spool disk full (scp.min_free_disk_bytes)")
+    return None

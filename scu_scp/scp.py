@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -23,7 +22,13 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from scu_scp.admission import Admission, ScpLimits, handle_requested
+from scu_scp.admission import (
+    Admission,
+    ScpLimits,
+    handle_requested,
+    refuse_over_limits,
+    refused,
+)
 from scu_scp.completion import CompletionTracker
 from scu_scp.models import SpooledStudy
 from scu_scp.security import (
@@ -113,52 +118,13 @@ def _quarantine(
     return STATUS_CANNOT_UNDERSTAND
 
 
-def _refused(comment: str) -> Dataset:
-    """0xA700 with a reason the PACS shows its admin (Error Comment is LO: 64 characters)."""
-    status = Dataset()
-    status.Status = STATUS_OUT_OF_RESOURCES
-    status.ErrorComment = comment[:64]
-    return status
-
-
-def _encoded_size(event: Any) -> int:
-    data = event.request.DataSet
-    if isinstance(data, BytesIO):
-        with data.getbuffer() as view:
-            return int(view.nbytes)
-    return len(event.encoded_dataset())
-
-
-def _over_limits(event: Any, receiver: _Receiver, calling_ae: str) -> Dataset | None:
-    """A refusal when the instance is too large or the spool disk too full, else None."""
-    if receiver.admission is None:
-        return None
-    limits = receiver.admission.limits
-    if limits.max_instance_bytes:
-        size = _encoded_size(event)
-        if size > limits.max_instance_bytes:
-            LOGGER.warning(
-                "C-STORE from %s refused: %d bytes exceed scp.max_instance_bytes (%d)",
-                calling_ae,
-                size,
-                limits.max_instance_bytes,
-            )
-            return _refused(f"instance {size} B over scp.max_instance_bytes")
-    if receiver.admission.disk_too_full() is not None:
-        LOGGER.error(
-            "C-STORE from %s refused: spool disk below scp.min_free_disk_bytes", calling_ae
-        )
-        return _refused("spool disk full (scp.min_free_disk_bytes)")
-    return None
-
-
 def handle_store(event: Any, receiver: _Receiver) -> int | Dataset:
     """C-STORE: file the instance durably, then answer."""
     calling_ae, calling_host = _calling(event)
     if receiver.paused:
         LOGGER.info("C-STORE from %s refused: receiver paused", calling_ae)
         return STATUS_OUT_OF_RESOURCES
-    refusal = _over_limits(event, receiver, calling_ae)
+    refusal = refuse_over_limits(event, receiver.admission, calling_ae)
     if refusal is not None:
         return refusal
     try:
@@ -196,7 +162,7 @@ def handle_store(event: Any, receiver: _Receiver) -> int | Dataset:
             study_uid,
             max_study_bytes,
         )
-        return _refused("study over scp.max_study_bytes")
+        return refused("study over scp.max_study_bytes")
     except ValueError as exc:
         return _quarantine(receiver, event, str(exc), calling_ae)
     except OSError as exc:

@@ -82,7 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _configure_logging(settings.log_level)
     handler = _COMMANDS[args.command]
-    return handler(settings, args)
+    try:
+        return handler(settings, args)
+    except SettingsError as exc:  # found when a component starts (e.g. TLS files)
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -133,8 +137,9 @@ def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         if args.to not in settings.destinations:
             print(f"pacs-annotator: unknown destination {args.to!r}", file=sys.stderr)
             return EXIT_USAGE
-        d = settings.destinations[args.to]
-        node = DicomNode(d.ae_title, d.host, d.port)
+        from worker.edge_security import destination_node
+
+        node = destination_node(settings.destinations[args.to])
     elif args.host and args.port and args.aet:
         node = DicomNode(args.aet, args.host, args.port)
     else:

@@ -20,6 +20,7 @@ from scu_scp.models import DeliveryError, DeliveryResult, DicomNode
 from scu_scp.scu import send_datasets
 from scu_scp.spool import Spool
 from worker import __version__
+from worker.edge_security import check_destination_tls, destination_node
 from worker.jobs import FINAL_STATES, Job, JobStore
 from worker.settings import Destination, Settings
 
@@ -50,6 +51,8 @@ class Runtime:
 
 
 def make_sender(settings: Settings) -> Sender:
+    check_destination_tls(settings)
+
     def send(node: DicomNode, datasets: Sequence[Dataset]) -> DeliveryResult:
         return send_datasets(
             node,
@@ -146,7 +149,7 @@ def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]
 def _deliver(rt: Runtime, job: Job, outputs: Sequence[Dataset]) -> list[dict[str, Any]]:
     delivered: list[dict[str, Any]] = []
     for name, dest in choose_destinations(rt.settings, job.calling_ae):
-        node = DicomNode(dest.ae_title, dest.host, dest.port)
+        node = destination_node(dest)
         try:
             result = rt.send(node, outputs)
         except DeliveryError as exc:

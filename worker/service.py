@@ -17,6 +17,7 @@ from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
 from worker.celery_app import create_app, enqueue_job
 from worker.dispatch import Dispatcher
+from worker.edge_security import scp_options
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobStore
 from worker.processes import child_dies_with_parent, stop_process
@@ -49,6 +50,7 @@ def run_scp(
     supervisor (systemd) restarts everything instead of leaving jobs to pile up unseen.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    edge = scp_options(settings)  # loads TLS files first: a bad one stops start-up
     store = JobStore(settings.effective_database_url)
     spool = Spool(settings.spool_dir)
     app = create_app(settings, with_tasks=False)
@@ -60,6 +62,7 @@ def run_scp(
         spool=spool,
         on_complete=dispatcher.dispatch,
         quiet_seconds=settings.completion.quiet_seconds,
+        **edge,
     )
     scp.start()
     status = 0
