@@ -35,7 +35,7 @@ from tests.unit.scu_scp.edge import AE_TITLE, spooled
 
 pytestmark = pytest.mark.timeout(900)
 
-EXAMPLES = 40  # per strategy: bounds the run on a loaded machine
+EXAMPLES = 25  # per strategy: bounds the run on a loaded machine
 SOCKET_TIMEOUT = 5.0
 ANSWER_WAIT = 0.3  # garbage may get no answer at all: do not wait long for one
 FUZZ = settings(
