@@ -54,10 +54,10 @@ def spooled(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.dcm") if "quarantine" not in p.parts)
 
 
-def ct_files(folder: Path, count: int = 3, seed: int = 0) -> list[Path]:
-    """``count`` small synthetic CT slices of one new study, written as Part 10 files."""
+def ct_files(folder: Path, count: int = 3, seed: int = 0, size: int = 32) -> list[Path]:
+    """``count`` synthetic CT slices (``size`` pixels square) of one new study, as files."""
     folder.mkdir(parents=True, exist_ok=True)
-    phantom = make_ct_phantom(slices=count, size=32, seed=seed)
+    phantom = make_ct_phantom(slices=count, size=size, seed=seed)
     paths = []
     for i, ds in enumerate(phantom.datasets):
         path = folder / f"ct{seed}-{i:03d}.dcm"
