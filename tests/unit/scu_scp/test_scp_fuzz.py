@@ -55,7 +55,6 @@ class Target:
     template: bytes  # a valid encoded CT dataset (Explicit VR Little Endian)
     acknowledged: set[str] = field(default_factory=set)
     cannot_understand: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _capture_association_rq() -> bytes:
