@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from pydicom.uid import generate_uid
 
-from tests.integration.conftest import RunningService
+from tests.integration.conftest import RunningService, write_config
 from tests.integration.test_round_trip import instances_of_modality, send_and_wait
 from tests.support.orthanc import Orthanc
+from tests.support.processes import free_port, log_tail, stop_process, wait_for_port
 from tests.unit.pipelines.phantom import make_ct_phantom
 
 pytestmark = pytest.mark.integration
@@ -43,9 +48,42 @@ def _logs(service: RunningService) -> dict[str, str]:
     return logs
 
 
+@pytest.fixture(scope="module")
+def debug_service(
+    orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    """Like the `service` fixture, at log_level DEBUG: what an admin chasing a problem sets."""
+    root = tmp_path_factory.mktemp("debug-service")
+    port = free_port()
+    config = write_config(root / "config.yaml", data_dir=root / "data", port=port, orthanc=orthanc)
+    settings = yaml.safe_load(config.read_text())
+    settings["log_level"] = "DEBUG"
+    settings["scp"]["ae_title"] = "ANNOTATOR_DBG"
+    config.write_text(yaml.safe_dump(settings))
+    log_path = root / "service.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "up", "--config", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
+        orthanc.add_modality("annotator", "ANNOTATOR_DBG", "127.0.0.1", port)
+        yield RunningService(config, root / "data", port, log_path, proc)
+    finally:
+        stop_process(proc, timeout=60)
+        print(f"--- debug service log ---\n{log_tail(log_path, max_lines=40)}")
+
+
+@pytest.mark.parametrize("which", ["service", "debug_service"])
 def test_round_trip_logs_carry_no_patient_name_id_or_birth_date(
-    orthanc: Orthanc, service: RunningService, tmp_path: Path
+    orthanc: Orthanc, which: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    service: RunningService = request.getfixturevalue(which)
+    settings = yaml.safe_load(service.config.read_text())
+    # Point Orthanc's "annotator" node at this service (both fixtures register that name).
+    orthanc.add_modality("annotator", settings["scp"]["ae_title"], "127.0.0.1", service.port)
     study_uid = generate_uid()
     phantom = make_ct_phantom(slices=12, size=64, study_uid=study_uid)
     for i, ds in enumerate(phantom.datasets):
@@ -67,6 +105,8 @@ def test_round_trip_logs_carry_no_patient_name_id_or_birth_date(
     combined = "\n".join(logs.values())
     assert study_uid in combined
     assert ACCESSION in combined
+    if settings["log_level"] == "DEBUG":
+        assert " DEBUG " in combined, "the debug service did not log at DEBUG"
     for name, text in logs.items():
         lowered = text.lower()
         for value in _phi_strings():
