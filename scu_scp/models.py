@@ -5,15 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scu_scp.security import ClientTls
 
 
 @dataclass(frozen=True)
 class DicomNode:
-    """A DICOM application entity reachable over the network."""
+    """A DICOM application entity reachable over the network (over TLS when ``tls`` is set)."""
 
     ae_title: str
     host: str
     port: int
+    tls: ClientTls | None = None
 
 
 @dataclass(frozen=True)

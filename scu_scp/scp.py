@@ -13,17 +13,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from scu_scp.admission import (
+    Admission,
+    ScpLimits,
+    handle_requested,
+    refuse_over_limits,
+    refused,
+)
 from scu_scp.completion import CompletionTracker
 from scu_scp.models import SpooledStudy
-from scu_scp.spool import Spool
+from scu_scp.security import (
+    AllowedCaller,
+    CallerPolicy,
+    ServerTls,
+    TlsHandshakeServer,
+    server_ssl_context,
+)
+from scu_scp.spool import Spool, StudyTooLargeError
 
 __all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "TRANSFER_SYNTAXES", "StorageSCP"]
 
@@ -63,6 +78,7 @@ class _Receiver:
 
     spool: Spool
     tracker: CompletionTracker
+    admission: Admission | None = None  # None: no allow-list, no limits
     paused: bool = False
     stored: int = 0
     quarantined: int = 0
@@ -102,12 +118,15 @@ def _quarantine(
     return STATUS_CANNOT_UNDERSTAND
 
 
-def handle_store(event: Any, receiver: _Receiver) -> int:
+def handle_store(event: Any, receiver: _Receiver) -> int | Dataset:
     """C-STORE: file the instance durably, then answer."""
     calling_ae, calling_host = _calling(event)
     if receiver.paused:
         LOGGER.info("C-STORE from %s refused: receiver paused", calling_ae)
         return STATUS_OUT_OF_RESOURCES
+    refusal = refuse_over_limits(event, receiver.admission, calling_ae)
+    if refusal is not None:
+        return refusal
     try:
         ds = event.dataset
         uids = [ds.get(keyword) for keyword in _UID_KEYWORDS]
@@ -124,6 +143,7 @@ def handle_store(event: Any, receiver: _Receiver) -> int:
     if missing:
         return _quarantine(receiver, event, f"missing {', '.join(missing)}", calling_ae)
     study_uid, series_uid, sop_uid = (str(uid) for uid in uids)
+    max_study_bytes = receiver.admission.limits.max_study_bytes if receiver.admission else 0
     try:
         receiver.spool.store(
             event.encoded_dataset(),
@@ -132,7 +152,17 @@ def handle_store(event: Any, receiver: _Receiver) -> int:
             sop_uid=sop_uid,
             calling_ae=calling_ae,
             calling_host=calling_host,
+            max_study_bytes=max_study_bytes,
         )
+    except StudyTooLargeError:
+        LOGGER.warning(
+            "C-STORE of %s from %s refused: study %s would exceed scp.max_study_bytes (%d)",
+            sop_uid,
+            calling_ae,
+            study_uid,
+            max_study_bytes,
+        )
+        return refused("study over scp.max_study_bytes")
     except ValueError as exc:
         return _quarantine(receiver, event, str(exc), calling_ae)
     except OSError as exc:
@@ -172,6 +202,9 @@ class StorageSCP:
         max_associations: int = 10,
         retry_initial: float = 1.0,
         retry_max: float = 300.0,
+        allowed_callers: Sequence[AllowedCaller] = (),
+        tls: ServerTls | None = None,
+        limits: ScpLimits | None = None,
     ) -> None:
         if not 1 <= len(ae_title.strip()) <= 16 or "\\" in ae_title:
             raise ValueError(f"ae_title must be 1-16 characters without backslash: {ae_title!r}")
@@ -181,6 +214,8 @@ class StorageSCP:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
         if retry_initial <= 0 or retry_max < retry_initial:
             raise ValueError("retry_initial must be > 0 and retry_max >= retry_initial")
+        if max_associations < 1:
+            raise ValueError(f"max_associations must be >= 1, got {max_associations}")
         self.ae_title = ae_title.strip()
         self.host = host
         self._requested_port = port
@@ -190,7 +225,14 @@ class StorageSCP:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.tracker = CompletionTracker(quiet_seconds)
-        self._receiver = _Receiver(spool=spool, tracker=self.tracker)
+        self.admission = Admission(
+            policy=CallerPolicy.of(allowed_callers),
+            spool_root=spool.root,
+            limits=limits or ScpLimits(),
+        )
+        # Built now, so a bad certificate or key stops start-up with the file named.
+        self._ssl_context = server_ssl_context(tls) if tls is not None else None
+        self._receiver = _Receiver(spool=spool, tracker=self.tracker, admission=self.admission)
         self._ae = self._build_ae(max_associations)
         self._server: ThreadedAssociationServer | None = None
         self._poller: threading.Thread | None = None
@@ -238,21 +280,38 @@ class StorageSCP:
             raise RuntimeError("StorageSCP already started")
         self._seed_from_spool()
         handlers: list[Any] = [
+            (evt.EVT_REQUESTED, handle_requested, [self.admission]),
+            (evt.EVT_REJECTED, _log_association),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self._receiver]),
             (evt.EVT_ACCEPTED, _log_association),
             (evt.EVT_RELEASED, _log_association),
             (evt.EVT_ABORTED, _log_association),
         ]
-        self._server = self._ae.start_server(
-            (self.host, self._requested_port), block=False, evt_handlers=handlers
+        server = self._ae.make_server(
+            (self.host, self._requested_port),
+            ssl_context=self._ssl_context,
+            evt_handlers=handlers,
+            server_class=TlsHandshakeServer,
         )
+        # What AE.start_server(block=False) does, with our server class.
+        threading.Thread(
+            target=server.serve_forever, name=f"scp-server-{self.ae_title}", daemon=True
+        ).start()
+        self._ae._servers.append(server)
+        self._server = server
         self._stop.clear()
         self._poller = threading.Thread(
             target=self._poll_loop, name=f"scp-completion-{self.ae_title}", daemon=True
         )
         self._poller.start()
-        LOGGER.info("storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
+        LOGGER.info(
+            "storage SCP %s listening on %s:%d%s",
+            self.ae_title,
+            self.host,
+            self.port,
+            " (TLS)" if self._ssl_context is not None else "",
+        )
 
     def stop(self) -> None:
         """Stop accepting, then stop sealing; unsealed studies stay in the spool."""

@@ -23,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from scu_scp.models import DeliveryError, DeliveryResult, DicomNode, InstanceResult
+from scu_scp.security import TlsConfigError, client_ssl_context
 
 __all__ = ["MAX_CONTEXTS", "send_datasets", "send_files"]
 
@@ -67,7 +68,7 @@ def _status_text(status: int, comment: str | None = None) -> str:
 
 
 def _describe(node: DicomNode) -> str:
-    return f"{node.ae_title}@{node.host}:{node.port}"
+    return f"{node.ae_title}@{node.host}:{node.port}{' (TLS)' if node.tls else ''}"
 
 
 def _transfer_syntax(ds: Dataset) -> UID | None:
@@ -178,6 +179,8 @@ def _diagnose(node: DicomNode, timeout: float) -> str:
             pass
     except OSError as exc:
         return f"unreachable ({exc.strerror or exc})"
+    if node.tls is not None:
+        return "TLS handshake failed (see the log), or the peer aborted or did not answer"
     return "the peer aborted or did not answer the association request in time"
 
 
@@ -188,7 +191,13 @@ def _send_association(
         return []
     ae = _build_ae(calling_ae, items, timeout)
     where = f"{_describe(node)} (calling AE {calling_ae})"
-    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
+    tls_args = None
+    if node.tls is not None:
+        try:
+            tls_args = (client_ssl_context(node.tls), node.host)
+        except TlsConfigError as exc:
+            raise DeliveryError(f"cannot set up TLS to {where}: {exc}") from exc
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         if assoc.is_rejected:
             raise DeliveryError(f"association rejected by {where}: {_rejection_reason(assoc)}")

@@ -29,7 +29,14 @@ from typing import Any
 
 from scu_scp.models import SpooledStudy
 
-__all__ = ["METADATA_NAME", "STALE_PARTIAL_SECONDS", "Spool", "UnknownBatchError", "validate_uid"]
+__all__ = [
+    "METADATA_NAME",
+    "STALE_PARTIAL_SECONDS",
+    "Spool",
+    "StudyTooLargeError",
+    "UnknownBatchError",
+    "validate_uid",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,6 +49,10 @@ _BATCH_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
 
 class UnknownBatchError(LookupError):
     """No sealed batch has the requested id."""
+
+
+class StudyTooLargeError(Exception):
+    """Storing the instance would take its incoming study over the configured size limit."""
 
 
 def validate_uid(value: object, name: str) -> str:
@@ -103,6 +114,7 @@ class Spool:
         self.quarantine_dir = self.root / "quarantine"
         self.tmp = self.root / "tmp"
         self._lock = threading.Lock()
+        self._incoming_bytes: dict[str, int] = {}  # study UID -> bytes, filled lazily
         for directory in (self.incoming, self.studies, self.quarantine_dir, self.tmp):
             directory.mkdir(parents=True, exist_ok=True)
         self._discard_partial_writes()
@@ -118,11 +130,14 @@ class Spool:
         sop_uid: str,
         calling_ae: str,
         calling_host: str,
+        max_study_bytes: int = 0,
     ) -> Path:
         """Durably file one instance; a repeat of the same SOP instance overwrites it.
 
-        Raises ``ValueError`` for a UID unsafe to use as a path (quarantine the data) and
-        ``OSError`` when the disk write fails (answer 0xA700 so the sender retries).
+        Raises ``ValueError`` for a UID unsafe to use as a path (quarantine the data),
+        ``OSError`` when the disk write fails (answer 0xA700 so the sender retries) and
+        ``StudyTooLargeError`` when the incoming study would exceed ``max_study_bytes``
+        (0: no limit); the data is then not stored.
         """
         validate_uid(study_uid, "StudyInstanceUID")
         validate_uid(series_uid, "SeriesInstanceUID")
@@ -131,6 +146,9 @@ class Spool:
         try:
             with self._lock:
                 study_dir = self.incoming / study_uid
+                series_dir = study_dir / series_uid
+                target = series_dir / f"{sop_uid}.dcm"
+                size = self._study_size_after(study_uid, target, len(data), max_study_bytes)
                 if not (study_dir / METADATA_NAME).exists():
                     _makedirs_durable(study_dir, self.root)
                     meta = {
@@ -140,12 +158,11 @@ class Spool:
                         "first_received": _utcnow().isoformat(),
                     }
                     self._write_json(study_dir / METADATA_NAME, meta)
-                series_dir = study_dir / series_uid
                 if not series_dir.is_dir():
                     _makedirs_durable(series_dir, self.root)
-                target = series_dir / f"{sop_uid}.dcm"
                 tmp.replace(target)
                 _fsync_dir(series_dir)
+                self._incoming_bytes[study_uid] = size
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -215,6 +232,7 @@ class Spool:
             self._write_json(source / METADATA_NAME, meta)
             target = self.studies / batch_id
             source.rename(target)
+            self._incoming_bytes.pop(study_uid, None)
             _fsync_dir(self.incoming)
             _fsync_dir(self.studies)
         return self._study_from(target, meta)
@@ -253,6 +271,19 @@ class Spool:
         return sorted(Spool._instance_files(study.path))
 
     # -- internals -----------------------------------------------------------------------
+
+    def _study_size_after(self, study_uid: str, target: Path, added: int, limit: int) -> int:
+        """Bytes of the incoming study once ``target`` holds ``added`` bytes (under the lock)."""
+        current = self._incoming_bytes.get(study_uid)
+        if current is None:  # first instance since start or seal: count what is on disk
+            current = sum(p.stat().st_size for p in self._instance_files(self.incoming / study_uid))
+        replaced = target.stat().st_size if target.exists() else 0
+        size = current - replaced + added
+        if limit and size > limit:
+            raise StudyTooLargeError(
+                f"study {study_uid} would hold {size} bytes, over the limit of {limit}"
+            )
+        return size
 
     def _load_sealed(self, path: Path) -> SpooledStudy:
         meta = self._read_json(path / METADATA_NAME)

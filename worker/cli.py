@@ -98,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _configure_logging(settings.log_level)
     handler = _COMMANDS[args.command]
-    return handler(settings, args)
+    try:
+        return handler(settings, args)
+    except SettingsError as exc:  # found when a component starts (e.g. TLS files)
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -157,11 +161,13 @@ def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         if args.to not in settings.destinations:
             print(f"pacs-annotator: unknown destination {args.to!r}", file=sys.stderr)
             return EXIT_USAGE
+        from worker.edge_security import destination_node
+
         d = settings.destinations[args.to]
-        if d.ae_title is None or d.host is None or d.port is None:
+        if d.type != "dicom":
             print(f"pacs-annotator: {args.to} is not a dicom destination", file=sys.stderr)
             return EXIT_USAGE
-        node = DicomNode(d.ae_title, d.host, d.port)
+        node = destination_node(d)
     elif args.host and args.port and args.aet:
         node = DicomNode(args.aet, args.host, args.port)
     else:

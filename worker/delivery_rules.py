@@ -8,11 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from scu_scp.dicomweb import DicomwebEndpoint
-from scu_scp.models import DicomNode
 from worker.dicomweb_settings import DeliveryRule, DicomwebSource
 from worker.settings import Destination, Settings
 
-__all__ = ["dicom_node", "route_by_rules", "web_endpoint"]
+__all__ = ["route_by_rules", "web_endpoint"]
 
 
 def _matches(
@@ -45,13 +44,6 @@ def route_by_rules(
     if not names and calling_ae in settings.sources:
         names += settings.sources[calling_ae].deliver_to
     return list(dict.fromkeys(names))
-
-
-def dicom_node(dest: Destination) -> DicomNode:
-    """The C-STORE peer of a ``type: dicom`` destination."""
-    if dest.ae_title is None or dest.host is None or dest.port is None:
-        raise ValueError("not a DICOM destination: ae_title, host and port are required")
-    return DicomNode(dest.ae_title, dest.host, dest.port)
 
 
 def web_endpoint(target: Destination | DicomwebSource, timeout: float) -> DicomwebEndpoint:

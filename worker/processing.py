@@ -21,7 +21,8 @@ from scu_scp.models import DeliveryError, DeliveryResult, DicomNode
 from scu_scp.scu import send_datasets
 from scu_scp.spool import Spool
 from worker import __version__
-from worker.delivery_rules import dicom_node, route_by_rules, web_endpoint
+from worker.delivery_rules import route_by_rules, web_endpoint
+from worker.edge_security import check_destination_tls, destination_node
 from worker.jobs import Job, JobStore
 from worker.settings import Destination, Settings
 from worker.timings import record_timings, timed
@@ -55,6 +56,8 @@ class Runtime:
 
 
 def make_sender(settings: Settings) -> Sender:
+    check_destination_tls(settings)
+
     def send(node: DicomNode, datasets: Sequence[Dataset]) -> DeliveryResult:
         return send_datasets(
             node,
@@ -164,7 +167,7 @@ def _send_to(rt: Runtime, dest: Destination, outputs: Sequence[Dataset]) -> Deli
     """C-STORE or STOW-RS by the destination's type; both give per-instance results."""
     if dest.type == "dicomweb":
         return rt.send_web(web_endpoint(dest, rt.settings.delivery.timeout_seconds), outputs)
-    return rt.send(dicom_node(dest), outputs)
+    return rt.send(destination_node(dest), outputs)
 
 
 def _deliver(

@@ -23,6 +23,7 @@ from worker.controls import (
     start_monitor_process,
 )
 from worker.dispatch import Dispatcher
+from worker.edge_security import scp_options
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobStore
 from worker.ops_store import OpsStore
@@ -56,6 +57,7 @@ def run_scp(
     supervisor (systemd) restarts everything instead of leaving jobs to pile up unseen.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    edge = scp_options(settings)  # loads TLS files first: a bad one stops start-up
     store = JobStore(settings.effective_database_url)
     spool = Spool(settings.spool_dir)
     enqueue = job_enqueuer(settings, spool)
@@ -67,6 +69,7 @@ def run_scp(
         spool=spool,
         on_complete=dispatcher.dispatch,
         quiet_seconds=settings.completion.quiet_seconds,
+        **edge,
     )
     controls = ControlPoller(OpsStore(store.engine), scp)
     controls.apply()  # a pause set while the service was down holds from the first C-STORE

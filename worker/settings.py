@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from pipelines.registry import builtin_pipelines
 from pipelines.routing import DEFAULT_RULES, RoutingRule
+from scu_scp.security import parse_network
 from worker.bundle_settings import BundlePipelineSettings, check_device, check_queues
 from worker.dicomweb_settings import (
     DeliveryRule,
@@ -45,12 +46,52 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AllowedCallerSettings(_Section):
+    """A calling AE title the SCP accepts, optionally only from an IP address or network."""
+
+    ae_title: str
+    host: str | None = None
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_network(value)
+        return value
+
+
+class ScpTlsSettings(_Section):
+    """DICOM TLS for the SCP (PEM files); loaded when the SCP starts."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> ScpTlsSettings:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates")
+        return self
+
+
+GIB = 1024**3
+
+
 class ScpSettings(_Section):
-    """Where the annotator listens for the PACS."""
+    """Where the annotator listens for the PACS, whom it accepts, and its limits."""
 
     ae_title: str = "PACS_ANNOTATOR"
     host: str = "0.0.0.0"
     port: int = Field(default=11112, ge=1, le=65535)
+    allowed_callers: tuple[AllowedCallerSettings, ...] = ()
+    tls: ScpTlsSettings | None = None
+    max_associations: int = Field(default=10, ge=1, le=1000)
+    max_instance_bytes: int = Field(default=2 * GIB, ge=0)
+    max_study_bytes: int = Field(default=20 * GIB, ge=0)
+    min_free_disk_bytes: int = Field(default=1 * GIB, ge=0)
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -59,6 +100,21 @@ class CompletionSettings(_Section):
     """When a study counts as complete: no new instance for ``quiet_seconds``."""
 
     quiet_seconds: float = Field(default=30.0, gt=0, le=86400)
+
+
+class DestinationTlsSettings(_Section):
+    """DICOM TLS to a destination; no ca_certificates trusts the system CA store."""
+
+    ca_certificates: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTlsSettings:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        return self
 
 
 class Destination(_Section):
@@ -74,6 +130,7 @@ class Destination(_Section):
     verify_tls: bool = True
     ca_bundle: Path | None = None
     default: bool = False
+    tls: DestinationTlsSettings | None = None
 
     @field_validator("ae_title")
     @classmethod

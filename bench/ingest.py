@@ -1,0 +1,286 @@
+"""Benchmark (not a test): DICOM ingest into our SCP against dcmtk storescp and Orthanc.
+
+1. Ingest: the same CT series is sent with dcmtk ``storescu`` (one association) to
+   (a) our StorageSCP with the durable spool (fsync per instance), (b) dcmtk ``storescp``,
+   (c) Orthanc; every receiver runs as its own process with ``TCP_NODELAY=1``. One warm-up
+   send each, then ``--repeats`` timed sends; the median is reported.
+2. Concurrency: N simultaneous ``storescu`` senders (each its own copy of the series with
+   new UIDs) into a fresh StorageSCP; afterwards every instance must be in the spool.
+
+Run: .venv/bin/python bench/ingest.py [--series DIR] [--repeats 5] [--senders 1,4,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pydicom  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+
+from tests.support.orthanc import Orthanc  # noqa: E402
+from tests.support.processes import free_port, stop_process  # noqa: E402
+
+DEFAULT_SERIES = REPO.parent / "shared" / "data" / "ct-abdomen-crlm1004"
+NODELAY = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def dcmtk(name: str) -> str:
+    """The dcmtk binary, not the venv's pynetdicom script of the same name."""
+    for directory in os.get_exec_path():
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            with candidate.open("rb") as fh:
+                if fh.read(2) != b"#!":
+                    return str(candidate)
+    raise SystemExit(f"dcmtk {name} not found (Debian package dcmtk)")
+
+
+def serve_scp(spool_dir: Path, port: int) -> None:
+    """Child mode: our SCP alone in this process until SIGTERM."""
+    from scu_scp.scp import StorageSCP
+    from scu_scp.spool import Spool
+
+    scp = StorageSCP(
+        ae_title="ANNOTATOR",
+        host="127.0.0.1",
+        port=port,
+        spool=Spool(spool_dir),
+        on_complete=lambda study: None,
+        quiet_seconds=86400,  # no sealing during the run: measure receiving only
+        max_associations=64,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    scp.start()
+    stop.wait()
+    scp.stop()
+
+
+def wait_echo(aet: str, port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            [dcmtk("echoscu"), "-aec", aet, "127.0.0.1", str(port)],
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{aet} on port {port} did not answer C-ECHO")
+
+
+@contextmanager
+def our_scp(spool_dir: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-scp", str(spool_dir), str(port)], env=NODELAY
+    )
+    try:
+        wait_echo("ANNOTATOR", port)
+        yield "ANNOTATOR", port
+    finally:
+        stop_process(proc, timeout=30)
+
+
+@contextmanager
+def storescp(out_dir: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out_dir), str(port)],
+        env=NODELAY,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_echo("STORESCP", port)
+        yield "STORESCP", port
+    finally:
+        stop_process(proc, timeout=10)
+
+
+@contextmanager
+def orthanc() -> Iterator[tuple[str, int]]:
+    with Orthanc(graceful_stop=False) as server:  # starts Orthanc with TCP_NODELAY=1
+        wait_echo(server.aet, server.dicom_port)
+        yield server.aet, server.dicom_port
+
+
+def send(aet: str, port: int, files: Sequence[Path]) -> float:
+    """Seconds for one storescu association sending ``files``."""
+    start = time.perf_counter()
+    result = subprocess.run(
+        [dcmtk("storescu"), "-aet", "BENCH", "-aec", aet, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=NODELAY,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"storescu to {aet} failed: {result.stderr[-500:]}")
+    return elapsed
+
+
+@dataclass
+class Rate:
+    name: str
+    seconds: float
+    instances: int
+    megabytes: float
+
+    @property
+    def per_second(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.megabytes / self.seconds
+
+
+def ingest(files: list[Path], repeats: int, work: Path) -> list[Rate]:
+    megabytes = sum(p.stat().st_size for p in files) / 1e6
+    receivers = {
+        "pacs-annotator SCP (durable spool)": lambda: our_scp(work / "spool"),
+        "dcmtk storescp": lambda: storescp(work / "storescp"),
+        "Orthanc": orthanc,
+    }
+    rates = []
+    for name, start in receivers.items():
+        with start() as (aet, port):
+            send(aet, port, files)  # warm-up
+            times = [send(aet, port, files) for _ in range(repeats)]
+        rates.append(Rate(name, statistics.median(times), len(files), megabytes))
+        print(f"  {name}: median {statistics.median(times):.3f} s of {times}", flush=True)
+    stored = list((work / "spool" / "incoming").rglob("*.dcm"))
+    if len(stored) != len(files):
+        raise SystemExit(f"our spool holds {len(stored)} instances, expected {len(files)}")
+    return rates
+
+
+def copies(files: list[Path], count: int, work: Path) -> list[list[Path]]:
+    """``count`` copies of the series, each a new study with new UIDs."""
+    result = []
+    datasets = [pydicom.dcmread(p) for p in files]
+    for n in range(count):
+        folder = work / f"copy{n:02d}"
+        folder.mkdir(parents=True)
+        study, series = generate_uid(), generate_uid()
+        paths = []
+        for i, ds in enumerate(datasets):
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            path = folder / f"{i:03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+        result.append(paths)
+    return result
+
+
+def concurrency(files: list[Path], senders: Sequence[int], work: Path) -> list[tuple[int, Rate]]:
+    sets = copies(files, max(senders), work / "copies")
+    megabytes = sum(p.stat().st_size for p in files) / 1e6
+    rows = []
+    for n in senders:
+        spool = work / f"spool-n{n}"
+        with our_scp(spool) as (aet, port):
+            start = time.perf_counter()
+            procs = [
+                subprocess.Popen(
+                    [
+                        dcmtk("storescu"),
+                        "-aet",
+                        f"SENDER{i}",
+                        "-aec",
+                        aet,
+                        "127.0.0.1",
+                        str(port),
+                        *map(str, sets[i]),
+                    ],
+                    env=NODELAY,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+                for i in range(n)
+            ]
+            failures = [p.wait() for p in procs]
+            elapsed = time.perf_counter() - start
+        if any(failures):
+            raise SystemExit(f"N={n}: {sum(1 for f in failures if f)} senders failed")
+        stored = {p.stem for p in (spool / "incoming").rglob("*.dcm")}
+        expected = {
+            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for s in sets[:n] for p in s
+        }
+        lost = expected - stored
+        print(
+            f"  N={n}: {len(stored)} of {len(expected)} stored, {len(lost)} lost, {elapsed:.2f} s",
+            flush=True,
+        )
+        if lost:
+            raise SystemExit(f"N={n}: {len(lost)} acknowledged instances missing from the spool")
+        rows.append((n, Rate(f"N={n}", elapsed, n * len(files), n * megabytes)))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--senders", default="1,4,16")
+    parser.add_argument("--serve-scp", nargs=2, metavar=("SPOOL", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_scp:
+        serve_scp(Path(args.serve_scp[0]), int(args.serve_scp[1]))
+        return 0
+    files = sorted(args.series.glob("*.dcm"))
+    if not files:
+        raise SystemExit(f"no .dcm files in {args.series} (see ../shared/data/README.md)")
+    senders = [int(n) for n in args.senders.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        print(f"ingest: {len(files)} instances, {args.repeats} repeats", flush=True)
+        rates = ingest(files, args.repeats, work)
+        print(f"concurrency: N = {senders}", flush=True)
+        rows = concurrency(files, senders, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    ours = rates[0]
+    print("\n| receiver | s per series | instances/s | MB/s | ours relative |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rates:
+        print(
+            f"| {r.name} | {r.seconds:.3f} | {r.per_second:.0f} | {r.mb_per_second:.0f} | "
+            f"{ours.per_second / r.per_second:.2f}x |"
+        )
+    print("\n| senders N | instances | s | instances/s | MB/s | vs N=1 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    base = rows[0][1].per_second
+    for n, r in rows:
+        print(
+            f"| {n} | {r.instances} | {r.seconds:.2f} | {r.per_second:.0f} | "
+            f"{r.mb_per_second:.0f} | {r.per_second / base:.2f}x |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
