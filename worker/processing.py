@@ -205,11 +205,21 @@ def _deliver(
 
 
 def _failure_summary(outcomes: Sequence[dict[str, Any]]) -> str | None:
-    failed = [o for o in outcomes if o["status"] == "failed"]
-    if not failed:
+    """One line per failed series; a reason shared by several pipelines is said once."""
+    reasons: dict[str, list[str]] = {}
+    for o in outcomes:
+        if o["status"] != "failed":
+            continue
+        prefix = f"series {o['series_uid']}"
+        reason = str(o["reason"])
+        line = reason if reason.startswith(prefix) else f"{prefix}: {reason}"
+        lines = reasons.setdefault(o["series_uid"], [])
+        if line not in lines:
+            lines.append(line)
+    if not reasons:
         return None
-    parts = [f"series {o['series_uid']}: {o['reason']}" for o in failed]
-    return f"{len(failed)} series failed: " + "; ".join(parts)
+    parts = [line for lines in reasons.values() for line in lines]
+    return f"{len(reasons)} series failed: " + "; ".join(parts)
 
 
 def process_job(rt: Runtime, job_id: str) -> Job:

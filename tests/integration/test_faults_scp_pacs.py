@@ -6,6 +6,8 @@ redis-server; the PACS is a real Orthanc; studies arrive from pynetdicom and dcm
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -130,5 +132,21 @@ def test_destination_down_retries_with_backoff_then_delivers_or_fails_with_reaso
         assert job["state"] == "failed"
         assert job["error"].startswith("delivery failed after 4 attempts: destination late:")
         assert "retrying in 4 s" in worker.log()
+
+        # The PACS is back; the admin retries the failed job, which delivers its saved results.
+        late.start()
+        retried = subprocess.run(
+            [sys.executable, "-m", "worker", "retry", job["id"], "--config", str(stack.config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert retried.returncode == 0, retried.stderr
+        job = stack.wait_job(
+            study_uid, lambda j: _finished(j) and j["attempts"] > 4, "the admin's retry"
+        )
+        assert job["state"] == "done", f"{job['error']}\n{stack.tails()}"
+        _one_result_set(late, study_uid, job)
     finally:
         late.stop()

@@ -36,7 +36,9 @@ from worker.monitor.state import (
     worker_dict,
 )
 from worker.ops_store import OpsStore
+from worker.pull import PullError, annotate_from_source
 from worker.settings import Settings
+from worker.timings import read_timings
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +214,12 @@ def _add_api_routes(app: FastAPI, monitor: Monitor) -> None:
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"])
     def job(_: Actor, job_id: str) -> dict[str, Any]:
-        """One job with its series outcomes and delivered instances."""
-        return job_detail_dict(src.store.get(job_id))
+        """One job with its series outcomes, delivered instances and processing steps.
+
+        ``steps``: seconds per step of its last attempt (load, pipelines, write, save, deliver).
+        """
+        job = src.store.get(job_id)
+        return job_detail_dict(job, read_timings(src.settings.results_dir / job.id))
 
     @app.get("/api/jobs/{job_id}/preview.png", tags=["jobs"], response_class=Response)
     def preview(_: Actor, job_id: str) -> Response:
@@ -240,6 +246,29 @@ def _add_api_routes(app: FastAPI, monitor: Monitor) -> None:
         """Seal a receiving study now instead of after its quiet period."""
         monitor.admin.force_complete(study_uid, actor)
         return {"status": "requested", "study_uid": study_uid}
+
+    @app.get("/api/sources", tags=["sources"])
+    def sources(_: Actor) -> list[dict[str, Any]]:
+        """The configured DICOMweb sources (names and URLs; never credentials)."""
+        return [
+            {"name": name, "url": s.url, "polled": s.poll is not None}
+            for name, s in sorted(src.settings.sources.items())
+        ]
+
+    @app.post("/api/sources/{source}/studies/{study_uid}/annotate", tags=["actions"])
+    def annotate(actor: Actor, source: str, study_uid: str) -> dict[str, Any]:
+        """Pull a study from a DICOMweb source by WADO-RS and queue its job.
+
+        404 for an unknown source; 502 with the archive's answer when the pull fails.
+        """
+        if source not in src.settings.sources:
+            raise HTTPException(404, f"no DICOMweb source {source!r}")
+        try:
+            job = annotate_from_source(src.settings, source, study_uid)
+        except PullError as exc:
+            raise HTTPException(502, str(exc)) from exc
+        src.ops.audit(actor, "annotate", study_uid, f"source {source}: job {job.id}")
+        return job_dict(job)
 
     @app.get("/api/intake", tags=["actions"])
     def intake(_: Actor) -> dict[str, bool]:

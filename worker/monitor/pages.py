@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from worker.admin import ActionError, cancellable, retryable
 from worker.jobs import JobState, UnknownJobError
 from worker.monitor.auth import make_session, verify_secret
+from worker.timings import read_timings
 
 if TYPE_CHECKING:
     from worker.monitor.app import Monitor
@@ -135,6 +136,7 @@ def add_page_routes(app: FastAPI, monitor: "Monitor") -> None:
             actor=actor,
             job=job,
             stages=job.stage_seconds(),
+            steps=read_timings(monitor.sources.settings.results_dir / job.id),
             can_retry=retryable(job),
             can_cancel=cancellable(job),
             audit=audit,

@@ -117,8 +117,14 @@ def job_dict(job: Job) -> dict[str, Any]:
     }
 
 
-def job_detail_dict(job: Job) -> dict[str, Any]:
-    return {**job_dict(job), "outcomes": list(job.outcomes), "delivered": list(job.delivered)}
+def job_detail_dict(job: Job, steps: dict[str, float]) -> dict[str, Any]:
+    """A job with its series outcomes, delivered instances and processing steps (seconds)."""
+    return {
+        **job_dict(job),
+        "outcomes": list(job.outcomes),
+        "delivered": list(job.delivered),
+        "steps": steps,
+    }
 
 
 def worker_dict(w: WorkerStatus, now: datetime, stale_after: float) -> dict[str, Any]:

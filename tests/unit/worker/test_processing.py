@@ -170,6 +170,9 @@ def test_inconsistent_series_fails_job_with_reason(
     job = process_job(runtime, spool_study(runtime, broken))
     assert job.state is JobState.FAILED
     assert job.error and "spacing" in job.error and broken[0].SeriesInstanceUID in job.error
+    # Both default pipelines failed on the same volume: the admin reads the reason once.
+    assert len(job.outcomes) == 2 and job.error.startswith("1 series failed: ")
+    assert job.error.count(broken[0].SeriesInstanceUID) == 1
     assert pacs.received == []
 
 

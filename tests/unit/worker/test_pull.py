@@ -12,15 +12,22 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import redis
 import yaml
+from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
 from scu_scp.spool import Spool
 from tests.support.orthanc import Orthanc, require_orthanc, wait_for
+from tests.support.processes import require_binaries
 from tests.unit.pipelines.phantom import make_ct_phantom
+from worker.celery_app import DEFAULT_QUEUE
 from worker.cli import main
 from worker.dispatch import Dispatcher
+from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobState, JobStore
+from worker.monitor.app import create_monitor_app
+from worker.monitor.auth import hash_secret
 from worker.pull import PullError, StudyPoller, pull_study
 from worker.settings import Settings, load_settings
 
@@ -161,3 +168,48 @@ def test_poller_thread_polls_until_stopped(tmp_path: Path, orthanc: Orthanc) -> 
         poller.stop()
     assert [j.study_uid for j in w.store.list(study_uid=study_uid)] == [study_uid]
     assert len(w.queued) == 1
+
+
+def test_annotate_through_the_monitor_api_pulls_and_queues_the_study(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    require_binaries("redis-server")
+    study_uid, count = upload_study(orthanc, tmp_path / "study", "API1")
+    token = secrets.token_urlsafe(16)
+    auth = {"Authorization": f"Bearer {token}"}
+    url = f"/api/sources/web/studies/{study_uid}/annotate"
+    with EmbeddedRedis(tmp_path / "redis") as broker:
+        settings = load_settings(
+            None,
+            data_dir=tmp_path / "data",
+            broker_url=broker.url,
+            destinations={"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 4242}},
+            sources={"web": {"url": orthanc.dicomweb_url, **SOURCE, "deliver_to": ["pacs"]}},
+            monitor={"token_hash": hash_secret(token)},
+        )
+        client = redis.Redis.from_url(broker.url)
+        with TestClient(create_monitor_app(settings)) as api:
+            assert api.post(url).status_code == 401
+            listed = api.get("/api/sources", headers=auth)
+            assert listed.json() == [{"name": "web", "url": orthanc.dicomweb_url, "polled": False}]
+            assert "right-password" not in listed.text
+
+            answer = api.post(url, headers=auth)
+            assert answer.status_code == 200, answer.text
+            job = answer.json()
+            assert (job["state"], job["study_uid"]) == ("queued", study_uid)
+            assert (job["instances"], job["calling_ae"]) == (count, "web")
+            assert client.llen(DEFAULT_QUEUE) == 1
+            audit = api.get("/api/audit", headers=auth).json()[0]
+            assert (audit["actor"], audit["action"], audit["target"]) == (
+                "token",
+                "annotate",
+                study_uid,
+            )
+
+            missing = api.post(f"/api/sources/web/studies/{generate_uid()}/annotate", headers=auth)
+            assert missing.status_code == 502 and "404 Not Found" in missing.json()["detail"]
+            unknown = api.post(f"/api/sources/nope/studies/{study_uid}/annotate", headers=auth)
+            assert unknown.status_code == 404
+            assert client.llen(DEFAULT_QUEUE) == 1
+        client.close()

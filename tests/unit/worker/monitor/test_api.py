@@ -94,6 +94,10 @@ def test_jobs_list_filters_search_and_detail(client: TestClient, env: Env) -> No
         set() if detail["queued_at"] else {"queue_wait"}
     )
     assert detail["duration_seconds"] > 0
+    # The worker's own step timings: every step ran, and together they fit in the job's time.
+    steps = detail["steps"]
+    assert {"load", "pipelines", "write", "save", "deliver"} <= set(steps)
+    assert 0 < sum(steps.values()) <= detail["duration_seconds"]
     failed = client.get(f"/api/jobs/{env.failed_job}", headers=bearer()).json()
     assert failed["state"] == "failed" and "ImagePositionPatient" in failed["error"]
     assert client.get("/api/jobs/no-such-job", headers=bearer()).status_code == 404

@@ -70,6 +70,7 @@ def test_job_page_shows_timeline_delivered_preview_and_actions(env: Env) -> None
         assert job.delivered[0]["sop_instance_uid"] in done.text
         assert f'src="/api/jobs/{env.done_job}/preview.png"' in done.text
         assert "processing" in done.text and 'id="retry"' not in done.text
+        assert 'id="steps"' in done.text and "<th>pipelines</th>" in done.text
         failed = client.get(f"/jobs/{env.failed_job}")
         assert 'id="retry"' in failed.text and "ImagePositionPatient" in failed.text
         assert client.get("/jobs/nope").status_code == 404
