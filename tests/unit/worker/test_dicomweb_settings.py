@@ -213,4 +213,5 @@ def test_stow_failures_are_transient_like_c_store(
     job_id = spool_study(rt, phantom, calling_ae="web")
     with pytest.raises(TransientDeliveryError, match=reason):
         process_job(rt, job_id)
-    assert rt.store.get(job_id).state is JobState.DELIVERING
+    job = rt.store.get(job_id)  # waiting for its retry, saying why
+    assert job.state is JobState.QUEUED and reason in (job.error or "")
