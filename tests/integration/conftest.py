@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class RunningService:
     port: int
     log_path: Path
     proc: subprocess.Popen[bytes]
+    env: dict[str, str] | None = None  # the service's environment, for CLI calls beside it
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -42,6 +44,7 @@ class RunningService:
             text=True,
             timeout=120,
             check=False,
+            env=self.env,
         )
 
     def jobs(self) -> list[dict[str, Any]]:
@@ -83,6 +86,41 @@ def orthanc() -> Iterator[Orthanc]:
         yield server
 
 
+@contextmanager
+def run_up(
+    config: Path,
+    *,
+    port: int,
+    orthanc: Orthanc | None = None,
+    aet: str = ANNOTATOR_AET,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+) -> Iterator[RunningService]:
+    """`pacs-annotator up --config CONFIG` until the block ends, its log printed at the end.
+
+    With ``orthanc``, the service is registered there as modality "annotator" (AE ``aet``).
+    """
+    data_dir = Path(yaml.safe_load(config.read_text())["data_dir"])
+    log_path = config.parent / f"service-{port}.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "up", "--config", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+        )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=timeout, proc=proc)
+        if orthanc is not None:
+            orthanc.add_modality("annotator", aet, "127.0.0.1", port)
+        yield RunningService(config, data_dir, port, log_path, proc, env)
+    finally:
+        stop_process(proc, timeout=60)
+        print(f"--- service log ({config}) ---\n{log_tail(log_path, max_lines=80)}")
+
+
 @pytest.fixture(scope="module")
 def service(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     """`pacs-annotator up` with embedded Redis and SQLite, registered in Orthanc."""
@@ -90,18 +128,5 @@ def service(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("service")
     port = free_port()
     config = write_config(root / "config.yaml", data_dir=root / "data", port=port, orthanc=orthanc)
-    log_path = root / "service.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "up", "--config", str(config)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    running = RunningService(config, root / "data", port, log_path, proc)
-    try:
-        wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
-        orthanc.add_modality("annotator", ANNOTATOR_AET, "127.0.0.1", port)
+    with run_up(config, port=port, orthanc=orthanc) as running:
         yield running
-    finally:
-        stop_process(proc, timeout=60)
-        print(f"--- service log ---\n{log_tail(log_path, max_lines=80)}")

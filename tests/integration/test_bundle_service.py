@@ -9,8 +9,6 @@ that reason while the worker goes on.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import yaml
 
 from pipelines.volume import load_series
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import ANNOTATOR_AET, RunningService
+from tests.integration.conftest import ANNOTATOR_AET, RunningService, run_up
 from tests.integration.test_round_trip import fetch_one
 from tests.support.bundles import (
     CONV_1X1X1,
@@ -33,10 +31,7 @@ from tests.support.dicom_validate import dciodvfy_errors
 from tests.support.orthanc import Orthanc, require_orthanc, wait_for
 from tests.support.processes import (
     free_port,
-    log_tail,
     require_binaries,
-    stop_process,
-    wait_for_port,
 )
 from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
 from tests.unit.pipelines.test_bundle import seg_masks
@@ -97,24 +92,9 @@ def bundle_service(
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    log_path = root / "service.log"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))  # the slow network's module
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "up", "--config", str(path)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO_ROOT,
-        )
-    running = RunningService(path, root / "data", port, log_path, proc)
-    try:
-        wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
-        orthanc.add_modality("annotator", ANNOTATOR_AET, "127.0.0.1", port)
+    with run_up(path, port=port, orthanc=orthanc, env=env, cwd=REPO_ROOT) as running:
         yield running
-    finally:
-        stop_process(proc, timeout=60)
-        print(f"--- service log ---\n{log_tail(log_path, max_lines=80)}")
 
 
 def send_study(

@@ -8,8 +8,6 @@ WADO-RS (``annotate --source``, and the QIDO-RS poller), results go back to it b
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,16 +18,13 @@ import pytest
 import yaml
 from pydicom.uid import generate_uid
 
-from tests.integration.conftest import ANNOTATOR_AET, RunningService
+from tests.integration.conftest import ANNOTATOR_AET, RunningService, run_up
 from tests.integration.test_round_trip import instances_of_modality
 from tests.support.dicom_validate import dciodvfy_errors
 from tests.support.orthanc import Orthanc, require_orthanc, wait_for
 from tests.support.processes import (
     free_port,
-    log_tail,
     require_binaries,
-    stop_process,
-    wait_for_port,
 )
 from tests.unit.pipelines.phantom import make_ct_phantom
 
@@ -82,43 +77,17 @@ def write_config(root: Path, port: int, web: Orthanc, pacs: Orthanc) -> Path:
     return path
 
 
-class Service(RunningService):
-    env: dict[str, str]
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "worker", *args, "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env=self.env,
-        )
-
-
 @contextmanager
-def running_service(root: Path, web: Orthanc, pacs: Orthanc, password: str) -> Iterator[Service]:
+def running_service(
+    root: Path, web: Orthanc, pacs: Orthanc, password: str
+) -> Iterator[RunningService]:
     """`pacs-annotator up` with the STOW-RS password given through the environment."""
     require_binaries("redis-server")
     port = free_port()
     config = write_config(root, port, web, pacs)
     env = dict(os.environ, **{SECRET_ENV: password})
-    log_path = root / f"service-{port}.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "up", "--config", str(config)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    service = Service(config, root / "data", port, log_path, proc)
-    service.env = env
-    try:
-        wait_for_port("127.0.0.1", port, timeout=90, proc=proc)
+    with run_up(config, port=port, env=env, timeout=90) as service:
         yield service
-    finally:
-        stop_process(proc, timeout=60)
-        print(f"--- service log ---\n{log_tail(log_path, max_lines=80)}")
 
 
 def upload_phantom(web: Orthanc, folder: Path, accession: str) -> str:
@@ -132,7 +101,7 @@ def upload_phantom(web: Orthanc, folder: Path, accession: str) -> str:
     return str(phantom.datasets[0].StudyInstanceUID)
 
 
-def final_job(service: Service, study_uid: str, exclude: set[str]) -> dict[str, Any]:
+def final_job(service: RunningService, study_uid: str, exclude: set[str]) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
         for job in service.jobs():
             mine = job["study_uid"] == study_uid and job["id"] not in exclude
@@ -143,7 +112,7 @@ def final_job(service: Service, study_uid: str, exclude: set[str]) -> dict[str, 
     return wait_for(finished, timeout=JOB_TIMEOUT, interval=0.5, message=f"job of {study_uid}")
 
 
-def annotate(service: Service, study_uid: str) -> dict[str, Any]:
+def annotate(service: RunningService, study_uid: str) -> dict[str, Any]:
     before = {j["id"] for j in service.jobs()}
     result = service.cli("annotate", "--source", "web", "--study", study_uid)
     assert result.returncode == 0, result.stderr

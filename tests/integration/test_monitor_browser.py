@@ -6,8 +6,6 @@ study), so each job here also proves the monitor -> job DB -> SCP process contro
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +20,12 @@ from pydicom.dataset import Dataset
 from scu_scp.models import DicomNode
 from scu_scp.scp import STATUS_OUT_OF_RESOURCES
 from scu_scp.scu import send_datasets
-from tests.integration.conftest import ANNOTATOR_AET, write_config
+from tests.integration.conftest import ANNOTATOR_AET, run_up, write_config
 from tests.support.orthanc import Orthanc, wait_for
 from tests.support.processes import (
     free_port,
     log_tail,
     require_binaries,
-    stop_process,
     wait_for_port,
 )
 from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
@@ -75,24 +72,15 @@ def monitored(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "refresh_seconds": 0,
     }
     config_path.write_text(yaml.safe_dump(config))
-    log_path = root / "service.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "up", "--config", str(config_path)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
     url = f"http://127.0.0.1:{monitor_port}"
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-    try:
-        wait_for_port("127.0.0.1", port, timeout=90, proc=proc)
-        wait_for_port("127.0.0.1", monitor_port, timeout=90, proc=proc)
-        orthanc.add_modality("annotator", ANNOTATOR_AET, "127.0.0.1", port)
-        yield Monitored(url, port, log_path, http)
-    finally:
-        http.close()
-        stop_process(proc, timeout=60)
-        print(f"--- service log ---\n{log_tail(log_path, max_lines=80)}")
+    with run_up(config_path, port=port, orthanc=orthanc, timeout=90) as running:
+        try:
+            wait_for_port("127.0.0.1", monitor_port, timeout=90, proc=running.proc)
+            yield Monitored(url, port, running.log_path, http)
+        finally:
+            http.close()
+        log_path = running.log_path
     assert f"pacs-annotator monitor: http://127.0.0.1:{monitor_port}/" in log_path.read_text()
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +9,10 @@ import pytest
 import yaml
 from pydicom.uid import generate_uid
 
-from tests.integration.conftest import RunningService, write_config
+from tests.integration.conftest import RunningService, run_up, write_config
 from tests.integration.test_round_trip import instances_of_modality, send_and_wait
 from tests.support.orthanc import Orthanc
-from tests.support.processes import free_port, log_tail, stop_process, wait_for_port
+from tests.support.processes import free_port
 from tests.unit.pipelines.phantom import make_ct_phantom
 
 pytestmark = pytest.mark.integration
@@ -60,20 +58,8 @@ def debug_service(
     settings["log_level"] = "DEBUG"
     settings["scp"]["ae_title"] = "ANNOTATOR_DBG"
     config.write_text(yaml.safe_dump(settings))
-    log_path = root / "service.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "up", "--config", str(config)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
-        orthanc.add_modality("annotator", "ANNOTATOR_DBG", "127.0.0.1", port)
-        yield RunningService(config, root / "data", port, log_path, proc)
-    finally:
-        stop_process(proc, timeout=60)
-        print(f"--- debug service log ---\n{log_tail(log_path, max_lines=40)}")
+    with run_up(config, port=port, orthanc=orthanc, aet="ANNOTATOR_DBG") as running:
+        yield running
 
 
 @pytest.mark.parametrize("which", ["service", "debug_service"])
