@@ -3,7 +3,7 @@
 Two mechanisms, one rule (the job store is the truth, the broker only a delivery channel):
 
 - A worker holds a *lease* on the job it runs: ``JobStore.claim`` takes it atomically and
-  a ``Heartbeat`` thread refreshes it. A second copy of the message (Redis redelivery after
+  a ``LeaseRefresher`` thread renews it. A second copy of the message (Redis redelivery after
   ``visibility_timeout``, or a re-queue below) finds the lease alive and does nothing; once
   the worker is dead the lease goes stale and the next copy takes the job over.
 - ``reconcile`` runs in the dispatcher: a queued job with no message in Redis (neither
@@ -41,7 +41,7 @@ _UNACKED_KEY = "unacked"
 _ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.DELIVERING)
 
 
-class Heartbeat:
+class LeaseRefresher:
     """Refreshes a job's lease every ``lease_seconds / 4`` while the job runs."""
 
     def __init__(self, store: JobStore, job_id: str, lease_seconds: float) -> None:
@@ -58,7 +58,7 @@ class Heartbeat:
             except SQLAlchemyError as exc:  # a missed beat must not kill the job
                 log.warning("job %s: could not refresh its lease: %s", self._job_id, exc)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> LeaseRefresher:
         self._thread.start()
         return self
 

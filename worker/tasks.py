@@ -15,7 +15,7 @@ from worker.bundles import configured_pipelines, load_models
 from worker.celery_app import PROCESS_STUDY
 from worker.jobs import JobStore
 from worker.processing import Runtime, TransientDeliveryError, make_sender, process_job
-from worker.reliability import Heartbeat
+from worker.reliability import LeaseRefresher
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def register_tasks(
     def process_study(self: Task, job_id: str) -> None:
         rt = runtime.get()
         try:
-            with Heartbeat(rt.store, job_id, settings.worker.lease_seconds):
+            with LeaseRefresher(rt.store, job_id, settings.worker.lease_seconds):
                 process_job(rt, job_id)
         except TransientDeliveryError as exc:
             retries: int = self.request.retries

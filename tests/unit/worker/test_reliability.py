@@ -26,7 +26,7 @@ from worker.dispatch import Dispatcher
 from worker.embedded_redis import EmbeddedRedis
 from worker.jobs import JobState, JobStore
 from worker.processing import Runtime, process_job
-from worker.reliability import BrokerView, Heartbeat, broker_job_ids, reconcile
+from worker.reliability import BrokerView, LeaseRefresher, broker_job_ids, reconcile
 from worker.settings import SettingsError, load_settings
 
 
@@ -87,7 +87,7 @@ def test_heartbeat_keeps_the_lease_fresh(store: JobStore) -> None:
     job_id = _job(store, "beat")
     claimed = store.claim(job_id, lease_seconds=60)
     assert claimed is not None and claimed.updated_at is not None
-    with Heartbeat(store, job_id, lease_seconds=0.2):
+    with LeaseRefresher(store, job_id, lease_seconds=0.2):
         deadline = datetime.now(UTC) + timedelta(seconds=30)
         while True:
             updated = store.get(job_id).updated_at
