@@ -406,8 +406,8 @@ class JobStore:
             delivering_at=_now(),
         )
 
-    def mark_retrying(self, job_id: str, reason: str) -> Job:
-        """A transient delivery failure: the job is queued again and says why."""
+    def mark_delivery_failed(self, job_id: str, reason: str) -> Job:
+        """A delivery attempt failed (counted for /metrics); the job waits for its retry."""
         job = self.get(job_id)
         return self._update(
             job_id,
@@ -415,6 +415,10 @@ class JobStore:
             error=reason,
             delivery_failures=job.delivery_failures + 1,
         )
+
+    def mark_retrying(self, job_id: str, reason: str) -> Job:
+        """The job is queued again (a retry, another queue) and says why."""
+        return self._update(job_id, state=JobState.QUEUED, error=reason)
 
     def mark_done(self, job_id: str, *, delivered: Sequence[dict[str, Any]]) -> Job:
         return self._update(
@@ -427,17 +431,11 @@ class JobStore:
         reason: str,
         *,
         delivered: Sequence[dict[str, Any]] = (),
-        delivery_failure: bool = False,
     ) -> Job:
-        """``delivery_failure`` counts the last failed delivery attempt too (for /metrics)."""
-        extra: dict[str, Any] = {}
-        if delivery_failure:
-            extra["delivery_failures"] = self.get(job_id).delivery_failures + 1
         return self._update(
             job_id,
             state=JobState.FAILED,
             error=reason,
             delivered=list(delivered),
             finished_at=_now(),
-            **extra,
         )

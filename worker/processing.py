@@ -251,7 +251,7 @@ def process_job(rt: Runtime, job_id: str) -> Job:
         except NoDestinationError as exc:
             return rt.store.mark_failed(job_id, str(exc))
         except TransientDeliveryError as exc:
-            rt.store.mark_retrying(job_id, str(exc))  # releases the lease for the retry
+            rt.store.mark_delivery_failed(job_id, str(exc))  # releases the lease for the retry
             raise
     failure = _failure_summary(outcomes)
     if failure:

@@ -146,7 +146,8 @@ def test_counts_totals_and_search(store: JobStore) -> None:
         instance_count=5,
         received_at=datetime(2026, 11, 25, tzinfo=UTC),
     )
-    store.mark_failed("j2", "x", delivery_failure=True)
+    store.mark_delivery_failed("j2", "destination down")
+    store.mark_failed("j2", "x")
     counts = store.counts()
     assert counts[JobState.RECEIVED] == 2 and counts[JobState.FAILED] == 1
     assert counts[JobState.DONE] == 0 and set(counts) == set(JobState)
@@ -164,7 +165,7 @@ def test_stage_timings_and_delivery_failures(store: JobStore) -> None:
     store.mark_queued(job_id)
     store.claim(job_id, lease_seconds=LEASE)
     store.mark_delivering(job_id, pipelines=["ct-basic"], outcomes=[])
-    store.mark_retrying(job_id, "destination down")
+    store.mark_delivery_failed(job_id, "destination down")
     store.claim(job_id, lease_seconds=LEASE)
     store.mark_delivering(job_id, pipelines=["ct-basic"], outcomes=[])
     done = store.mark_done(job_id, delivered=[])
@@ -216,7 +217,7 @@ def test_existing_database_is_upgraded_keeping_its_rows(empty_url: str) -> None:
         assert old.state is JobState.DONE and old.instance_count == 7
         assert old.pipelines == ("ct-basic",) and old.delivery_failures == 0
         assert old.received_at == datetime(2026, 1, 2, tzinfo=UTC)
-        store.mark_failed("old-job", "x", delivery_failure=True)  # the new column works
+        store.mark_delivery_failed("old-job", "x")  # the new column works
         assert store.get("old-job").delivery_failures == 1
     finally:
         store.close()

@@ -218,3 +218,4 @@ def test_task_retries_then_fails_with_reason(
     assert job.state is JobState.FAILED
     assert job.error and job.error.startswith("delivery failed after 3 attempts")
     assert job.attempts == 3
+    assert job.delivery_failures == 3  # each failed attempt counted once, for /metrics
