@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from kombu.exceptions import OperationalError
@@ -49,12 +50,16 @@ def stop_on_signals() -> threading.Event:
 
 
 def run_scp(
-    settings: Settings, stop: threading.Event, *, child: subprocess.Popen[bytes] | None = None
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    children: Sequence[tuple[str, subprocess.Popen[bytes]]] = (),
 ) -> int:
     """Receive studies and queue a job for each completed one until ``stop`` is set.
 
-    ``child`` is a worker process started by ``up``: if it dies, so does the service, so a
-    supervisor (systemd) restarts everything instead of leaving jobs to pile up unseen.
+    ``children`` are the processes ``up`` started (the worker, the monitor), by name: if one
+    dies, so does the service, so a supervisor (systemd) restarts everything instead of
+    leaving jobs to pile up unseen or the admin without a dashboard.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     edge = scp_options(settings)  # loads TLS files first: a bad one stops start-up
@@ -88,8 +93,10 @@ def run_scp(
                     log.warning("could not queue recovered studies (%s); will retry", exc)
                 next_recovery = time.monotonic() + settings.recovery.interval_seconds
             controls.apply()
-            if child is not None and child.poll() is not None:
-                log.error("worker process exited with status %s; stopping", child.returncode)
+            dead = [(name, proc) for name, proc in children if proc.poll() is not None]
+            if dead:
+                name, proc = dead[0]
+                log.error("%s process exited with status %s; stopping", name, proc.returncode)
                 status = 1
                 break
             stop.wait(1.0)
@@ -114,16 +121,14 @@ def run_up(settings: Settings, config: Path | None, stop: threading.Event) -> in
     if not settings.broker_url:
         embedded = EmbeddedRedis(settings.redis_dir)
         settings = settings.model_copy(update={"broker_url": embedded.start()})
-    worker_proc = start_worker_process(config, settings.broker_url)
-    monitor_proc = None
+    children = [("worker", start_worker_process(config, settings.broker_url))]
     if settings.monitor.enabled:
-        monitor_proc = start_monitor_process(config, settings.broker_url)
+        children.append(("monitor", start_monitor_process(config, settings.broker_url)))
         announce_monitor(settings)
     try:
-        return run_scp(settings, stop, child=worker_proc)
+        return run_scp(settings, stop, children=children)
     finally:
-        if monitor_proc is not None:
-            stop_process(monitor_proc, timeout=30)
-        stop_process(worker_proc, timeout=30)
+        for _name, proc in reversed(children):
+            stop_process(proc, timeout=30)
         if embedded is not None:
             embedded.stop()
