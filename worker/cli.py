@@ -27,6 +27,8 @@ def _configure_logging(level: str) -> None:
     )
     # highdicom logs every attribute it copies; its warnings are enough.
     logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # Alembic narrates every plugin and context it sets up; our migrations log the upgrade.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # This highdicom warning quotes the patient's name: no PHI in logs.
     warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name")
 

@@ -9,6 +9,7 @@ then upgraded, so its rows are kept.
 from __future__ import annotations
 
 import fcntl
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
@@ -79,3 +82,5 @@ def _upgrade(conn: Connection, revision: str) -> None:
     if current is None and inspect(conn).has_table("jobs"):
         command.stamp(cfg, BASELINE)
     command.upgrade(cfg, revision)
+    target = head_revision() if revision == "head" else revision
+    log.info("job store schema upgraded from %s to %s", current or "an empty database", target)
