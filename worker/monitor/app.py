@@ -60,6 +60,7 @@ class Monitor:
         self.sources = Sources(settings, store, OpsStore(store.engine), spool, client)
         self.admin = Admin(store, self.sources.ops, spool, job_enqueuer(settings, spool))
         self.credentials = credentials
+        self.session_hours = settings.monitor.session_hours
         self.tokens = TokenChecker(credentials)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -69,7 +70,9 @@ class Monitor:
         if header.lower().startswith("bearer "):
             return self.tokens.check(header[7:].strip())
         cookie = request.cookies.get(SESSION_COOKIE)
-        return check_session(self.credentials, cookie) if cookie else None
+        if not cookie:
+            return None
+        return check_session(self.credentials, cookie, int(self.session_hours * 3600))
 
     def summary(self) -> dict[str, Any]:
         src = self.sources

@@ -1,8 +1,9 @@
 """Admin credentials: scrypt hashes, signed session cookies, the first-login password.
 
 Passwords and tokens are stored only as salted scrypt hashes (``scrypt$n$r$p$salt$hash``).
-A session cookie is ``user|expiry|hmac``: no server-side state, so the monitor can restart
-(or run twice) without logging everyone out, as long as the secret is the same.
+A session cookie is the user signed with a timestamp (itsdangerous): no server-side state,
+so the monitor can restart (or run twice) without logging everyone out, as long as the
+secret is the same.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import hmac
 import logging
 import os
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from itsdangerous import BadSignature, TimestampSigner
 
 log = logging.getLogger(__name__)
 
@@ -108,28 +110,21 @@ def resolve_credentials(
     return creds, generated
 
 
-def make_session(creds: Credentials, user: str, hours: float, now: float | None = None) -> str:
-    expiry = int((now if now is not None else time.time()) + hours * 3600)
-    payload = f"{user}|{expiry}"
-    sig = hmac.new(creds.session_secret, payload.encode(), hashlib.sha256).hexdigest()
-    return f"{payload}|{sig}"
+def _signer(creds: Credentials) -> TimestampSigner:
+    return TimestampSigner(creds.session_secret, salt="pacs-annotator-session")
 
 
-def check_session(creds: Credentials, cookie: str, now: float | None = None) -> str | None:
-    """The user of a valid, unexpired session cookie, else None."""
+def make_session(creds: Credentials, user: str) -> str:
+    """A session cookie value: the user, signed with a timestamp."""
+    return _signer(creds).sign(user).decode()
+
+
+def check_session(creds: Credentials, cookie: str, max_age_seconds: int) -> str | None:
+    """The user of a cookie signed with our secret less than ``max_age_seconds`` ago."""
     try:
-        user, expiry, sig = cookie.rsplit("|", 2)
-        expires = int(expiry)
-    except ValueError:
+        return _signer(creds).unsign(cookie, max_age=max_age_seconds).decode()
+    except BadSignature:  # tampered, foreign or expired (SignatureExpired is a BadSignature)
         return None
-    expected = hmac.new(
-        creds.session_secret, f"{user}|{expiry}".encode(), hashlib.sha256
-    ).hexdigest()
-    if not hmac.compare_digest(sig, expected):
-        return None
-    if expires < (now if now is not None else time.time()):
-        return None
-    return user
 
 
 class TokenChecker:

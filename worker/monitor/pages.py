@@ -86,7 +86,7 @@ def add_page_routes(app: FastAPI, monitor: "Monitor") -> None:
                 error="wrong user or password",
             )
         response = RedirectResponse(_safe_next(next), status_code=303)
-        cookie = make_session(creds, actor, settings.monitor.session_hours)
+        cookie = make_session(creds, actor)
         response.set_cookie(
             SESSION_COOKIE,
             cookie,
