@@ -33,12 +33,12 @@ from pathlib import Path
 
 import pydicom
 import yaml
-from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.orthanc import Orthanc, wait_for
 from tests.support.processes import free_port, stop_process, wait_for_port
+from tests.support.studies import write_copy
 from tests.unit.pipelines.phantom import make_ct_phantom
 from worker.jobs import Job, JobState, JobStore
 from worker.timings import read_timings
@@ -57,21 +57,6 @@ def source_datasets(kind: str, folder: Path) -> list[pydicom.Dataset]:
     if kind == "real" or (kind == "auto" and folder.is_dir()):
         return [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
     return list(make_ct_phantom(slices=48, size=256, pixel_spacing=1.4).datasets)
-
-
-def write_copy(sources: Sequence[pydicom.Dataset], folder: Path) -> tuple[str, list[Path]]:
-    """The study with fresh Study/Series/SOP UIDs, so every copy is a new job and new results."""
-    folder.mkdir(parents=True)
-    study, series = generate_uid(), generate_uid()
-    paths = []
-    for i, ds in enumerate(sources):
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        path = folder / f"{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return study, paths
 
 
 def storescu(port: int, paths: Sequence[Path], calling: str) -> float:

@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import pydicom  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
 
 from tests.support.orthanc import Orthanc  # noqa: E402
 from tests.support.processes import free_port, stop_process  # noqa: E402
+from tests.support.studies import write_copy  # noqa: E402
 
 DEFAULT_SERIES = REPO.parent / "shared" / "data" / "ct-abdomen-crlm1004"
 NODELAY = {**os.environ, "TCP_NODELAY": "1"}
@@ -177,22 +177,8 @@ def ingest(files: list[Path], repeats: int, work: Path) -> list[Rate]:
 
 def copies(files: list[Path], count: int, work: Path) -> list[list[Path]]:
     """``count`` copies of the series, each a new study with new UIDs."""
-    result = []
     datasets = [pydicom.dcmread(p) for p in files]
-    for n in range(count):
-        folder = work / f"copy{n:02d}"
-        folder.mkdir(parents=True)
-        study, series = generate_uid(), generate_uid()
-        paths = []
-        for i, ds in enumerate(datasets):
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            path = folder / f"{i:03d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            paths.append(path)
-        result.append(paths)
-    return result
+    return [write_copy(datasets, work / f"copy{n:02d}")[1] for n in range(count)]
 
 
 def concurrency(files: list[Path], senders: Sequence[int], work: Path) -> list[tuple[int, Rate]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +13,8 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from tests.support.processes import free_port, stop_process
 
 
 def dcmtk_tool(name: str) -> str:
@@ -29,12 +30,6 @@ def dcmtk_tool(name: str) -> str:
                 if fh.read(2) != b"#!":
                     return str(candidate)
     pytest.skip(f"dcmtk '{name}' not installed (Debian package dcmtk)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -104,12 +99,7 @@ def _start_storescp(tmp_path: Path, *extra: str) -> Iterator[StoreSCP]:
             pytest.fail(f"storescp did not start listening on port {port}")
         yield StoreSCP(port, "STORESCP", out_dir, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture

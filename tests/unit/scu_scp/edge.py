@@ -15,6 +15,7 @@ import trustme
 from scu_scp.models import SpooledStudy
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
+from tests.support.processes import stop_process
 from tests.unit.pipelines.phantom import make_ct_phantom
 from tests.unit.scu_scp.conftest import StoreSCP, dcmtk_tool, free_port, wait_for
 
@@ -141,9 +142,4 @@ def storescp_tls(
             pytest.fail(f"storescp +tls did not answer on port {port}")
         yield StoreSCP(port, "STORESCP", out_dir, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
