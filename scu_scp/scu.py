@@ -77,6 +77,19 @@ def _transfer_syntax(ds: Dataset) -> UID | None:
     return UID(ts) if ts else None
 
 
+def _checked_item(
+    index: int, header: Dataset, load: Callable[[], Dataset], what: str
+) -> _Item | InstanceResult:
+    """The instance to send, or its failure when its header cannot say what it is."""
+    sop_class = str(header.get("SOPClassUID", ""))
+    sop_instance = str(header.get("SOPInstanceUID", ""))
+    ts = _transfer_syntax(header)
+    if not sop_class or not sop_instance or ts is None:
+        reason = f"{what} lacks SOPClassUID, SOPInstanceUID or file_meta.TransferSyntaxUID"
+        return InstanceResult(sop_instance, sop_class, -1, reason)
+    return _Item(index, sop_class, sop_instance, ts, load)
+
+
 def send_datasets(
     node: DicomNode, datasets: Sequence[Dataset], *, calling_ae: str, timeout: float = 30.0
 ) -> DeliveryResult:
@@ -84,18 +97,11 @@ def send_datasets(
     items: list[_Item] = []
     indexed: dict[int, InstanceResult] = {}
     for index, ds in enumerate(datasets):
-        sop_class = str(ds.get("SOPClassUID", ""))
-        sop_instance = str(ds.get("SOPInstanceUID", ""))
-        ts = _transfer_syntax(ds)
-        if not sop_class or not sop_instance or ts is None:
-            indexed[index] = InstanceResult(
-                sop_instance,
-                sop_class,
-                -1,
-                "dataset lacks SOPClassUID, SOPInstanceUID or file_meta.TransferSyntaxUID",
-            )
-            continue
-        items.append(_Item(index, sop_class, sop_instance, ts, _const(ds)))
+        checked = _checked_item(index, ds, _const(ds), "dataset")
+        if isinstance(checked, InstanceResult):
+            indexed[index] = checked
+        else:
+            items.append(checked)
     return _send(node, items, indexed, len(datasets), calling_ae=calling_ae, timeout=timeout)
 
 
@@ -111,18 +117,11 @@ def send_files(
         except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
             indexed[index] = InstanceResult("", "", -1, f"cannot read {path}: {exc}")
             continue
-        sop_class = str(header.get("SOPClassUID", ""))
-        sop_instance = str(header.get("SOPInstanceUID", ""))
-        ts = _transfer_syntax(header)
-        if not sop_class or not sop_instance or ts is None:
-            indexed[index] = InstanceResult(
-                sop_instance,
-                sop_class,
-                -1,
-                f"{path} lacks SOPClassUID, SOPInstanceUID or TransferSyntaxUID",
-            )
-            continue
-        items.append(_Item(index, sop_class, sop_instance, ts, partial(dcmread, path)))
+        checked = _checked_item(index, header, partial(dcmread, path), str(path))
+        if isinstance(checked, InstanceResult):
+            indexed[index] = checked
+        else:
+            items.append(checked)
     return _send(node, items, indexed, len(paths), calling_ae=calling_ae, timeout=timeout)
 
 

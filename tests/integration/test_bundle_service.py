@@ -19,7 +19,7 @@ import yaml
 
 from pipelines.volume import load_series
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import ANNOTATOR_AET, RunningService, run_up
+from tests.integration.conftest import RunningService, run_up, write_config
 from tests.integration.test_round_trip import fetch_one
 from tests.support.bundles import (
     CONV_1X1X1,
@@ -68,29 +68,17 @@ def bundle_service(
         state_dict={},
     )
     port = free_port()
-    config: dict[str, Any] = {
-        "data_dir": str(root / "data"),
-        "scp": {"ae_title": ANNOTATOR_AET, "host": "127.0.0.1", "port": port},
-        "completion": {"quiet_seconds": 1.0},
-        "destinations": {
-            "orthanc": {
-                "ae_title": orthanc.aet,
-                "host": "127.0.0.1",
-                "port": orthanc.dicom_port,
-                "default": True,
-            }
-        },
-        "routing": [
-            {"modality": "CT", "series_description": "*dense*", "pipelines": ["dense"]},
-            {"modality": "CT", "series_description": "*slow*", "pipelines": ["slow"]},
-        ],
-        "pipelines": {
-            "dense": {"bundle": str(dense), "queue": "gpu"},
-            "slow": {"bundle": str(slow), "queue": "gpu", "time_limit_seconds": 5},
-        },
-        "worker": {"job_time_limit_seconds": JOB_TIME_LIMIT},
+    path = write_config(root / "config.yaml", data_dir=root / "data", port=port, orthanc=orthanc)
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    config["routing"] = [
+        {"modality": "CT", "series_description": "*dense*", "pipelines": ["dense"]},
+        {"modality": "CT", "series_description": "*slow*", "pipelines": ["slow"]},
+    ]
+    config["pipelines"] = {
+        "dense": {"bundle": str(dense), "queue": "gpu"},
+        "slow": {"bundle": str(slow), "queue": "gpu", "time_limit_seconds": 5},
     }
-    path = root / "config.yaml"
+    config["worker"] = {"job_time_limit_seconds": JOB_TIME_LIMIT}
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))  # the slow network's module
     with run_up(path, port=port, orthanc=orthanc, env=env, cwd=REPO_ROOT) as running:

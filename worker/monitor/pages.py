@@ -4,8 +4,8 @@ Plain HTML forms and a meta refresh: no JavaScript build step. Actions redirect 
 message, so a reload never repeats them.
 """
 
-
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
@@ -142,29 +142,29 @@ def add_page_routes(app: FastAPI, monitor: "Monitor") -> None:
             audit=audit,
         )
 
+    def act(back: str, action: Callable[[], object], done: str) -> RedirectResponse:
+        """Run an admin action and return to ``back`` with its outcome."""
+        try:
+            action()
+        except ActionError as exc:
+            return _back(back, str(exc), error=True)
+        return _back(back, done)
+
     @app.post("/jobs/{job_id}/retry", include_in_schema=False)
     def retry(actor: Actor, job_id: str) -> RedirectResponse:
-        try:
-            monitor.admin.retry(job_id, actor)
-        except ActionError as exc:
-            return _back(f"/jobs/{job_id}", str(exc), error=True)
-        return _back(f"/jobs/{job_id}", "queued again")
+        return act(f"/jobs/{job_id}", lambda: monitor.admin.retry(job_id, actor), "queued again")
 
     @app.post("/jobs/{job_id}/cancel", include_in_schema=False)
     def cancel(actor: Actor, job_id: str) -> RedirectResponse:
-        try:
-            monitor.admin.cancel(job_id, actor)
-        except ActionError as exc:
-            return _back(f"/jobs/{job_id}", str(exc), error=True)
-        return _back(f"/jobs/{job_id}", "cancelled")
+        return act(f"/jobs/{job_id}", lambda: monitor.admin.cancel(job_id, actor), "cancelled")
 
     @app.post("/studies/{study_uid}/force-complete", include_in_schema=False)
     def force_complete(actor: Actor, study_uid: str) -> RedirectResponse:
-        try:
-            monitor.admin.force_complete(study_uid, actor)
-        except ActionError as exc:
-            return _back("/", str(exc), error=True)
-        return _back("/", f"study {study_uid} will complete within seconds")
+        return act(
+            "/",
+            lambda: monitor.admin.force_complete(study_uid, actor),
+            f"study {study_uid} will complete within seconds",
+        )
 
     @app.post("/intake/{action}", include_in_schema=False)
     def intake(actor: Actor, action: str) -> RedirectResponse:
