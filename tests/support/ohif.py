@@ -28,16 +28,19 @@ import json
 import mimetypes
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlencode
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
+from pydicom.dataset import Dataset
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -50,8 +53,13 @@ __all__ = [
     "OHIF_DIST",
     "OHIF_VERSION",
     "OhifServer",
+    "SegSegment",
+    "SrMark",
+    "dicom_lab_to_rgb",
     "dicomweb_config",
     "require_ohif",
+    "seg_segments",
+    "sr_marks",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -344,3 +352,129 @@ class OhifServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------------- expectations
+
+
+@dataclass(frozen=True)
+class SrMark:
+    """One measurement as OHIF's SR parser builds it: the groups of one tracking UID merged.
+
+    ``graphic`` is the SCOORD/SCOORD3D OHIF draws (``coords[0]``): the first top-level one
+    (TID 1410), else the first one a NUM is INFERRED FROM (TID 1411/1501); None when the
+    merged groups carry no geometry (OHIF 3.13 then throws a TypeError reading
+    ``coords[0].ReferencedSOPSequence`` and the whole SR fails to load).
+    """
+
+    tracking_uid: str
+    tracking_id: str
+    value_type: str | None
+    graphic_type: str | None
+    referenced_sop_uid: str | None
+    measurements: tuple[str, ...]  # concept names of the NUMs, e.g. ("Long axis", "Volume")
+
+    @property
+    def image_referenced(self) -> bool:
+        return self.value_type == "SCOORD" and self.referenced_sop_uid is not None
+
+
+_IMAGING_MEASUREMENTS = "126010"
+_MEASUREMENT_GROUP = "125007"
+_TRACKING_UID = "112040"
+_TRACKING_ID = "112039"
+
+
+def _concept(item: Dataset) -> str | None:
+    names = item.get("ConceptNameCodeSequence")
+    return str(names[0].CodeValue) if names else None
+
+
+def _referenced_sop(scoord: Dataset) -> str | None:
+    for child in scoord.get("ContentSequence", []):
+        refs = child.get("ReferencedSOPSequence")
+        if child.ValueType == "IMAGE" and refs:
+            return str(refs[0].ReferencedSOPInstanceUID)
+    return None
+
+
+def sr_marks(sr: Dataset) -> list[SrMark]:
+    """What OHIF 3.13 (extension cornerstone-dicom-sr, ``_getMeasurements``) makes of an SR.
+
+    Groups under "Imaging Measurements" are merged by Tracking Unique Identifier (first
+    appearance order, OHIF's display order); see :class:`SrMark` for the geometry picked.
+    """
+    containers = [i for i in sr.ContentSequence if _concept(i) == _IMAGING_MEASUREMENTS]
+    if not containers:
+        return []
+    merged: dict[str, list[Dataset]] = {}
+    for group in containers[0].get("ContentSequence", []):
+        if _concept(group) != _MEASUREMENT_GROUP:
+            continue
+        items = list(group.get("ContentSequence", []))
+        uid = next((str(i.UID) for i in items if _concept(i) == _TRACKING_UID), "")
+        if uid in merged:
+            merged[uid] += [i for i in items if _concept(i) != _TRACKING_UID]
+        else:
+            merged[uid] = items
+    marks = []
+    for uid, items in merged.items():
+        graphic = next((i for i in items if i.ValueType in ("SCOORD", "SCOORD3D")), None)
+        nums = [i for i in items if i.ValueType == "NUM"]
+        if graphic is None:
+            inferred = (
+                child
+                for num in nums
+                for child in num.get("ContentSequence", [])
+                if child.ValueType in ("SCOORD", "SCOORD3D")
+            )
+            graphic = next(inferred, None)
+        tracking_id = next((str(i.TextValue) for i in items if _concept(i) == _TRACKING_ID), "")
+        marks.append(
+            SrMark(
+                tracking_uid=uid,
+                tracking_id=tracking_id,
+                value_type=str(graphic.ValueType) if graphic is not None else None,
+                graphic_type=str(graphic.GraphicType) if graphic is not None else None,
+                referenced_sop_uid=_referenced_sop(graphic) if graphic is not None else None,
+                measurements=tuple(str(num.ConceptNameCodeSequence[0].CodeMeaning) for num in nums),
+            )
+        )
+    return marks
+
+
+@dataclass(frozen=True)
+class SegSegment:
+    number: int
+    label: str
+    rgb: tuple[int, int, int] | None  # from RecommendedDisplayCIELabValue, None if absent
+
+
+def dicom_lab_to_rgb(value: Sequence[int]) -> tuple[int, int, int]:
+    """DICOM's scaled CIELab (PS3.3 C.10.7.1.1) to 8-bit sRGB, as dcmjs' ``dicomlab2RGB``."""
+    from skimage.color import lab2rgb
+
+    lab = np.array(
+        [
+            float(value[0]) * 100.0 / 65535.0,
+            float(value[1]) * 255.0 / 65535.0 - 128.0,
+            float(value[2]) * 255.0 / 65535.0 - 128.0,
+        ]
+    )
+    rgb = np.clip(lab2rgb(lab.reshape(1, 1, 3)).reshape(3), 0.0, 1.0)
+    r, g, b = (round(float(c) * 255.0) for c in rgb)
+    return (r, g, b)
+
+
+def seg_segments(seg: Dataset) -> list[SegSegment]:
+    out = []
+    for item in seg.SegmentSequence:
+        lab = item.get("RecommendedDisplayCIELabValue")
+        out.append(
+            SegSegment(
+                number=int(item.SegmentNumber),
+                label=str(item.SegmentLabel),
+                rgb=dicom_lab_to_rgb([int(v) for v in lab]) if lab else None,
+            )
+        )
+    return out

@@ -1,0 +1,463 @@
+"""What a radiologist sees: our SEG and SR, after a real round trip, in the OHIF Viewer.
+
+Orthanc (DICOMweb) and the OHIF Viewer (npm ``@ohif/app``, from ``deploy/install.sh --dev``)
+share one origin (``tests.support.ohif.OhifServer``); `pacs-annotator up` annotates a
+synthetic chest CT with nodules sent from Orthanc; Debian's Chromium (SwiftShader WebGL)
+then opens the study in OHIF's basic viewer:
+
+* SEG: every segment is listed in the segmentation panel with our label and the colour of
+  its RecommendedDisplayCIELabValue, and the overlay is drawn in that colour;
+* SR: OHIF builds one measurement per tracking UID with image-referenced geometry, as many
+  as the SR holds (at least one per detection); stepping through them in the SR viewport
+  shows each on the image the SR references, with its mark and values drawn;
+* never a TypeError, an uncaught exception or OHIF's error boundary.
+
+Screenshots go to the test's tmp dir; with ``PACS_ANNOTATOR_README_SCREENSHOT=1`` the SEG and
+a detection side by side are also written to ``docs/images/ohif-seg-sr.png`` (the README's).
+Every wait is on a condition (the viewer's state, the DOM, or the rendered pixels).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from io import BytesIO
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import run_up, write_config
+from tests.integration.test_round_trip import fetch_one, send_and_wait
+from tests.support.ohif import (
+    OHIF_VERSION,
+    OhifServer,
+    SegSegment,
+    SrMark,
+    dicomweb_config,
+    require_ohif,
+    seg_segments,
+    sr_marks,
+)
+from tests.support.orthanc import Orthanc, require_orthanc
+from tests.support.processes import free_port, require_binaries
+from tests.unit.pipelines.phantom import make_nodule_phantom
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+# Headless Chromium has no GPU: WebGL2 (cornerstone3D needs it) through SwiftShader.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--use-gl=angle",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--ignore-gpu-blocklist",
+]
+VIEWPORT = {"width": 1600, "height": 1000}
+UI_TIMEOUT_MS = 60_000
+#: A segment's colour must stand out from grey, and from the other segments' colours.
+MIN_CHROMA = 30.0
+MIN_HUE_ANGLE = 30.0
+README_IMAGE = REPO_ROOT / "docs" / "images" / "ohif-seg-sr.png"
+# OHIF's onboarding tour would cover the viewport: mark it as already shown.
+INIT_SCRIPT = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
+
+T = TypeVar("T")
+
+
+@dataclass
+class ViewerStudy:
+    """A study that went through `up`, in an Orthanc that OHIF reads."""
+
+    viewer: OhifServer
+    study_uid: str
+    job: dict[str, Any]
+    seg: Dataset
+    sr: Dataset
+    shots: Path
+
+    @property
+    def detections(self) -> int:
+        for outcome in self.job["outcomes"]:
+            if outcome["pipeline"] == "ct-lung-nodules":
+                found = re.search(r"(\d+) detection", outcome["reason"] or "")
+                return int(found.group(1)) if found else 0
+        return 0
+
+
+@dataclass
+class Console:
+    """Everything the page said; the failures the viewer must never show."""
+
+    messages: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        type_errors = [m for m in self.messages if "TypeError" in m]
+        return [f"uncaught: {e}" for e in self.page_errors] + type_errors
+
+
+@pytest.fixture(scope="module")
+def viewer_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStudy]:
+    require_orthanc()
+    require_binaries("redis-server", CHROMIUM)
+    require_ohif()
+    root = tmp_path_factory.mktemp("ohif")
+    port = free_port()  # OHIF's origin: Orthanc must know it for the URLs it writes
+    with (
+        Orthanc(extra_config={"DicomWeb": dicomweb_config(port)}, graceful_stop=False) as pacs,
+        OhifServer(pacs.dicomweb_url, port=port) as viewer,
+    ):
+        phantom = make_nodule_phantom()
+        for i, ds in enumerate(phantom.datasets):
+            path = root / f"ct{i:03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            pacs.upload(path)
+        study_uid = str(phantom.datasets[0].StudyInstanceUID)
+        service_port = free_port()
+        config = write_config(
+            root / "config.yaml", data_dir=root / "data", port=service_port, orthanc=pacs
+        )
+        with run_up(config, port=service_port, orthanc=pacs, timeout=90) as service:
+            job = send_and_wait(pacs, service, study_uid)
+        _, seg = fetch_one(pacs, study_uid, "SEG", root)
+        _, sr = fetch_one(pacs, study_uid, "SR", root)
+        shots = root / "screenshots"
+        shots.mkdir()
+        yield ViewerStudy(viewer, study_uid, job, seg, sr, shots)
+        print(f"OHIF {OHIF_VERSION} screenshots: {shots}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    require_binaries(CHROMIUM)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        print(f"Chromium {chromium.version}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def viewer_page(browser: Any, viewer_study: ViewerStudy) -> Iterator[tuple[Any, Console]]:
+    """A fresh page on the study in OHIF's basic viewer, its CT shown."""
+    context = browser.new_context(viewport=VIEWPORT, service_workers="block")
+    context.add_init_script(INIT_SCRIPT)
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    console = Console()
+    page.on("console", lambda m: console.messages.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.page_errors.append(f"{e}\n{e.stack or ''}"))
+    try:
+        page.goto(viewer_study.viewer.viewer_url(viewer_study.study_uid))
+        _wait_for_image(page)
+        yield page, console
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _poll(check: Callable[[], T | None], message: str, timeout: float = UI_TIMEOUT_MS / 1000) -> T:
+    """Call ``check`` until it returns something truthy (a condition on rendered pixels)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
+
+
+def _wait_for_image(page: Any) -> None:
+    """Until cornerstone has an enabled viewport with an image loaded and rendered."""
+    page.wait_for_function(
+        """() => {
+            const els = window.cornerstone?.getEnabledElements?.() || [];
+            const vp = els[0]?.viewport;
+            return !!(vp && vp.getCurrentImageId?.() && vp.getImageData?.());
+        }"""
+    )
+
+
+def _check_no_crash(page: Any, console: Console) -> None:
+    boundary = page.get_by_text("Something went wrong")
+    assert boundary.count() == 0, "OHIF's error boundary is shown:\n" + page.inner_text("body")
+    problems = console.problems()
+    assert not problems, "the viewer logged errors:\n" + "\n".join(problems)
+
+
+def _viewport_pixels(page: Any) -> npt.NDArray[np.float64]:
+    png = page.locator(".viewport-element canvas.cornerstone-canvas").first.screenshot()
+    return np.asarray(Image.open(BytesIO(png)).convert("RGB"), dtype=np.float64)
+
+
+def _pixels_of_hue(pixels: npt.NDArray[np.float64], rgb: tuple[int, int, int]) -> int:
+    """Pixels whose colour is ``rgb`` blended over grey (the CT under a labelmap fill).
+
+    Blending a colour c with alpha a over grey g moves every channel by a*(c - g), so the
+    pixel's departure from its own grey (p - mean(p)) points the way of c - mean(c).
+    """
+    chroma = pixels - pixels.mean(axis=2, keepdims=True)
+    norm = np.linalg.norm(chroma, axis=2)
+    target = np.array(rgb, dtype=np.float64)
+    target -= target.mean()
+    target /= np.linalg.norm(target)
+    cosine = (chroma @ target) / np.maximum(norm, 1e-9)
+    return int(((norm > 12.0) & (cosine > 0.97)).sum())
+
+
+def _open_segmentation_panel(page: Any) -> Any:
+    rows = page.locator("[data-cy=data-row]")
+    if rows.count() == 0:
+        page.locator("[data-cy=panelSegmentation-btn]").click()
+    return rows
+
+
+def _current_sop_uid(page: Any) -> str | None:
+    uid: str | None = page.evaluate(
+        """() => {
+            const vp = window.cornerstone.getEnabledElements()[0]?.viewport;
+            const id = vp?.getCurrentImageId?.();
+            return id ? window.cornerstone.metaData.get('instance', id)?.SOPInstanceUID : null;
+        }"""
+    )
+    return uid
+
+
+# ---------------------------------------------------------------------- SEG
+
+
+def test_ohif_shows_every_seg_segment_with_our_names_and_colours(
+    viewer_page: tuple[Any, Console], viewer_study: ViewerStudy
+) -> None:
+    from playwright.sync_api import expect
+
+    page, console = viewer_page
+    segments = seg_segments(viewer_study.seg)
+    assert len(segments) >= 2, f"the phantom should give several segments, got {segments}"
+    missing = [s.label for s in segments if s.rgb is None]
+    assert not missing, (
+        f"segments {missing} have no RecommendedDisplayCIELabValue: OHIF falls back to its "
+        "own colour table (and says so in a notification)"
+    )
+
+    description = str(viewer_study.seg.SeriesDescription)
+    thumbnail = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text=description)
+    thumbnail.dblclick()
+    page.locator("[data-cy=yes-hydrate-btn]").click()  # "Do you want to open this Segmentation?"
+    page.wait_for_function(
+        """n => {
+            const segs = window.services.segmentationService.getSegmentations();
+            return segs.length === 1 && Object.keys(segs[0].segments).length === n;
+        }""",
+        arg=len(segments),
+    )
+    rows = _open_segmentation_panel(page)
+    expect(rows).to_have_count(len(segments))
+
+    shown = []
+    for i in range(len(segments)):
+        row = rows.nth(i)
+        title = row.locator("[data-cy=data-row-title]").inner_text().strip()
+        style = row.locator("[data-cy=data-row-colorhex]").get_attribute("style") or ""
+        found = re.search(r"rgb\((\d+), (\d+), (\d+)\)", style)
+        assert found, f"row {i} has no colour swatch: {style!r}"
+        shown.append((title, tuple(int(v) for v in found.groups())))
+    _check_colours(segments, shown)
+
+    # The overlay: each segment alone (the others hidden from the panel) is drawn in its
+    # colour over the CT. The phantom's first image cuts the body, both lungs and the spine.
+    page.screenshot(path=str(viewer_study.shots / "ohif-seg.png"))
+    toggles = rows.locator("[data-cy=data-row-visibility-toggle]")
+    for index, segment in enumerate(segments):
+        others = [i for i in range(len(segments)) if i != index]
+        for i in others:
+            toggles.nth(i).click()
+        _poll(
+            partial(_drawn_alone, page, segment),
+            f"segment {segment.label!r} drawn alone in rgb{segment.rgb}",
+        )
+        page.locator(".viewport-element").first.screenshot(
+            path=str(viewer_study.shots / f"ohif-seg-{segment.label}.png")
+        )
+        for i in others:
+            toggles.nth(i).click()
+    _check_no_crash(page, console)
+    _check_distinct_overlay_colours(segments)
+
+
+def _drawn_alone(page: Any, segment: SegSegment) -> bool:
+    assert segment.rgb is not None
+    return _pixels_of_hue(_viewport_pixels(page), segment.rgb) >= 200
+
+
+def _hue_angle(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """Degrees between two colours' departures from grey (what survives blending)."""
+    u = np.array(a, dtype=np.float64)
+    v = np.array(b, dtype=np.float64)
+    u -= u.mean()
+    v -= v.mean()
+    norms = float(np.linalg.norm(u)) * float(np.linalg.norm(v))
+    cosine = float(u @ v) / max(norms, 1e-9)
+    return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
+
+
+def _check_distinct_overlay_colours(segments: list[SegSegment]) -> None:
+    """Segments drawn translucent over grey CT are told apart by hue, not by lightness.
+
+    OHIF fills a labelmap at partial opacity over the image: a colour's lightness drowns
+    in the CT's grey, its hue and saturation remain. So every colour needs some
+    saturation, and any two need clearly different hues.
+    """
+    problems = []
+    for s in segments:
+        assert s.rgb is not None
+        chroma = float(np.linalg.norm(np.array(s.rgb) - np.mean(s.rgb)))
+        if chroma < MIN_CHROMA:
+            problems.append(f"{s.label} rgb{s.rgb} is nearly grey (chroma {chroma:.0f})")
+    for i, a in enumerate(segments):
+        for b in segments[i + 1 :]:
+            assert a.rgb is not None and b.rgb is not None
+            angle = _hue_angle(a.rgb, b.rgb)
+            if angle < MIN_HUE_ANGLE:
+                problems.append(
+                    f"{a.label} rgb{a.rgb} and {b.label} rgb{b.rgb} differ by {angle:.0f} deg "
+                    "of hue"
+                )
+    assert not problems, (
+        "the SEG's colours cannot be told apart as overlays in the viewer "
+        f"(need chroma >= {MIN_CHROMA}, hue >= {MIN_HUE_ANGLE} deg apart): " + "; ".join(problems)
+    )
+
+
+def _check_colours(segments: list[SegSegment], shown: list[tuple[str, tuple[int, ...]]]) -> None:
+    assert [title for title, _ in shown] == [s.label for s in segments], shown
+    for segment, (_, rgb) in zip(segments, shown, strict=True):
+        assert segment.rgb is not None
+        off = max(abs(a - b) for a, b in zip(rgb, segment.rgb, strict=True))
+        assert off <= 3, f"{segment.label}: OHIF shows rgb{rgb}, the SEG says rgb{segment.rgb}"
+
+
+# ---------------------------------------------------------------------- SR
+
+
+def test_ohif_shows_every_sr_measurement_on_its_image(
+    viewer_page: tuple[Any, Console], viewer_study: ViewerStudy
+) -> None:
+    page, console = viewer_page
+    marks = sr_marks(viewer_study.sr)
+    _check_sr_is_drawable(marks, viewer_study.detections)
+
+    description = str(viewer_study.sr.SeriesDescription)
+    page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text=description).dblclick()
+    try:
+        # Polled here, not in the page: a TypeError while loading must end the wait at once.
+        _poll(
+            lambda: (
+                console.problems()
+                or page.evaluate(
+                    """() => {
+                    const sr = window.services.displaySetService.getActiveDisplaySets()
+                        .find(d => d.Modality === 'SR');
+                    return !!(sr && sr.isLoaded && sr.measurements.every(m => m.loaded));
+                }"""
+                )
+            ),
+            "OHIF to load the SR and place every measurement on an image",
+        )
+    finally:
+        page.screenshot(path=str(viewer_study.shots / "ohif-sr.png"))
+        _check_no_crash(page, console)
+    loaded = page.evaluate(
+        """() => window.services.displaySetService.getActiveDisplaySets()
+            .find(d => d.Modality === 'SR').measurements
+            .map(m => ({uid: m.TrackingUniqueIdentifier, imageId: m.imageId || null}))"""
+    )
+    assert [m["uid"] for m in loaded] == [m.tracking_uid for m in marks], (
+        "OHIF's measurements differ from the SR's tracking UIDs",
+        loaded,
+        marks,
+    )
+
+    # The SR viewport shows measurement 1; its arrows step through the rest (with a SEG in
+    # the viewport they would step through segments instead: this page has none).
+    readme_shot: Path | None = None
+    for index, mark in enumerate(marks):
+        if index:
+            page.locator("[data-cy=viewport-action-arrows-right]").click()
+        page.wait_for_function(
+            """([sop, uid]) => {
+                const vp = window.cornerstone.getEnabledElements()[0]?.viewport;
+                const id = vp?.getCurrentImageId?.();
+                const here = id && window.cornerstone.metaData.get('instance', id)?.SOPInstanceUID;
+                const svg = document.querySelector('.viewport-element svg.svg-layer');
+                const label = svg && svg.querySelector(`g[data-annotation-uid="${uid}"]`);
+                const shapes = svg && svg.querySelectorAll('polyline, ellipse, path, circle');
+                return here === sop && !!label && shapes.length > 0;
+            }""",
+            arg=[mark.referenced_sop_uid, mark.tracking_uid],
+        )
+        label = page.locator(
+            f'.viewport-element svg.svg-layer g[data-annotation-uid="{mark.tracking_uid}"]'
+        )
+        text = label.text_content() or ""
+        for name in mark.measurements:
+            assert name in text, f"{mark.tracking_id}: {name!r} not drawn (text: {text!r})"
+        shot = viewer_study.shots / f"ohif-sr-{index + 1}.png"
+        page.locator(".viewport-element").first.screenshot(path=str(shot))
+        if readme_shot is None and mark.graphic_type == "ELLIPSE":
+            readme_shot = shot
+        _check_no_crash(page, console)
+    assert _current_sop_uid(page) == marks[-1].referenced_sop_uid
+
+    if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
+        seg_shot = viewer_study.shots / "ohif-seg.png"
+        assert seg_shot.exists(), "run the SEG test first (same module) for the README image"
+        assert readme_shot is not None, "no detection (ELLIPSE) was shown"
+        _write_readme_image(seg_shot, readme_shot)
+
+
+def _check_sr_is_drawable(marks: list[SrMark], detections: int) -> None:
+    """What OHIF needs from the SR, checked on the file before the browser shows it."""
+    assert detections >= 1, "the phantom's nodules should give at least one detection"
+    without = [m.tracking_id for m in marks if m.value_type is None]
+    assert not without, (
+        f"measurement groups {without} carry no SCOORD/SCOORD3D (neither top-level nor "
+        "INFERRED FROM under a NUM): OHIF 3.13 reads coords[0].ReferencedSOPSequence of "
+        "every measurement and throws a TypeError, so the whole SR shows nothing"
+    )
+    not_2d = [m.tracking_id for m in marks if not m.image_referenced]
+    assert not not_2d, f"measurements {not_2d} have no 2D SCOORD referencing an image"
+    lesions = [m for m in marks if "Long axis" in m.measurements]
+    assert len(lesions) == detections, (
+        f"the job found {detections} detection(s), the SR has {len(lesions)} with a long axis"
+    )
+
+
+def _write_readme_image(left: Path, right_viewport: Path) -> None:
+    """The full viewer with the SEG, and the SR viewport on a detection, side by side."""
+    a = Image.open(left).convert("RGB")
+    b = Image.open(right_viewport).convert("RGB")
+    height = 700
+    a = a.resize((round(a.width * height / a.height), height))
+    b = b.resize((round(b.width * height / b.height), height))
+    out = Image.new("RGB", (a.width + b.width + 8, height), (0, 0, 0))
+    out.paste(a, (0, 0))
+    out.paste(b, (a.width + 8, 0))
+    README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+    out.save(README_IMAGE, optimize=True)
+    print(f"README screenshot written: {README_IMAGE}")
