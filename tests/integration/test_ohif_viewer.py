@@ -25,12 +25,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
@@ -200,24 +198,30 @@ def _check_no_crash(page: Any, console: Console) -> None:
     assert not problems, "the viewer logged errors:\n" + "\n".join(problems)
 
 
-def _viewport_pixels(page: Any) -> npt.NDArray[np.float64]:
-    png = page.locator(".viewport-element canvas.cornerstone-canvas").first.screenshot()
-    return np.asarray(Image.open(BytesIO(png)).convert("RGB"), dtype=np.float64)
+# Counts the viewport's pixels whose colour is ``rgb`` blended over grey (the CT under a
+# translucent labelmap fill). Blending colour c with alpha a over grey g moves every channel
+# by a*(c - g), so the pixel's departure from its own grey (p - mean(p)) points the way of
+# c - mean(c): compare directions (cosine), ignoring nearly grey pixels. Read from the 2D
+# canvas cornerstone draws into (a Playwright screenshot costs seconds under SwiftShader).
+PIXELS_OF_HUE_JS = """([r, g, b]) => {
+    const canvas = document.querySelector('.viewport-element canvas.cornerstone-canvas');
+    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    const m = (r + g + b) / 3, tr = r - m, tg = g - m, tb = b - m;
+    const tn = Math.hypot(tr, tg, tb);
+    let count = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        const pm = (data[i] + data[i + 1] + data[i + 2]) / 3;
+        const pr = data[i] - pm, pg = data[i + 1] - pm, pb = data[i + 2] - pm;
+        const pn = Math.hypot(pr, pg, pb);
+        if (pn > 12 && (pr * tr + pg * tg + pb * tb) / (pn * tn) > 0.97) count++;
+    }
+    return count;
+}"""
 
 
-def _pixels_of_hue(pixels: npt.NDArray[np.float64], rgb: tuple[int, int, int]) -> int:
-    """Pixels whose colour is ``rgb`` blended over grey (the CT under a labelmap fill).
-
-    Blending a colour c with alpha a over grey g moves every channel by a*(c - g), so the
-    pixel's departure from its own grey (p - mean(p)) points the way of c - mean(c).
-    """
-    chroma = pixels - pixels.mean(axis=2, keepdims=True)
-    norm = np.linalg.norm(chroma, axis=2)
-    target = np.array(rgb, dtype=np.float64)
-    target -= target.mean()
-    target /= np.linalg.norm(target)
-    cosine = (chroma @ target) / np.maximum(norm, 1e-9)
-    return int(((norm > 12.0) & (cosine > 0.97)).sum())
+def _pixels_of_hue(page: Any, rgb: tuple[int, int, int]) -> int:
+    count: int = page.evaluate(PIXELS_OF_HUE_JS, list(rgb))
+    return count
 
 
 def _open_segmentation_panel(page: Any) -> Any:
@@ -279,30 +283,44 @@ def test_ohif_shows_every_seg_segment_with_our_names_and_colours(
         shown.append((title, tuple(int(v) for v in found.groups())))
     _check_colours(segments, shown)
 
-    # The overlay: each segment alone (the others hidden from the panel) is drawn in its
+    # The overlay, one segment at a time (the others hidden from the panel): drawn in its
     # colour over the CT. The phantom's first image cuts the body, both lungs and the spine.
+    # Clicks are forced: Playwright would otherwise wait for the button to sit still over two
+    # animation frames, seconds each under SwiftShader; it is still a mouse click on it.
     page.screenshot(path=str(viewer_study.shots / "ohif-seg.png"))
+    page.locator("[data-cy=all-segments-visibility-toggle]").click(force=True)
+    for segment in segments:
+        _poll(partial(_drawn, page, segment, False), f"{segment.label!r} hidden")
     toggles = rows.locator("[data-cy=data-row-visibility-toggle]")
     for index, segment in enumerate(segments):
-        others = [i for i in range(len(segments)) if i != index]
-        for i in others:
-            toggles.nth(i).click()
+        toggles.nth(index).click(force=True)
         _poll(
-            partial(_drawn_alone, page, segment),
+            partial(_drawn, page, segment, True),
             f"segment {segment.label!r} drawn alone in rgb{segment.rgb}",
         )
+        _move_mouse_away(page)
         page.locator(".viewport-element").first.screenshot(
             path=str(viewer_study.shots / f"ohif-seg-{segment.label}.png")
         )
-        for i in others:
-            toggles.nth(i).click()
+        toggles.nth(index).click(force=True)
+        _poll(partial(_drawn, page, segment, False), f"{segment.label!r} hidden again")
     _check_no_crash(page, console)
     _check_distinct_overlay_colours(segments)
 
 
-def _drawn_alone(page: Any, segment: SegSegment) -> bool:
+def _move_mouse_away(page: Any) -> None:
+    """Off the panel, so the segment's hover card does not cover the viewport."""
+    from playwright.sync_api import expect
+
+    page.mouse.move(2, VIEWPORT["height"] - 2)
+    expect(page.get_by_text("Compute Largest Bidirectional")).to_have_count(0)
+
+
+def _drawn(page: Any, segment: SegSegment, shown: bool) -> bool:
+    """Whether the viewport shows ``segment``'s colour (>= 200 pixels) or not (none)."""
     assert segment.rgb is not None
-    return _pixels_of_hue(_viewport_pixels(page), segment.rgb) >= 200
+    count = _pixels_of_hue(page, segment.rgb)
+    return count >= 200 if shown else count == 0
 
 
 def _hue_angle(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
