@@ -376,10 +376,33 @@ def _check_colours(segments: list[SegSegment], shown: list[tuple[str, tuple[int,
 def test_ohif_shows_every_sr_measurement_on_its_image(
     viewer_page: tuple[Any, Console], viewer_study: ViewerStudy
 ) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+
     page, console = viewer_page
     marks = sr_marks(viewer_study.sr)
-    _check_sr_is_drawable(marks, viewer_study.detections)
+    # What OHIF will not draw, read from the file: explains a failure in the browser.
+    diagnosis = _sr_diagnosis(marks, viewer_study.detections)
+    try:
+        readme_shot = _step_through_sr(page, console, viewer_study, marks)
+    except (AssertionError, PlaywrightError) as exc:
+        if not diagnosis:
+            raise
+        raise AssertionError(
+            f"{exc}\n\nWhy, from the SR itself:\n- " + "\n- ".join(diagnosis)
+        ) from exc
+    assert not diagnosis, "\n".join(diagnosis)
 
+    if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
+        seg_shot = viewer_study.shots / "ohif-seg.png"
+        assert seg_shot.exists(), "run the SEG test first (same module) for the README image"
+        assert readme_shot is not None, "no detection (ELLIPSE) was shown"
+        _write_readme_image(seg_shot, readme_shot)
+
+
+def _step_through_sr(
+    page: Any, console: Console, viewer_study: ViewerStudy, marks: list[SrMark]
+) -> Path | None:
+    """Open the SR, check OHIF's measurements, show each; the first detection's screenshot."""
     description = str(viewer_study.sr.SeriesDescription)
     page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text=description).dblclick()
     try:
@@ -441,29 +464,33 @@ def test_ohif_shows_every_sr_measurement_on_its_image(
             readme_shot = shot
         _check_no_crash(page, console)
     assert _current_sop_uid(page) == marks[-1].referenced_sop_uid
-
-    if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
-        seg_shot = viewer_study.shots / "ohif-seg.png"
-        assert seg_shot.exists(), "run the SEG test first (same module) for the README image"
-        assert readme_shot is not None, "no detection (ELLIPSE) was shown"
-        _write_readme_image(seg_shot, readme_shot)
+    return readme_shot
 
 
-def _check_sr_is_drawable(marks: list[SrMark], detections: int) -> None:
-    """What OHIF needs from the SR, checked on the file before the browser shows it."""
-    assert detections >= 1, "the phantom's nodules should give at least one detection"
+def _sr_diagnosis(marks: list[SrMark], detections: int) -> list[str]:
+    """What in the SR OHIF 3.13 cannot show (see ``SrMark``), as sentences."""
+    found = []
+    if detections < 1:
+        found.append("the job reports no detection: the phantom's nodules should give some")
     without = [m.tracking_id for m in marks if m.value_type is None]
-    assert not without, (
-        f"measurement groups {without} carry no SCOORD/SCOORD3D (neither top-level nor "
-        "INFERRED FROM under a NUM): OHIF 3.13 reads coords[0].ReferencedSOPSequence of "
-        "every measurement and throws a TypeError, so the whole SR shows nothing"
-    )
-    not_2d = [m.tracking_id for m in marks if not m.image_referenced]
-    assert not not_2d, f"measurements {not_2d} have no 2D SCOORD referencing an image"
+    if without:
+        found.append(
+            f"measurement groups {without} carry no SCOORD/SCOORD3D (neither top-level nor "
+            "INFERRED FROM under a NUM): OHIF 3.13 reads coords[0].ReferencedSOPSequence of "
+            "every measurement (_checkIfCanAddMeasurementsToDisplaySet), throws a TypeError, "
+            "and the whole SR shows nothing"
+        )
+    not_2d = [m.tracking_id for m in marks if m.value_type is not None and not m.image_referenced]
+    if not_2d:
+        found.append(
+            f"measurements {not_2d} have no 2D SCOORD with a referenced image: OHIF cannot "
+            "say which slice to show (a SCOORD3D POINT is drawn at most as a dot, if its "
+            "frame of reference matches)"
+        )
     lesions = [m for m in marks if "Long axis" in m.measurements]
-    assert len(lesions) == detections, (
-        f"the job found {detections} detection(s), the SR has {len(lesions)} with a long axis"
-    )
+    if len(lesions) != detections:
+        found.append(f"the job found {detections} detection(s), the SR has {len(lesions)}")
+    return found
 
 
 def _write_readme_image(left: Path, right_viewport: Path) -> None:
