@@ -243,6 +243,9 @@ class OhifServer:
             async with httpx.AsyncClient(
                 timeout=httpx.Timeout(120.0, connect=10.0), trust_env=False
             ) as client:
+                # httpx would ask for gzip on every request; pass on only what the browser
+                # asked for (its Accept-Encoding is forwarded with the other headers).
+                del client.headers["accept-encoding"]
                 self._client = client
                 yield
                 self._client = None
