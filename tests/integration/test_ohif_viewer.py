@@ -147,8 +147,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def viewer_page(browser: Any, viewer_study: ViewerStudy) -> Iterator[tuple[Any, Console]]:
-    """A fresh page on the study in OHIF's basic viewer, its CT shown."""
+def viewer_page(
+    browser: Any, viewer_study: ViewerStudy, request: pytest.FixtureRequest
+) -> Iterator[tuple[Any, Console]]:
+    """A fresh page on the study in OHIF's basic viewer, its CT shown; its console kept."""
     context = browser.new_context(viewport=VIEWPORT, service_workers="block")
     context.add_init_script(INIT_SCRIPT)
     page = context.new_page()
@@ -162,6 +164,10 @@ def viewer_page(browser: Any, viewer_study: ViewerStudy) -> Iterator[tuple[Any, 
         yield page, console
     finally:
         context.close()
+        log = viewer_study.shots / f"{request.node.name}.console.log"
+        log.write_text("\n".join([*console.messages, *console.page_errors]) + "\n")
+        errors = [m for m in console.messages if m.startswith("error:")]
+        print(f"{len(errors)} console error(s) in {log}")
 
 
 # ---------------------------------------------------------------------- helpers
