@@ -119,15 +119,26 @@ def build_sr(
             observer_device_context=_device_observer(software_version)
         ),
         procedure_reported=_procedures(results),
-        imaging_measurements=groups or None,  # TID 1500: or "Qualitative Evaluations" alone
+        # highdicom always writes "Imaging Measurements" with at least one group; TID 1500
+        # needs it only when there is no other container. A report of classifications or
+        # absences alone drops it again below (a group there without a place on an image
+        # would stop viewers such as OHIF from loading the report).
+        imaging_measurements=groups or [_placeholder_group()],
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
             hd.sr.CodedConcept("en", "RFC5646", "English")
         ),
         referenced_images=list(sources),
     )
+    content = report[0].ContentSequence
+    if not groups:
+        content[:] = [
+            item
+            for item in content
+            if item.ConceptNameCodeSequence[0].CodeValue != codes.DCM.ImagingMeasurements.value
+        ]
     evaluations = _qualitative_evaluations(results)
     if evaluations is not None:
-        report[0].ContentSequence.append(evaluations)
+        content.append(evaluations)
     segs = [seg for _, _, seg in results if seg is not None]
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, *segs],
@@ -298,6 +309,12 @@ def _image_region(region: KeyImageRegion) -> hd.sr.ImageRegion:
             referenced_sop_class_uid=str(region.image.SOPClassUID),
             referenced_sop_instance_uid=str(region.image.SOPInstanceUID),
         ),
+    )
+
+
+def _placeholder_group() -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="placeholder")
     )
 
 
