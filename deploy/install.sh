@@ -18,7 +18,10 @@ esac
 
 packages=(redis-server)
 if [ "$dev" = 1 ]; then
-  packages+=(orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl npm)
+  packages+=(orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl)
+  # npm fetches the OHIF Viewer. A machine whose Node.js comes from elsewhere (NodeSource's
+  # nodejs ships npm and conflicts with Debian's npm package) already has the command.
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 missing=()
 for p in "${packages[@]}"; do
