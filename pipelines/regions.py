@@ -22,8 +22,8 @@ from pipelines.volume import Volume
 
 #: An outline keeps at most this many points (evenly spaced along the traced boundary).
 MAX_OUTLINE_POINTS = 256
-#: An ellipse's semi-axes are at least this long, so a tiny lesion still shows a ring.
-MIN_SEMI_AXIS_PX = 1.5
+#: A box is at least twice this wide and high, so a tiny lesion still shows a mark.
+MIN_HALF_SIDE_PX = 1.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,16 +32,17 @@ class KeyImageRegion:
 
     image: Dataset
     slice_index: int
-    graphic_type: str  # ELLIPSE, POLYLINE or POINT (DICOM Graphic Type)
+    graphic_type: str  # POLYLINE or POINT (DICOM Graphic Type)
     points: npt.NDArray[np.float32]
 
 
 def detection_region(volume: Volume, detection: Detection) -> KeyImageRegion:
-    """An ellipse inscribed in the detection's box, on the slice through its centre.
+    """The detection's box on the slice through its centre, as a closed 5-point POLYLINE.
 
     A box detector's lesion is widest at its centre, so that slice is its key image. The
-    axes follow the image's rows and columns (what viewers draw without resampling); their
-    lengths are the box's extent along those directions.
+    rectangle's sides follow the image's rows and columns (what viewers draw without
+    resampling, and what OHIF takes into its measurement list as a rectangle ROI); its
+    width and height are the box's extent along those directions.
     """
     k, row, col = _voxel_index(volume, np.asarray(detection.centre_mm, dtype=np.float64))
     k = int(np.clip(round(k), 0, volume.voxels.shape[0] - 1))
@@ -52,14 +53,15 @@ def detection_region(volume: Volume, detection: Detection) -> KeyImageRegion:
     _, row_spacing, col_spacing = volume.spacing
     col_axis = volume.affine[:3, 2] / col_spacing  # direction of increasing column
     row_axis = volume.affine[:3, 1] / row_spacing  # direction of increasing row
-    half_width = max(float(np.abs(col_axis) @ extent_mm) / 2 / col_spacing, MIN_SEMI_AXIS_PX)
-    half_height = max(float(np.abs(row_axis) @ extent_mm) / 2 / row_spacing, MIN_SEMI_AXIS_PX)
+    half_width = max(float(np.abs(col_axis) @ extent_mm) / 2 / col_spacing, MIN_HALF_SIDE_PX)
+    half_height = max(float(np.abs(row_axis) @ extent_mm) / 2 / row_spacing, MIN_HALF_SIDE_PX)
     x, y = col + 0.5, row + 0.5
-    horizontal = [(x - half_width, y), (x + half_width, y)]
-    vertical = [(x, y - half_height), (x, y + half_height)]
-    major, minor = (horizontal, vertical) if half_width >= half_height else (vertical, horizontal)
-    points = np.array([*major, *minor], dtype=np.float32)
-    return KeyImageRegion(volume.datasets[k], k, "ELLIPSE", points)
+    left, right, top, bottom = x - half_width, x + half_width, y - half_height, y + half_height
+    points = np.array(
+        [(left, top), (right, top), (right, bottom), (left, bottom), (left, top)],
+        dtype=np.float32,
+    )
+    return KeyImageRegion(volume.datasets[k], k, "POLYLINE", points)
 
 
 def segment_region(volume: Volume, mask: npt.NDArray[np.bool_]) -> KeyImageRegion:

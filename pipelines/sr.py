@@ -5,10 +5,10 @@ and so that independent readers (dciodvfy, PixelMed, dcmqi) find nothing wrong:
 - root: "Imaging Measurement Report" (DCM 126000), language, one device observer (this
   service; each group names its algorithm with TID 4019), "Procedure reported", and an
   Image Library (TID 1600) listing every source image;
-- per detection: a TID 1410 planar ROI group whose image region is an ELLIPSE on the key
-  slice (the slice through the lesion's centre, where a lesion is widest), with that image
-  referenced, then finding type and site, long axis (mm), volume (mm3) and the detector's
-  score (unitless "1");
+- per detection: two TID 1410 planar ROI groups with one tracking identity, whose image
+  region is the detection's box on its key slice (the slice through the lesion's centre,
+  where a lesion is widest) with that image referenced: finding type and site, then its
+  long axis (mm), volume (mm3) and the detector's score (unitless "1");
 - per segment of a SEG: a TID 1411 volumetric group referencing the SEG segment, with the
   SEG's own tracking identifier and UID, its volume (mL) and, on CT, mean attenuation (HU);
   each measurement is also INFERRED FROM the segment's outline on its largest slice, so a
@@ -28,6 +28,7 @@ import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -183,7 +184,7 @@ def _groups(result: SeriesResult, sop_uid: str) -> Iterator[_Group]:
         algorithm_id=hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version),
     )
     for number, detection in enumerate(findings.detections, start=1):
-        yield _detection_group(context, number, detection)
+        yield from _detection_groups(context, number, detection)
     segments = non_empty_segments(findings)
     if segments and seg is None:
         raise ValueError(
@@ -201,25 +202,42 @@ def _groups(result: SeriesResult, sop_uid: str) -> Iterator[_Group]:
             yield from _segment_groups(context, seg, number, segment)
 
 
-def _detection_group(
+def _detection_groups(
     context: _Context, number: int, detection: Detection
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+) -> tuple[
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
+]:
+    """The detection's box on its key slice, then its measurements, one tracking identity.
+
+    Two TID 1410 groups with the same tracking UID and region: the first states where and
+    what the finding is, the second its long axis, volume and score. OHIF merges them into
+    one measurement for display, and takes the first, a rectangle without numbers, into its
+    measurement list (its rectangle reader needs each number tied to a region, which TID
+    1410's measurements are not).
+    """
     volume = context.volume
     region = detection_region(volume, detection)
-    length_resolution = min(volume.spacing)
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=context.tracking(detection.label, "detection", str(number)),
-        referenced_region=_image_region(region),
-        finding_type=detection.finding_type,
-        finding_category=codes.SCT.MorphologicallyAbnormalStructure,
-        finding_sites=(
+    tracking = context.tracking(detection.label, "detection", str(number))
+    common: dict[str, Any] = {
+        "tracking_identifier": tracking,
+        "finding_type": detection.finding_type,
+        "finding_category": codes.SCT.MorphologicallyAbnormalStructure,
+        "finding_sites": (
             [hd.sr.FindingSite(detection.finding_site)] if detection.finding_site else None
         ),
-        algorithm_id=context.algorithm_id,
+        "algorithm_id": context.algorithm_id,
+    }
+    where = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        referenced_region=_image_region(region), **common
+    )
+    where[0].ContentSequence.append(_text_item(_detection_summary(detection, volume)))
+    measured = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        referenced_region=_image_region(region),
         measurements=[
             hd.sr.Measurement(
                 name=codes.SCT.LongAxis,
-                value=round_to(detection.longest_diameter_mm, length_resolution),
+                value=round_to(detection.longest_diameter_mm, min(volume.spacing)),
                 unit=codes.UCUM.Millimeter,
             ),
             hd.sr.Measurement(
@@ -233,7 +251,15 @@ def _detection_group(
                 unit=UNITLESS,
             ),
         ],
+        **common,
     )
+    return where, measured
+
+
+def _detection_summary(detection: Detection, volume: Volume) -> str:
+    """One line a viewer can show as the finding's label (OHIF lists it by its comment)."""
+    diameter = round_to(detection.longest_diameter_mm, min(volume.spacing))
+    return f"{detection.label}: {diameter:g} mm, score {round(detection.score, SCORE_DECIMALS):g}"
 
 
 def _segment_groups(

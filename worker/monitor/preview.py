@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +78,8 @@ def render_preview(spool_paths: list[Path], results_dir: Path) -> bytes | None:
         for group in report.get_planar_roi_measurement_groups():
             roi = group.roi
             if not isinstance(roi, hd.sr.ImageRegion) or group.tracking_uid in tracked:
-                continue  # a segment's outline: the SEG overlay shows the segment itself
+                continue  # a segment's outline (the SEG overlay shows it), or drawn already
+            tracked.add(group.tracking_uid)
             index = index_of.get(roi.ContentSequence[0].referenced_sop_instance_uid)
             if index is not None:
                 points = np.asarray(roi.value, dtype=float)
@@ -216,7 +216,7 @@ def _tile(
     draw = ImageDraw.Draw(image)
     for mark in marks:
         # Image coordinates put pixel centres at +0.5; PIL puts them at whole numbers.
-        points = [(float(x) - 0.5, float(y) - 0.5) for x, y in _outline(mark)]
+        points = [(float(x) - 0.5, float(y) - 0.5) for x, y in mark.points]
         if len(points) == 1:
             x, y = points[0]
             draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=MARK, width=2)
@@ -230,14 +230,3 @@ def _tile(
     tile.paste(image, ((TILE - image.width) // 2, (TILE - image.height) // 2))
     ImageDraw.Draw(tile).text((4, 4), f"slice {index + 1}/{count}", fill=(255, 255, 255))
     return tile
-
-
-def _outline(mark: _Mark) -> npt.NDArray[np.float64]:
-    """The points to draw: an ELLIPSE (major, minor axis endpoints) becomes a closed polygon."""
-    if mark.graphic_type != "ELLIPSE":
-        return mark.points
-    major_a, major_b, minor_a, minor_b = mark.points
-    centre = (major_a + major_b) / 2
-    t = np.linspace(0.0, 2 * math.pi, 49)[:, None]
-    ring = centre + np.cos(t) * (major_b - major_a) / 2 + np.sin(t) * (minor_b - minor_a) / 2
-    return np.asarray(ring, dtype=np.float64)

@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipelines.findings import Detection
-from pipelines.regions import MAX_OUTLINE_POINTS, MIN_SEMI_AXIS_PX, detection_region, segment_region
+from pipelines.regions import MAX_OUTLINE_POINTS, MIN_HALF_SIDE_PX, detection_region, segment_region
 from pipelines.volume import Volume, load_series
 from tests.unit.pipelines.phantom import make_ct_phantom
 
@@ -43,10 +43,10 @@ def _voxel_centre(volume: Volume, k: int, r: int, c: int) -> tuple[float, float,
 
 
 @pytest.mark.parametrize("orientation", ["axial", "sagittal", OBLIQUE], ids=str)
-def test_detection_ellipse_is_centred_on_its_key_slice(orientation: object) -> None:
+def test_detection_box_is_centred_on_its_key_slice(orientation: object) -> None:
     volume = _volume(orientation)
     centre = _voxel_centre(volume, 6, 20, 13)
-    size = 10.0  # mm in every patient axis: the ellipse spans the box's extent in-plane
+    size = 10.0  # mm in every patient axis: the rectangle spans the box's extent in-plane
     detection = Detection(
         label="Lesion",
         finding_type=codes.SCT.Nodule,
@@ -60,27 +60,23 @@ def test_detection_ellipse_is_centred_on_its_key_slice(orientation: object) -> N
     region = detection_region(volume, detection)
     assert region.slice_index == 6
     assert region.image is volume.datasets[6]
-    assert region.graphic_type == "ELLIPSE"
-    major_a, major_b, minor_a, minor_b = region.points
-    middle = (major_a + major_b) / 2
-    assert np.allclose(middle, (minor_a + minor_b) / 2)
+    assert region.graphic_type == "POLYLINE"
+    points = region.points
+    assert len(points) == 5 and np.array_equal(points[0], points[-1])
+    # A rectangle whose sides follow the image's rows and columns, centred on the detection.
+    columns, rows = sorted(set(points[:, 0].tolist())), sorted(set(points[:, 1].tolist()))
+    assert len(columns) == 2 and len(rows) == 2
+    middle = (sum(columns) / 2, sum(rows) / 2)
     assert np.allclose(_patient_mm(region.image, *middle), centre, atol=1e-3)
-    # Axes follow the image's rows and columns, major first.
-    assert np.linalg.norm(major_b - major_a) >= np.linalg.norm(minor_b - minor_a)
-    for a, b in ((major_a, major_b), (minor_a, minor_b)):
-        assert np.count_nonzero(np.isclose(a, b)) == 1
     orientation = np.array(region.image.ImageOrientationPatient, dtype=float)
     row_spacing, col_spacing = (float(v) for v in region.image.PixelSpacing)
     extent = np.full(3, size)
-    axes = {
-        "horizontal" if np.isclose(a[1], b[1]) else "vertical": float(np.linalg.norm(b - a))
-        for a, b in ((major_a, major_b), (minor_a, minor_b))
-    }
-    assert axes["horizontal"] == pytest.approx(np.abs(orientation[:3]) @ extent / col_spacing)
-    assert axes["vertical"] == pytest.approx(np.abs(orientation[3:]) @ extent / row_spacing)
+    width, height = columns[1] - columns[0], rows[1] - rows[0]
+    assert width == pytest.approx(np.abs(orientation[:3]) @ extent / col_spacing)
+    assert height == pytest.approx(np.abs(orientation[3:]) @ extent / row_spacing)
 
 
-def test_a_tiny_detection_still_gets_a_visible_ring_and_a_centre_outside_is_clamped() -> None:
+def test_a_tiny_detection_still_gets_a_visible_box_and_a_centre_outside_is_clamped() -> None:
     volume = _volume("axial")
     centre = _voxel_centre(volume, 0, 5, 5)
     beyond = (centre[0], centre[1], centre[2] - 100.0)  # far below the first slice
@@ -97,8 +93,9 @@ def test_a_tiny_detection_still_gets_a_visible_ring_and_a_centre_outside_is_clam
         )
         region = detection_region(volume, detection)
         assert region.slice_index == expected_slice
-        major_a, major_b, _, _ = region.points
-        assert np.linalg.norm(major_b - major_a) == pytest.approx(2 * MIN_SEMI_AXIS_PX)
+        top_left, top_right, bottom_right, _, _ = region.points
+        assert top_right[0] - top_left[0] == pytest.approx(2 * MIN_HALF_SIDE_PX)
+        assert bottom_right[1] - top_right[1] == pytest.approx(2 * MIN_HALF_SIDE_PX)
 
 
 def test_segment_outline_is_on_its_largest_slice_around_its_largest_piece() -> None:

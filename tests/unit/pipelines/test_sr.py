@@ -120,47 +120,58 @@ def _image_point_mm(image: Dataset, column: float, row: float) -> npt.NDArray[np
     )
 
 
-def test_detections_are_ellipses_on_their_key_slice(
+def test_detections_are_boxes_on_their_key_slice_then_their_measurements(
     sr_path: Path, nodule_volume: Volume, nodule_findings: Findings
 ) -> None:
     report = hd.sr.srread(sr_path).content
     groups = report.get_planar_roi_measurement_groups(finding_type=codes.SCT.Nodule)
-    assert len(groups) == len(nodule_findings.detections) >= 5
+    detections = nodule_findings.detections
+    assert len(groups) == 2 * len(detections) >= 10
     by_uid = {str(ds.SOPInstanceUID): ds for ds in nodule_volume.datasets}
-    slice_step, row_spacing, col_spacing = nodule_volume.spacing
+    slice_step = nodule_volume.spacing[0]
+    normal = nodule_volume.affine[:3, 0] / slice_step
     uids = set()
-    for group, detection in zip(groups, nodule_findings.detections, strict=True):
-        assert group.tracking_identifier == detection.label
-        uids.add(group.tracking_uid)
-        region = group.roi
-        assert isinstance(region, hd.sr.ImageRegion)
-        assert region.graphic_type == hd.sr.GraphicTypeValues.ELLIPSE
+    for number, detection in enumerate(detections):
+        where, measured = groups[2 * number], groups[2 * number + 1]
+        # One finding: the same tracking identity, finding and region in both groups.
+        assert where.tracking_identifier == measured.tracking_identifier == detection.label
+        assert where.tracking_uid == measured.tracking_uid
+        uids.add(where.tracking_uid)
+        assert where.roi.value.tolist() == measured.roi.value.tolist()
+        for group in (where, measured):
+            [site] = group.finding_sites
+            assert site.value == detection.finding_site
+        region = where.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         image = by_uid[region.ContentSequence[0].referenced_sop_instance_uid]
-        major_a, major_b, minor_a, minor_b = region.value
-        centre = _image_point_mm(image, *((major_a + major_b) / 2))
-        assert np.allclose(centre, _image_point_mm(image, *((minor_a + minor_b) / 2)))
-        # The key image is the slice through the centre; the ellipse is centred on it.
+        points = region.value
+        assert len(points) == 5 and np.array_equal(points[0], points[-1])
+        centre = _image_point_mm(image, *points[:4].mean(axis=0))
+        # The key image is the slice through the centre; the box is centred on it.
         offset = centre - np.array(detection.centre_mm)
-        normal = nodule_volume.affine[:3, 0] / slice_step
         assert abs(offset @ normal) <= slice_step / 2 + 1e-3
         assert np.linalg.norm(offset - (offset @ normal) * normal) < 1e-3
-        extent = np.array(detection.bbox_max_mm) - np.array(detection.bbox_min_mm)
-        width = abs(major_a[0] - major_b[0]) + abs(minor_a[0] - minor_b[0])
-        height = abs(major_a[1] - major_b[1]) + abs(minor_a[1] - minor_b[1])
-        assert width * col_spacing == pytest.approx(max(extent[0], 3 * col_spacing), abs=1e-3)
-        assert height * row_spacing == pytest.approx(max(extent[1], 3 * row_spacing), abs=1e-3)
-        [site] = group.finding_sites
-        assert site.value == detection.finding_site
-        [diameter] = group.get_measurements(name=codes.SCT.LongAxis)
+        # The first group has no numbers (what OHIF tracks), the second has them all.
+        assert where.get_measurements() == []
+        [comment] = [
+            item.TextValue
+            for item in where[0].ContentSequence
+            if item.ConceptNameCodeSequence[0].CodeValue == "121106"
+        ]
+        [diameter] = measured.get_measurements(name=codes.SCT.LongAxis)
         assert diameter.value == round_to(detection.longest_diameter_mm, min(nodule_volume.spacing))
         assert diameter.unit.value == "mm"
-        [volume] = group.get_measurements(name=codes.SCT.Volume)
+        assert (
+            comment
+            == f"{detection.label}: {diameter.value:g} mm, score {round(detection.score, 2):g}"
+        )
+        [volume] = measured.get_measurements(name=codes.SCT.Volume)
         assert volume.value == round_to(detection.volume_mm3, nodule_volume.voxel_volume_mm3)
         assert volume.unit.value == "mm3"
-        [score] = group.get_measurements(name=codes.SCT.Score)
+        [score] = measured.get_measurements(name=codes.SCT.Score)
         assert score.value == round(detection.score, 2)
         assert score.unit.value == "1"
-    assert len(uids) == len(groups)
+    assert len(uids) == len(detections)
 
 
 def test_segments_read_back_with_their_seg_reference_and_outline(
