@@ -10,9 +10,8 @@ and so that independent readers (dciodvfy, PixelMed, dcmqi) find nothing wrong:
   where a lesion is widest) with that image referenced: finding type and site, then its
   long axis (mm), volume (mm3) and the detector's score (unitless "1");
 - per segment of a SEG: a TID 1411 volumetric group referencing the SEG segment, with the
-  SEG's own tracking identifier and UID, its volume (mL) and, on CT, mean attenuation (HU);
-  each measurement is also INFERRED FROM the segment's outline on its largest slice, so a
-  viewer can show where it was measured;
+  SEG's own tracking identifier and UID, its volume (mL) and, on CT, mean attenuation (HU),
+  each INFERRED FROM the segment's outline on its largest slice (where viewers show it);
 - in the root's "Qualitative Evaluations" container: each classification ("Classification"
   = class) and, per algorithm and series where it found nothing, "Finding" = "Clinical
   finding absent" (so "ran, found nothing" differs from "never ran"), each followed by a
@@ -199,7 +198,7 @@ def _groups(result: SeriesResult, sop_uid: str) -> Iterator[_Group]:
                 f"segments {[segment.label for segment in segments]} of {algorithm.name}"
             )
         for number, segment in enumerate(segments, start=1):
-            yield from _segment_groups(context, seg, number, segment)
+            yield _segment_group(context, seg, number, segment)
 
 
 def _detection_groups(
@@ -262,18 +261,17 @@ def _detection_summary(detection: Detection, volume: Volume) -> str:
     return f"{detection.label}: {diameter:g} mm, score {round(detection.score, SCORE_DECIMALS):g}"
 
 
-def _segment_groups(
+def _segment_group(
     context: _Context, seg: Dataset, number: int, segment: Segment
-) -> tuple[
-    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
-    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
-]:
-    """The segment's volumetric group and its largest cross-section, one tracking identity.
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 for one SEG segment: its volume and mean HU, and where they were measured.
 
-    TID 1411 references the SEG segment (what 3D Slicer and dcmqi read); it may carry no
-    image coordinates, so a TID 1410 group with the same tracking UID outlines the segment
-    (its largest piece) on the slice where it is largest. Viewers that merge groups by
-    tracking UID (OHIF) show that outline with the volume and mean HU.
+    The group references the SEG segment (what 3D Slicer and dcmqi read) with the SEG's
+    tracking identifier and UID. Each measurement is also INFERRED FROM the segment's
+    outline (its largest piece) on the slice where it is largest (TID 300's image region),
+    so a viewer can show where it is: OHIF draws that outline with the values, and fails to
+    load a report with a group it cannot place on an image. highdicom's constructor does
+    not take coordinates for an ROI group's measurements, so they are added after it.
     """
     volume = context.volume
     measured = measure_segment(volume, segment)
@@ -296,23 +294,30 @@ def _segment_groups(
         )
     # The SEG's own tracking identifier and UID: one ROI, one identity across objects.
     item = seg.SegmentSequence[number - 1]
-    tracking = hd.sr.TrackingIdentifier(uid=str(item.TrackingUID), identifier=str(item.TrackingID))
-    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=str(item.TrackingUID), identifier=str(item.TrackingID)
+        ),
         referenced_segment=_referenced_segment(seg, number, volume.series_uid),
         finding_type=segment.property_type,
         finding_category=segment.category,
         algorithm_id=context.algorithm_id,
         measurements=measurements,
     )
-    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_region=_image_region(segment_region(volume, segment.mask)),
-        finding_type=segment.property_type,
-        finding_category=segment.category,
-        algorithm_id=context.algorithm_id,
+    region = segment_region(volume, segment.mask)
+    for content_item in group[0].ContentSequence:
+        if content_item.ValueType == "NUM":
+            children = list(content_item.get("ContentSequence", []))
+            content_item.ContentSequence = DicomSequence([*children, _coordinates(region)])
+    return group
+
+
+def _coordinates(region: KeyImageRegion) -> hd.sr.CoordinatesForMeasurement:
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues(region.graphic_type),
+        graphic_data=region.points,
+        source_image=_source_image_for_region(region),
     )
-    return volumetric, planar
 
 
 def _referenced_segment(seg: Dataset, number: int, series_uid: str) -> hd.sr.ReferencedSegment:
@@ -335,10 +340,14 @@ def _image_region(region: KeyImageRegion) -> hd.sr.ImageRegion:
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues(region.graphic_type),
         graphic_data=region.points,
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=str(region.image.SOPClassUID),
-            referenced_sop_instance_uid=str(region.image.SOPInstanceUID),
-        ),
+        source_image=_source_image_for_region(region),
+    )
+
+
+def _source_image_for_region(region: KeyImageRegion) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=str(region.image.SOPClassUID),
+        referenced_sop_instance_uid=str(region.image.SOPInstanceUID),
     )
 
 

@@ -73,5 +73,16 @@ def test_spleen_bundle_runs_unmodified_on_the_real_ct(
     assert [str(item.SegmentLabel) for item in read.SegmentSequence] == ["spleen"]
     item = read.SegmentSequence[0]
     assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == "78961009"  # SCT Spleen
-    assert read.SoftwareVersions[1] == "0.5.9"  # the bundle's version, from its metadata
+    # The bundle's version, from its metadata: the algorithm's, beside the service's own.
+    algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmVersion == "0.5.9"
+    [equipment] = [
+        e
+        for e in read.ContributingEquipmentSequence
+        if e.get("ManufacturerModelName") == algorithm.AlgorithmName
+    ]
+    assert equipment.SoftwareVersions == "0.5.9"
+    # The spleen in its anatomical colour (3D Slicer's palette).
+    colour = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue)
+    assert colour.to_rgb() == (157, 108, 162)
     assert int(read.NumberOfFrames) <= 41 and read.Rows == 512

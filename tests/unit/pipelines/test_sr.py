@@ -183,11 +183,6 @@ def test_segments_read_back_with_their_seg_reference_and_outline(
     )
     segments = non_empty_segments(nodule_basic_findings)
     assert len(groups) == len(segments) == 3
-    outlines = {
-        group.tracking_uid: group
-        for group in report.get_planar_roi_measurement_groups()
-        if group.finding_type != codes.SCT.Nodule
-    }
     for number, (group, segment) in enumerate(zip(groups, segments, strict=True), start=1):
         reference = group.roi if group.referenced_segment is None else group.referenced_segment
         assert isinstance(reference, hd.sr.ReferencedSegment)
@@ -210,20 +205,22 @@ def test_segments_read_back_with_their_seg_reference_and_outline(
         [mean] = group.get_measurements(name=codes.DCM.AttenuationCoefficient)
         assert mean.value == round(expected.mean_hu)
         assert mean.unit.value == "[hnsf'U]"
-        # Its outline: on the slice where the segment is largest, inside the segment.
-        outline = outlines[group.tracking_uid]
-        assert outline.tracking_identifier == segment.label
-        assert outline.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        # Both were measured on the segment, shown by its outline on its largest slice.
         largest = int(np.argmax(segment.mask.sum(axis=(1, 2))))
         image = nodule_volume.datasets[largest]
-        assert outline.roi.ContentSequence[0].referenced_sop_instance_uid == image.SOPInstanceUID
-        points = outline.roi.value
-        assert np.array_equal(points[0], points[-1])
-        inside = segment.mask[largest]
-        centre_col, centre_row = points.mean(axis=0)
-        rows, cols = np.nonzero(inside)
-        assert rows.min() - 1 <= centre_row <= rows.max() + 2
-        assert cols.min() - 1 <= centre_col <= cols.max() + 2
+        for measurement in (volume, mean):
+            [outline] = measurement.referenced_coordinates
+            assert outline.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+            assert outline.ContentSequence[0].referenced_sop_instance_uid == image.SOPInstanceUID
+            points = outline.value
+            assert np.array_equal(points[0], points[-1])
+            rows, cols = np.nonzero(segment.mask[largest])
+            centre_col, centre_row = points.mean(axis=0)
+            assert rows.min() - 1 <= centre_row <= rows.max() + 2
+            assert cols.min() - 1 <= centre_col <= cols.max() + 2
+    # Detections aside, no planar group: the outline is where the measurements come from.
+    planar = report.get_planar_roi_measurement_groups()
+    assert {group.finding_type for group in planar} == {codes.SCT.Nodule}
 
 
 def test_provenance_evidence_and_procedure(
