@@ -18,6 +18,9 @@ esac
 packages=(redis-server)
 if [ "$dev" = 1 ]; then
   packages+=(orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl)
+  # independent readers of our SEG/SR: PixelMed's validators (libpixelmed-java names no JRE;
+  # the JDK's source launcher runs tests/support/PixelmedBatch.java, one JVM for many files)
+  packages+=(libpixelmed-java default-jdk-headless)
 fi
 missing=()
 for p in "${packages[@]}"; do
