@@ -1,0 +1,418 @@
+"""Every kind of SEG and SR we write, checked by readers that are not ours.
+
+The objects come out of the runner (the code path of the Celery task and the CLI):
+- ct-basic + ct-lung-nodules on the chest phantom with nodules: a SEG, and one SR over
+  both algorithms (segments with their SEG reference, detections with SCOORD3D centres);
+- the same on the real CT (skipped without ../shared/data): a SEG, and an SR where
+  ct-lung-nodules found nothing;
+- an SR of a classifier (TID 1501 groups with a qualitative evaluation);
+- an SR of an algorithm that found nothing ("Clinical finding absent").
+
+Each must have zero errors from dciodvfy, PixelMed's DicomInstanceValidator (SEG) and
+DicomSRValidator (SR), and dcmqi must read back what highdicom reads: segment labels,
+codes, tracking and colours; measurement groups' tracking identifiers and UIDs, findings,
+values, units and references; and DCMTK the SCOORD3D locations. Validation is batched
+once per module (one JVM per PixelMed validator).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from pipelines.base import Pipeline
+from pipelines.findings import Algorithm, Classification, Findings, Segment
+from pipelines.registry import builtin_pipelines
+from pipelines.routing import DEFAULT_RULES
+from pipelines.runner import StudyResult, annotate_study
+from pipelines.volume import Volume
+from tests.conftest import SHARED_DATA
+from tests.support.dicom_validate import (
+    DcmqiSegment,
+    Report,
+    dcmqi_measurements,
+    dcmqi_segments,
+    dcmtk_sr_locations,
+    validation_reports,
+)
+from tests.unit.pipelines.phantom import CtPhantom, make_ct_phantom
+
+REAL_CT = SHARED_DATA / "ct-abdomen-crlm1004"
+#: A stand-in classifier's output: a finding and a probability per class.
+CLASSES = (Classification(codes.SCT.Nodule, 0.75), Classification(codes.SCT.Lesion, 0.125))
+
+
+@dataclass
+class _FakePipeline:
+    """A pipeline with a fixed answer: classifications, or an empty segment (nothing)."""
+
+    name: str
+    algorithm: Algorithm
+    modalities: frozenset[str]
+    classifications: tuple[Classification, ...] = ()
+
+    def run(self, volume: Volume) -> Findings:
+        if self.classifications:
+            return Findings(self.algorithm, classifications=self.classifications)
+        empty = np.zeros(volume.voxels.shape, dtype=bool)
+        nothing = Segment(
+            "Lesion", empty, codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion
+        )
+        return Findings(self.algorithm, segments=(nothing,))
+
+
+def _save_series(datasets: list[Dataset], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    for n, ds in enumerate(datasets):
+        paths.append(folder / f"ct{n:03}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+def _annotate(
+    paths: list[Path], pipelines: dict[str, Pipeline] | None = None, only: str | None = None
+) -> StudyResult:
+    return annotate_study(
+        paths,
+        rules=DEFAULT_RULES if pipelines is None else (),
+        pipelines=builtin_pipelines() if pipelines is None else pipelines,
+        software_version="0.1.0",
+        only=only,
+    )
+
+
+def _write(result: StudyResult, folder: Path, name: str) -> dict[str, Path]:
+    """``{name}-seg`` (when there is one) and ``{name}-sr`` written under ``folder``."""
+    assert not result.failures, [o.reason for o in result.failures]
+    written = {}
+    for ds in result.outputs:
+        key = f"{name}-{str(ds.Modality).lower()}"
+        assert key not in written, f"{name}: more than one {ds.Modality}"
+        written[key] = folder / f"{key}.dcm"
+        ds.save_as(written[key], enforce_file_format=True)
+    return written
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory: pytest.TempPathFactory, nodule_phantom: CtPhantom) -> dict[str, Path]:
+    """Every kind of SEG and SR the product writes, through the runner, as files."""
+    folder = tmp_path_factory.mktemp("independent-readers")
+    written: dict[str, Path] = {}
+    chest = _save_series(nodule_phantom.datasets, folder / "chest")
+    written |= _write(_annotate(chest), folder, "chest")
+    if REAL_CT.is_dir():
+        written |= _write(_annotate(sorted(REAL_CT.glob("*.dcm"))), folder, "real")
+    small = make_ct_phantom(slices=12, size=64, pixel_spacing=5.5, seed=5).datasets
+    small_paths = _save_series(small, folder / "small")
+    classifier = _FakePipeline(
+        "classifier", Algorithm("classifier", "1.0"), frozenset({"CT"}), CLASSES
+    )
+    result = _annotate(small_paths, {"classifier": classifier}, only="classifier")
+    written |= _write(result, folder, "classification")
+    nothing = _FakePipeline("finds-nothing", Algorithm("finds-nothing", "2.0"), frozenset({"CT"}))
+    result = _annotate(small_paths, {"finds-nothing": nothing}, only="finds-nothing")
+    written |= _write(result, folder, "nothing")
+    return written
+
+
+@pytest.fixture(scope="module")
+def reports(
+    objects: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Report]:
+    """All validators on all objects at once (one JVM per PixelMed validator)."""
+    found = validation_reports(objects.values(), tmp_path_factory.mktemp("validation"))
+    return {name: found[path] for name, path in objects.items()}
+
+
+def _object(objects: dict[str, Path], name: str) -> Path:
+    if name not in objects:
+        if name.startswith("real-"):
+            pytest.skip(f"real DICOM data not available: {REAL_CT} is absent")
+        raise AssertionError(f"the runner wrote no {name}: {sorted(objects)}")
+    return objects[name]
+
+
+ALL_OBJECTS = ["chest-seg", "chest-sr", "real-seg", "real-sr", "classification-sr", "nothing-sr"]
+SEGS = [name for name in ALL_OBJECTS if name.endswith("-seg")]
+SRS = [name for name in ALL_OBJECTS if name.endswith("-sr")]
+
+
+def test_the_runner_wrote_every_kind(objects: dict[str, Path]) -> None:
+    expected = {"chest-seg", "chest-sr", "classification-sr", "nothing-sr"}
+    if REAL_CT.is_dir():
+        expected |= {"real-seg", "real-sr"}
+    assert set(objects) == expected
+
+
+@pytest.mark.parametrize("name", ALL_OBJECTS)
+def test_validators_report_no_errors(
+    name: str, objects: dict[str, Path], reports: dict[str, Report]
+) -> None:
+    """dciodvfy, PixelMed (DicomInstanceValidator on SEG, DicomSRValidator on SR), dcmqi."""
+    _object(objects, name)
+    errors = reports[name].errors
+    assert errors == [], f"{len(errors)} error(s) on {name}:\n" + "\n".join(errors)
+
+
+# --- SEG -------------------------------------------------------------------------------------
+
+
+def _segment_voxel_counts(seg: hd.seg.Segmentation) -> dict[int, int]:
+    """Set pixels per segment, summed over the SEG's frames."""
+    frames = seg.pixel_array.reshape((int(seg.NumberOfFrames), seg.Rows, seg.Columns))
+    counts: dict[int, int] = {}
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        counts[number] = counts.get(number, 0) + int(np.count_nonzero(frame))
+    return counts
+
+
+def _coded(item: Dataset) -> tuple[str, str, str]:
+    return (str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning))
+
+
+@pytest.fixture(scope="module")
+def dcmqi_seg_reads(
+    objects: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[DcmqiSegment]]:
+    out = tmp_path_factory.mktemp("dcmqi-seg")
+    return {
+        name: dcmqi_segments(path, out / name).segments
+        for name, path in objects.items()
+        if name.endswith("-seg")
+    }
+
+
+@pytest.mark.parametrize("name", SEGS)
+def test_dcmqi_reads_the_segments_we_wrote(
+    name: str, objects: dict[str, Path], dcmqi_seg_reads: dict[str, list[DcmqiSegment]]
+) -> None:
+    seg = hd.seg.segread(_object(objects, name))
+    theirs = {segment.number: segment for segment in dcmqi_seg_reads[name]}
+    ours = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
+    assert sorted(theirs) == sorted(ours)
+    counts = _segment_voxel_counts(seg)
+    for number, item in ours.items():
+        read = theirs[number]
+        assert read.label == item.SegmentLabel
+        assert read.category == _coded(item.SegmentedPropertyCategoryCodeSequence[0])
+        assert read.property_type == _coded(item.SegmentedPropertyTypeCodeSequence[0])
+        assert read.tracking_id == item.TrackingID
+        assert read.tracking_uid == item.TrackingUID
+        assert read.algorithm_name == item.SegmentAlgorithmName
+        assert int(read.voxels.sum()) == counts[number] > 0, item.SegmentLabel
+
+
+@pytest.mark.parametrize("name", SEGS)
+def test_dcmqi_shows_the_colours_we_wrote(
+    name: str, objects: dict[str, Path], dcmqi_seg_reads: dict[str, list[DcmqiSegment]]
+) -> None:
+    """RecommendedDisplayCIELabValue, as dcmqi converts it to RGB, is the colour we meant."""
+    seg = pydicom.dcmread(_object(objects, name), stop_before_pixels=True)
+    theirs = {segment.number: segment for segment in dcmqi_seg_reads[name]}
+    missing = [
+        str(item.SegmentLabel)
+        for item in seg.SegmentSequence
+        if "RecommendedDisplayCIELabValue" not in item
+    ]
+    assert missing == [], f"segments without RecommendedDisplayCIELabValue: {missing}"
+    colours = []
+    for item in seg.SegmentSequence:
+        lab = [int(v) for v in item.RecommendedDisplayCIELabValue]
+        expected = hd.color.CIELabColor.from_dicom_value(lab).to_rgb()
+        got = theirs[int(item.SegmentNumber)].rgb
+        assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1, (
+            f"{item.SegmentLabel}: dcmqi shows {got}, CIELab {lab} is {expected}"
+        )
+        colours.append(got)
+    assert len(set(colours)) == len(colours), f"segments share colours: {colours}"
+
+
+# --- SR --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dcmqi_sr_reads(
+    objects: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("dcmqi-sr")
+    return {
+        name: dcmqi_measurements(path, out).report
+        for name, path in objects.items()
+        if name.endswith("-sr")
+    }
+
+
+_Group = (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
+
+def _groups(report: Any) -> Iterator[_Group]:
+    content = report.content
+    yield from content.get_image_measurement_groups()
+    yield from content.get_volumetric_roi_measurement_groups()
+
+
+def _code(item: dict[str, str]) -> tuple[str, str]:
+    return (item["CodeValue"], item["CodingSchemeDesignator"])
+
+
+def _hd_code(code: Any) -> tuple[str, str]:
+    return (str(code.value), str(code.scheme_designator))
+
+
+def _algorithm(group: _Group) -> dict[str, str]:
+    return {
+        str(item.ConceptNameCodeSequence[0].CodeMeaning): str(item.TextValue)
+        for item in group[0].ContentSequence
+        if item.ValueType == "TEXT"
+        and item.ConceptNameCodeSequence[0].CodeValue in ("111001", "111003")
+    }
+
+
+def _source_series(group: _Group) -> str:
+    [uid] = [
+        str(item.UID)
+        for item in group[0].ContentSequence
+        if item.ValueType == "UIDREF" and item.ConceptNameCodeSequence[0].CodeValue == "121232"
+    ]
+    return uid
+
+
+@pytest.mark.parametrize("name", SRS)
+def test_dcmqi_reads_the_groups_we_wrote(
+    name: str, objects: dict[str, Path], dcmqi_sr_reads: dict[str, dict[str, Any]]
+) -> None:
+    """Tracking identifiers and UIDs, findings, sites, algorithm, values, units, references."""
+    sr = hd.sr.srread(_object(objects, name))
+    read = dcmqi_sr_reads[name]
+    theirs = {group["TrackingUniqueIdentifier"]: group for group in read["Measurements"]}
+    ours = {str(group.tracking_uid): group for group in _groups(sr)}
+    assert len(theirs) == len(read["Measurements"]), "tracking UIDs repeat"
+    assert sorted(theirs) == sorted(ours)
+    for uid, group in ours.items():
+        dcmqi = theirs[uid]
+        assert dcmqi["TrackingIdentifier"] == group.tracking_identifier
+        if group.finding_type is not None:
+            assert _code(dcmqi["Finding"]) == _hd_code(group.finding_type)
+        if group.finding_sites:
+            [site] = group.finding_sites
+            assert _code(dcmqi["FindingSite"]) == _hd_code(site.value)
+        algorithm = _algorithm(group)
+        assert dcmqi["measurementAlgorithmIdentification"] == {
+            "AlgorithmName": algorithm["Algorithm Name"],
+            "AlgorithmVersion": algorithm["Algorithm Version"],
+        }
+        # dcmqi reads Numeric Value (DS); highdicom prefers Floating Point Value (FD) when
+        # the DS had to round, so compare with the DS exactly and with the FD to its precision
+        measured = [
+            (
+                _hd_code(m.name),
+                _hd_code(m.unit),
+                float(str(m[0].MeasuredValueSequence[0].NumericValue)),
+            )
+            for m in group.get_measurements()
+        ]
+        assert [
+            (_code(item["quantity"]), _code(item["units"]), float(item["value"]))
+            for item in dcmqi.get("measurementItems", [])
+        ] == measured
+        for m, (_, _, value) in zip(group.get_measurements(), measured, strict=True):
+            assert value == pytest.approx(float(m.value), rel=1e-12, abs=1e-12)
+        assert all(math.isfinite(value) for _, _, value in measured)
+        reference = getattr(group, "referenced_segment", None)
+        if reference is not None:
+            assert dcmqi["ReferencedSegment"] == reference.referenced_segment_numbers[0]
+            assert dcmqi["segmentationSOPInstanceUID"] == reference.referenced_sop_instance_uid
+            assert dcmqi["SourceSeriesForImageSegmentation"] == _source_series(group)
+        else:
+            assert "ReferencedSegment" not in dcmqi
+        # both list Finding category (SCT 276214006) among the evaluations; compare all
+        evaluations = [
+            (_hd_code(e.name), _hd_code(e.value)) for e in group.get_qualitative_evaluations()
+        ]
+        assert [
+            (_code(e["conceptCode"]), _code(e["conceptValue"]))
+            for e in dcmqi.get("qualitativeEvaluations", [])
+        ] == evaluations
+
+
+@pytest.mark.parametrize("name", SRS)
+def test_dcmqi_reads_the_evidence_and_flags_we_wrote(
+    name: str, objects: dict[str, Path], dcmqi_sr_reads: dict[str, dict[str, Any]]
+) -> None:
+    sr = pydicom.dcmread(_object(objects, name))
+    read = dcmqi_sr_reads[name]
+    evidence = {
+        str(ref.ReferencedSOPInstanceUID): str(ref.ReferencedSOPClassUID)
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    segs = {
+        uid for uid, sop_class in evidence.items() if sop_class == pydicom.uid.SegmentationStorage
+    }
+    assert set(read.get("compositeContext", [])) == segs
+    assert set(read.get("imageLibrary", [])) == set(evidence) - segs
+    assert (read["CompletionFlag"], read["VerificationFlag"]) == (
+        sr.CompletionFlag,
+        sr.VerificationFlag,
+    )
+    assert read["SeriesNumber"] == str(sr.SeriesNumber)
+
+
+@pytest.mark.parametrize("name", SRS)
+def test_dcmtk_reads_the_locations_we_wrote(name: str, objects: dict[str, Path]) -> None:
+    """SCOORD3D centres (tid1500reader leaves them out): same points, same frame."""
+    path = _object(objects, name)
+    sr = hd.sr.srread(path)
+    locations, _ = dcmtk_sr_locations(path)
+    ours = {str(group.tracking_uid): group for group in _groups(sr)}
+    assert sorted(locations) == sorted(ours)
+    for uid, group in ours.items():
+        roi = getattr(group, "roi", None)
+        if not isinstance(roi, hd.sr.VolumeSurface):
+            assert locations[uid] == [], group.tracking_identifier
+            continue
+        [location] = locations[uid]
+        assert location.graphic_type == roi.graphic_type.value
+        assert location.frame_of_reference_uid == roi.frame_of_reference_uid
+        assert np.allclose(location.points, roi.graphic_data, rtol=0, atol=1e-4)
+
+
+def test_the_chest_sr_covers_both_algorithms(dcmqi_sr_reads: dict[str, dict[str, Any]]) -> None:
+    read = dcmqi_sr_reads["chest-sr"]
+    algorithms = {
+        g["measurementAlgorithmIdentification"]["AlgorithmName"] for g in read["Measurements"]
+    }
+    assert algorithms == {"ct-basic", "ct-lung-nodules"}
+    nodules = [g for g in read["Measurements"] if g["Finding"]["CodeValue"] == "27925004"]
+    assert len(nodules) >= 5
+
+
+def test_the_classification_and_nothing_srs_say_so(
+    dcmqi_sr_reads: dict[str, dict[str, Any]],
+) -> None:
+    [absent] = dcmqi_sr_reads["nothing-sr"]["Measurements"]
+    assert _code(absent["Finding"]) == ("373572006", "SCT")
+    groups = dcmqi_sr_reads["classification-sr"]["Measurements"]
+    assert [
+        (
+            _code(g["qualitativeEvaluations"][0]["conceptValue"]),
+            float(g["measurementItems"][0]["value"]),
+        )
+        for g in groups
+    ] == [(_hd_code(c.code), c.probability) for c in CLASSES]
