@@ -527,3 +527,10 @@ def validation_reports(paths: Iterable[Path], workdir: Path) -> dict[Path, Repor
 def validation_report(path: Path, workdir: Path) -> Report:
     """:func:`validation_reports` for one file."""
     return validation_reports([path], workdir)[path]
+
+
+def validation_errors(paths: Iterable[Path], workdir: Path) -> list[str]:
+    """Every validator's errors on every file, "file name: tool: message" each, so a test
+    can ``assert validation_errors([...], tmp_path) == []`` and read what failed."""
+    reports = validation_reports(paths, workdir)
+    return [f"{path.name}: {error}" for path, report in reports.items() for error in report.errors]
