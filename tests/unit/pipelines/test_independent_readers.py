@@ -39,10 +39,13 @@ from pipelines.volume import Volume
 from tests.conftest import SHARED_DATA
 from tests.support.dicom_validate import (
     DcmqiSegment,
+    Messages,
     Report,
     dcmqi_measurements,
     dcmqi_segments,
     dcmtk_sr_locations,
+    parse_dciodvfy,
+    parse_pixelmed,
     validation_reports,
 )
 from tests.unit.pipelines.phantom import CtPhantom, make_ct_phantom
@@ -126,13 +129,37 @@ def objects(tmp_path_factory: pytest.TempPathFactory, nodule_phantom: CtPhantom)
     return written
 
 
+def _broken(objects: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """Copies of the chest SEG and SR with a known defect each, to show the checks bite."""
+    seg = pydicom.dcmread(objects["chest-seg"])
+    del seg.SegmentSequence[0].SegmentLabel  # Type 1
+    sr = pydicom.dcmread(objects["chest-sr"])
+    [measurements] = [
+        item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]
+    del sr.ContentSequence[0].ConceptNameCodeSequence  # Type 1C: the language item's name
+    group = measurements.ContentSequence[0]
+    group.ContentSequence = [  # TID 1411 row 3: Tracking Unique Identifier, mandatory
+        item
+        for item in group.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue != "112040"
+    ]
+    broken = {"broken-seg": folder / "broken-seg.dcm", "broken-sr": folder / "broken-sr.dcm"}
+    seg.save_as(broken["broken-seg"])
+    sr.save_as(broken["broken-sr"])
+    return broken
+
+
 @pytest.fixture(scope="module")
 def reports(
     objects: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Report]:
-    """All validators on all objects at once (one JVM per PixelMed validator)."""
-    found = validation_reports(objects.values(), tmp_path_factory.mktemp("validation"))
-    return {name: found[path] for name, path in objects.items()}
+    """All validators on all objects, and on two broken ones, at once (one JVM per
+    PixelMed validator)."""
+    folder = tmp_path_factory.mktemp("validation")
+    files = objects | _broken(objects, folder)
+    found = validation_reports(files.values(), folder)
+    return {name: found[path] for name, path in files.items()}
 
 
 def _object(objects: dict[str, Path], name: str) -> Path:
@@ -163,6 +190,21 @@ def test_validators_report_no_errors(
     _object(objects, name)
     errors = reports[name].errors
     assert errors == [], f"{len(errors)} error(s) on {name}:\n" + "\n".join(errors)
+
+
+@pytest.mark.parametrize(
+    ("name", "tools"),
+    [
+        ("broken-seg", ["dciodvfy", "PixelMed DicomInstanceValidator"]),
+        ("broken-sr", ["dciodvfy", "PixelMed DicomSRValidator", "tid1500reader"]),
+    ],
+)
+def test_the_validators_catch_a_broken_object(
+    name: str, tools: list[str], reports: dict[str, Report]
+) -> None:
+    errors = reports[name].errors
+    for tool in tools:
+        assert any(error.startswith(f"{tool}: ") for error in errors), (tool, errors)
 
 
 # --- SEG -------------------------------------------------------------------------------------
@@ -416,3 +458,36 @@ def test_the_classification_and_nothing_srs_say_so(
         )
         for g in groups
     ] == [(_hd_code(c.code), c.probability) for c in CLASSES]
+
+
+# --- the parsers: what each tool prints, as seen on real runs -------------------------------
+
+
+def test_dciodvfy_errors_after_a_tag_and_its_exit_status_count() -> None:
+    output = (
+        "(0x6167,0x6272)  ?  - Warning - Private tag without owner\n"
+        "(0x6167,0x6272)  ?  - Error - Bad Value Length - not a multiple of 2\n"
+        "Error - Dicom dataset read failed\n"
+        "Warning - Missing attribute or value that would be needed to build DICOMDIR - Modality\n"
+    )
+    found = parse_dciodvfy(output, 1)
+    assert len(found.errors) == 2 and len(found.warnings) == 2
+    assert parse_dciodvfy("Segmentation\n", 0) == Messages()
+    assert parse_dciodvfy("Segmentation\n", 1).errors  # exit 1 without an error line
+    assert parse_dciodvfy("", 0).errors  # named no IOD
+    assert parse_dciodvfy("Segmentation\nsomething else entirely\n", 0).errors
+
+
+def test_pixelmed_output_that_is_not_a_complete_run_fails() -> None:
+    ok = "Found Segmentation IOD\nWarning: a: b\nIOD validation complete\n"
+    assert parse_pixelmed(ok, "V") == Messages(warnings=("Warning: a: b",))
+    sr = (
+        "Found Comprehensive3DSR IOD\nFound Root Template TID_1500 (MeasurementReport)\n"
+        "Error: Template 1500 x: y\nRoot Template Validation Complete\nIOD validation complete\n"
+    )
+    assert parse_pixelmed(sr, "V").errors == ("Error: Template 1500 x: y",)
+    assert parse_pixelmed("IOD (SOP Class) unrecognized\n", "V").errors
+    assert parse_pixelmed("Found Segmentation IOD\n", "V").errors  # never completed
+    crashed = "exception: java.io.IOException: boom\n\tat com.pixelmed.dicom.AttributeList.read"
+    assert parse_pixelmed(crashed, "V").errors
+    assert parse_pixelmed("", "V").errors
