@@ -19,20 +19,32 @@ class Algorithm:
     manufacturer: str = "pacs-annotator"
 
 
+RGB = tuple[int, int, int]
+
+
 @dataclass(frozen=True, eq=False)
 class Segment:
-    """One segmented structure: a boolean mask over the volume's voxel grid."""
+    """One segmented structure: a boolean mask over the volume's voxel grid.
+
+    ``color`` is the display colour the pipeline wants (sRGB); None lets the SEG writer
+    choose the anatomical colour of ``property_type`` (see ``pipelines.colors``).
+    """
 
     label: str
     mask: npt.NDArray[np.bool_]
     category: Code
     property_type: Code
+    color: RGB | None = None
 
     def __post_init__(self) -> None:
         if self.mask.dtype != np.bool_:
             raise TypeError(f"Segment {self.label!r}: mask must be boolean, got {self.mask.dtype}")
         if not self.label:
             raise ValueError("Segment label must not be empty")
+        if self.color is not None and (
+            len(self.color) != 3 or not all(0 <= v <= 255 for v in self.color)
+        ):
+            raise ValueError(f"Segment {self.label!r}: color must be 3 values in 0..255")
 
 
 Point3 = tuple[float, float, float]

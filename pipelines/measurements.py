@@ -6,6 +6,7 @@ by other writers) without building any DICOM.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,3 +50,25 @@ def measure_segment(volume: Volume, segment: Segment) -> SegmentMeasurements:
         volume_mm3=count * volume.voxel_volume_mm3,
         mean_hu=mean_hu,
     )
+
+
+def decimals_for(resolution: float) -> int:
+    """Decimal places that still carry information at this resolution (0.7 mm -> 1, 5 mm -> 0).
+
+    A report states a value no finer than the scanner resolves it: more digits suggest a
+    precision nobody measured.
+    """
+    if not (math.isfinite(resolution) and resolution > 0):
+        raise ValueError(f"resolution must be a positive number, got {resolution}")
+    return max(0, math.ceil(-math.log10(resolution) - 1e-9))
+
+
+def round_to(value: float, resolution: float) -> float:
+    """``value`` rounded to the decimal places ``resolution`` supports."""
+    return round(value, decimals_for(resolution))
+
+
+def hu_resolution(volume: Volume) -> float:
+    """The step between two CT numbers the scanner can store: its rescale slope (usually 1)."""
+    slope = volume.datasets[0].get("RescaleSlope")
+    return abs(float(slope)) if slope not in (None, "") and float(slope) != 0 else 1.0

@@ -14,6 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from pipelines.colors import segment_colors
 from pipelines.findings import Findings, Segment
 from pipelines.uids import derive_uid
 from pipelines.volume import Volume
@@ -32,6 +33,10 @@ _DEIDENTIFICATION_KEYWORDS = (
     "DeidentificationMethod",
     "DeidentificationMethodCodeSequence",
 )
+
+
+#: Coding schemes whose designator alone does not identify the code (PS3.16 Table 8-1).
+_VERSIONED_SCHEMES = frozenset({"BI", "SCPECG", "BARI", "UCUM", "NCDR"})
 
 
 class EmptySegmentationError(ValueError):
@@ -76,6 +81,7 @@ def build_seg(
         version=algorithm.version,
         family=codes.cid7162.ArtificialIntelligence,
     )
+    colors = segment_colors([(segment.color, segment.property_type) for segment in segments])
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number,
@@ -84,17 +90,18 @@ def build_seg(
             segmented_property_type=segment.property_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=identification,
-            tracking_uid=_tracking_uid(sop_uid, number),
+            tracking_uid=segment_tracking_uid(sop_uid, number),
             tracking_id=segment.label,
+            display_color=color,
         )
-        for number, segment in enumerate(segments, start=1)
+        for number, (segment, color) in enumerate(zip(segments, colors, strict=True), start=1)
     ]
     pixel_array = np.stack([segment.mask for segment in segments], axis=-1)
     equipment = hd.ContributingEquipment(
         manufacturer=algorithm.manufacturer,
         purpose_of_reference=PROCESSING_PURPOSE,
         manufacturer_model_name=algorithm.name,
-        software_versions=[software_version, algorithm.version],
+        software_versions=algorithm.version,
         contribution_description=f"Automatic segmentation by {algorithm.name} {algorithm.version}",
     )
     seg = hd.seg.Segmentation(
@@ -113,12 +120,16 @@ def build_seg(
         series_description=f"AI segmentation ({algorithm.name})",
         content_label="SEGMENTATION",
         content_description=f"{algorithm.name} {algorithm.version}"[:64],
+        content_creator_name=f"{algorithm.name}^",
         contributing_equipment=[equipment],
         omit_empty_frames=True,
     )
-    # Service version and algorithm version (highdicom's signature takes one string).
-    seg.SoftwareVersions = [software_version, algorithm.version]  # type: ignore[assignment]
     copy_required_source_attributes(volume.datasets[0], seg)
+    # PixelMed requires (General Series) Laterality unless Image Laterality is present,
+    # and dciodvfy refuses an empty Laterality: state Image Laterality, as the source does,
+    # else "U" (unpaired: a scan of the trunk or head, where laterality does not apply).
+    source = volume.datasets[0]
+    seg.ImageLaterality = source.get("ImageLaterality") or source.get("Laterality") or "U"
     logger.info(
         "built SEG %s for series %s: %d segment(s), %d frame(s)",
         sop_uid,
@@ -138,12 +149,18 @@ def copy_required_source_attributes(source: Dataset, target: Dataset) -> None:
     for keyword in _DEIDENTIFICATION_KEYWORDS:
         if keyword in source and keyword not in target:
             setattr(target, keyword, source[keyword].value)
+    # Codes copied from the source (e.g. a scanner's private procedure code) keep their
+    # Coding Scheme Version only where the standard's schemes need one; PixelMed reports
+    # any other as an error, and dropping it loses nothing.
+    for item in target.get("ProcedureCodeSequence", []):
+        if "CodingSchemeVersion" in item and item.CodingSchemeDesignator not in _VERSIONED_SCHEMES:
+            del item.CodingSchemeVersion
     if target.get("PatientIdentityRemoved") == "YES" and not (
         "DeidentificationMethod" in target or "DeidentificationMethodCodeSequence" in target
     ):
         target.DeidentificationMethod = "unknown (not stated by the source images)"
 
 
-def _tracking_uid(sop_uid: str, segment_number: int) -> str:
-    """Stable per segment of this SEG, so a re-run gives byte-identical segment UIDs."""
+def segment_tracking_uid(sop_uid: str, segment_number: int) -> str:
+    """Stable per segment of a SEG, so a re-run gives the same UIDs (the SR shares them)."""
     return derive_uid("tracking", sop_uid, str(segment_number))

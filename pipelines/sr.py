@@ -1,20 +1,25 @@
 """Findings -> one TID 1500 Measurement Report (Comprehensive 3D SR) per job.
 
-Structure follows the established writers (dcmqi, highdicom): root container "Imaging
-Measurement Report" (DCM 126000, TID 1500), language, observer context, "Procedure
-reported", then one "Measurement Group" (DCM 125007) per reported thing:
-- per detection: TID 1411 with its centre as an SCOORD3D POINT ("Volume Surface") in the
-  source frame of reference, finding type and site, long axis (mm), volume (mm3) and the
-  detector's score (unitless "1");
-- per segment of a SEG: TID 1411 referencing the SEG instance and segment number
-  ("Referenced Segment"), with its volume (mL) and, on CT, mean attenuation (HU);
-- per classification: TID 1501 with the class as a qualitative evaluation
-  ("Classification" = class) and its probability;
-- per algorithm and series where it found nothing: TID 1501 whose Finding is "Clinical
-  finding absent", with the images it looked at, so "ran, found nothing" differs from "never ran".
-Every group names its algorithm (TID 4019); every algorithm is a device observer and a
-Contributing Equipment item (IHE AI Results). All source images and SEGs are listed as
-evidence (Current Requested Procedure Evidence Sequence).
+Written so that viewers draw it (OHIF, 3D Slicer QuantitativeReporting; IHE AI Results),
+and so that independent readers (dciodvfy, PixelMed, dcmqi) find nothing wrong:
+- root: "Imaging Measurement Report" (DCM 126000), language, one device observer (this
+  service; each group names its algorithm with TID 4019), "Procedure reported", and an
+  Image Library (TID 1600) listing every source image;
+- per detection: a TID 1410 planar ROI group whose image region is an ELLIPSE on the key
+  slice (the slice through the lesion's centre, where a lesion is widest), with that image
+  referenced, then finding type and site, long axis (mm), volume (mm3) and the detector's
+  score (unitless "1");
+- per segment of a SEG: a TID 1411 volumetric group referencing the SEG segment, with the
+  SEG's own tracking identifier and UID, its volume (mL) and, on CT, mean attenuation (HU);
+  each measurement is also INFERRED FROM the segment's outline on its largest slice, so a
+  viewer can show where it was measured;
+- in the root's "Qualitative Evaluations" container: each classification ("Classification"
+  = class) and, per algorithm and series where it found nothing, "Finding" = "Clinical
+  finding absent" (so "ran, found nothing" differs from "never ran"), each followed by a
+  comment naming the algorithm, the series and the probability.
+Values are rounded to what the scanner resolves (``pipelines.measurements.round_to``).
+Every algorithm is a Contributing Equipment item (IHE AI Results). All source images and
+SEGs are listed as evidence (Current Requested Procedure Evidence Sequence).
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
-import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from pipelines.findings import Algorithm, Classification, Detection, Findings, Segment
-from pipelines.measurements import measure_segment
+from pipelines.findings import Algorithm, Detection, Findings, Segment
+from pipelines.measurements import hu_resolution, measure_segment, round_to
+from pipelines.regions import KeyImageRegion, detection_region, segment_region
 from pipelines.seg import (
     PROCESSING_PURPOSE,
     copy_required_source_attributes,
@@ -45,22 +51,25 @@ logger = logging.getLogger(__name__)
 NO_FINDING = Code("373572006", "SCT", "Clinical finding absent")
 #: The concept of a detection's score: a ranking in 0..1, not a calibrated probability.
 DETECTION_SCORE = codes.SCT.Score
-CLASSIFICATION_PROBABILITY = codes.DCM.Probability
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 #: Concept name of a classification's qualitative evaluation (the value is the class).
 CLASSIFICATION = Code("278201002", "SCT", "Classification")
 UNITLESS = codes.UCUM.NoUnits
+#: Scores and probabilities are stated to two decimals (0.87), finer means nothing.
+SCORE_DECIMALS = 2
 MILLILITER = Code("ml", "UCUM", "milliliter")
 #: "Procedure reported" per source modality (LOINC radiology playbook codes).
 PROCEDURES: dict[str, Code] = {
     "CT": Code("25045-6", "LN", "CT unspecified body region"),
     "MR": Code("25056-3", "LN", "MR unspecified body region"),
 }
-PROCEDURES_BY_BODY_PART: dict[tuple[str, str], Code] = {
-    ("CT", "CHEST"): Code("24627-2", "LN", "CT Chest"),
-}
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging")
 
 SeriesResult = tuple[Volume, Findings, Dataset | None]
+
+
+#: The device observer of every report: this service (each group names its algorithm).
+SERVICE_NAME = "pacs-annotator"
 
 
 @dataclass(frozen=True)
@@ -69,21 +78,14 @@ class _Context:
 
     volume: Volume
     findings: Findings
-    seg: Dataset | None
     sop_uid: str
     algorithm_id: hd.sr.AlgorithmIdentification
-
-    @property
-    def where(self) -> str:
-        number = self.volume.datasets[0].get("SeriesNumber")
-        series = f"series {number}" if number not in (None, "") else self.volume.series_uid
-        return f"{self.findings.algorithm.name}, {series}"
 
     def tracking(self, identifier: str, *key: str) -> hd.sr.TrackingIdentifier:
         uid = derive_uid(
             "sr-tracking", self.sop_uid, self.volume.series_uid, self.findings.algorithm.name, *key
         )
-        return hd.sr.TrackingIdentifier(uid=uid, identifier=f"{identifier} ({self.where})")
+        return hd.sr.TrackingIdentifier(uid=uid, identifier=identifier)
 
 
 def build_sr(
@@ -97,10 +99,11 @@ def build_sr(
 ) -> Dataset:
     """A Comprehensive 3D SR (TID 1500) of every result of one job.
 
-    ``sources`` are the processed source images (all become evidence); each result is a
-    volume, what one pipeline found in it, and the SEG written for it (or None when the
-    pipeline made no segments). Raises ``ValueError`` when there is nothing to report on,
-    when the sources span several studies, or when segments come without their SEG.
+    ``sources`` are the processed source images (all become evidence and the image
+    library); each result is a volume, what one pipeline found in it, and the SEG written
+    for it (or None when the pipeline made no segments). Raises ``ValueError`` when there
+    is nothing to report on, when the sources span several studies, or when segments come
+    without their SEG.
     """
     if not results:
         raise ValueError("build_sr needs at least one (volume, findings, seg) result")
@@ -113,15 +116,18 @@ def build_sr(
     groups = [group for result in results for group in _groups(result, sop_uid)]
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
-            observer_device_context=_device_observer(algorithms[0])
+            observer_device_context=_device_observer(software_version)
         ),
         procedure_reported=_procedures(results),
-        imaging_measurements=groups,
+        imaging_measurements=groups or None,  # TID 1500: or "Qualitative Evaluations" alone
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
             hd.sr.CodedConcept("en", "RFC5646", "English")
         ),
+        referenced_images=list(sources),
     )
-    _add_device_observers(report, algorithms[1:])
+    evaluations = _qualitative_evaluations(results)
+    if evaluations is not None:
+        report[0].ContentSequence.append(evaluations)
     segs = [seg for _, _, seg in results if seg is not None]
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, *segs],
@@ -130,15 +136,13 @@ def build_sr(
         series_number=series_number,
         sop_instance_uid=sop_uid,
         instance_number=1,
-        manufacturer=algorithms[0].manufacturer,
-        manufacturer_model_name="pacs-annotator",
+        manufacturer=SERVICE_NAME,
+        manufacturer_model_name=SERVICE_NAME,
         software_versions=software_version,
         series_description="AI findings (TID 1500)",
         is_complete=True,
         is_final=False,  # machine output, not verified by a physician
-        contributing_equipment=[
-            _equipment(algorithm, software_version) for algorithm in algorithms
-        ],
+        contributing_equipment=[_equipment(algorithm) for algorithm in algorithms],
     )
     copy_required_source_attributes(sources[0], sr)
     logger.info(
@@ -148,7 +152,8 @@ def build_sr(
 
 
 _Group = (
-    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.MeasurementsAndQualitativeEvaluations
 )
 
@@ -159,7 +164,6 @@ def _groups(result: SeriesResult, sop_uid: str) -> Iterator[_Group]:
     context = _Context(
         volume=volume,
         findings=findings,
-        seg=seg,
         sop_uid=sop_uid,
         algorithm_id=hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version),
     )
@@ -179,31 +183,18 @@ def _groups(result: SeriesResult, sop_uid: str) -> Iterator[_Group]:
                 f"segments {[segment.label for segment in segments]} of {algorithm.name}"
             )
         for number, segment in enumerate(segments, start=1):
-            yield _segment_group(context, seg, number, segment)
-    for number, classification in enumerate(findings.classifications, start=1):
-        yield _classification_group(context, number, classification)
-    if findings.is_empty:
-        yield _no_finding_group(context)
+            yield from _segment_groups(context, seg, number, segment)
 
 
 def _detection_group(
     context: _Context, number: int, detection: Detection
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    frame_of_reference = context.volume.datasets[0].get("FrameOfReferenceUID")
-    if not frame_of_reference:
-        raise ValueError(
-            f"series {context.volume.series_uid} has no FrameOfReferenceUID: a detection "
-            "cannot be located in patient coordinates"
-        )
-    centre = np.array([detection.centre_mm], dtype=np.float64)
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    volume = context.volume
+    region = detection_region(volume, detection)
+    length_resolution = min(volume.spacing)
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=context.tracking(detection.label, "detection", str(number)),
-        referenced_volume_surface=hd.sr.VolumeSurface(
-            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-            graphic_data=centre,
-            frame_of_reference_uid=str(frame_of_reference),
-            source_series=hd.sr.SourceSeriesForSegmentation(context.volume.series_uid),
-        ),
+        referenced_region=_image_region(region),
         finding_type=detection.finding_type,
         finding_category=codes.SCT.MorphologicallyAbnormalStructure,
         finding_sites=(
@@ -213,31 +204,42 @@ def _detection_group(
         measurements=[
             hd.sr.Measurement(
                 name=codes.SCT.LongAxis,
-                value=detection.longest_diameter_mm,
+                value=round_to(detection.longest_diameter_mm, length_resolution),
                 unit=codes.UCUM.Millimeter,
             ),
             hd.sr.Measurement(
                 name=codes.SCT.Volume,
-                value=detection.volume_mm3,
+                value=round_to(detection.volume_mm3, volume.voxel_volume_mm3),
                 unit=codes.UCUM.CubicMillimeter,
             ),
             hd.sr.Measurement(
                 name=DETECTION_SCORE,
-                value=detection.score,
+                value=round(detection.score, SCORE_DECIMALS),
                 unit=UNITLESS,
             ),
         ],
     )
 
 
-def _segment_group(
+def _segment_groups(
     context: _Context, seg: Dataset, number: int, segment: Segment
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    measured = measure_segment(context.volume, segment)
+) -> tuple[
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
+]:
+    """The segment's volumetric group and its largest cross-section, one tracking identity.
+
+    TID 1411 references the SEG segment (what 3D Slicer and dcmqi read); it may carry no
+    image coordinates, so a TID 1410 group with the same tracking UID outlines the segment
+    (its largest piece) on the slice where it is largest. Viewers that merge groups by
+    tracking UID (OHIF) show that outline with the volume and mean HU.
+    """
+    volume = context.volume
+    measured = measure_segment(volume, segment)
     measurements = [
         hd.sr.Measurement(
             name=codes.SCT.Volume,
-            value=measured.volume_ml,
+            value=round_to(measured.volume_ml, volume.voxel_volume_mm3 / 1000.0),
             unit=MILLILITER,
             method=codes.DCM.SumOfSegmentedVoxelMethodForVolume,
         )
@@ -246,84 +248,112 @@ def _segment_group(
         measurements.append(
             hd.sr.Measurement(
                 name=codes.DCM.AttenuationCoefficient,
-                value=measured.mean_hu,
+                value=round_to(measured.mean_hu, hu_resolution(volume)),
                 unit=codes.UCUM.HounsfieldUnit,
                 derivation=codes.SCT.Mean,
             )
         )
-    # The SEG's own Tracking UID for this segment: one ROI, one identity across objects.
+    # The SEG's own tracking identifier and UID: one ROI, one identity across objects.
     item = seg.SegmentSequence[number - 1]
-    tracking_uid = str(item.get("TrackingUID", "")) or derive_uid(
-        "sr-tracking", context.sop_uid, str(seg.SOPInstanceUID), str(number)
-    )
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid, identifier=f"{segment.label} ({context.where})"
-        ),
-        referenced_segment=hd.sr.ReferencedSegment(
-            sop_class_uid=str(seg.SOPClassUID),
-            sop_instance_uid=str(seg.SOPInstanceUID),
-            segment_number=number,
-            source_series=hd.sr.SourceSeriesForSegmentation(context.volume.series_uid),
-        ),
+    tracking = hd.sr.TrackingIdentifier(uid=str(item.TrackingUID), identifier=str(item.TrackingID))
+    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_segment=_referenced_segment(seg, number, volume.series_uid),
         finding_type=segment.property_type,
         finding_category=segment.category,
         algorithm_id=context.algorithm_id,
         measurements=measurements,
     )
+    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=_image_region(segment_region(volume, segment.mask)),
+        finding_type=segment.property_type,
+        finding_category=segment.category,
+        algorithm_id=context.algorithm_id,
+    )
+    return volumetric, planar
 
 
-def _classification_group(
-    context: _Context, number: int, classification: Classification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=context.tracking(
-            f"Classification {number}", "classification", str(number)
+def _referenced_segment(seg: Dataset, number: int, series_uid: str) -> hd.sr.ReferencedSegment:
+    referenced = hd.sr.ReferencedSegment(
+        sop_class_uid=str(seg.SOPClassUID),
+        sop_instance_uid=str(seg.SOPInstanceUID),
+        segment_number=number,
+        source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+    )
+    # TID 1411 names the concept "Source series for segmentation"; pydicom's code carries
+    # another capitalisation, which PixelMed reports as a mismatch with the template.
+    for item in referenced:
+        concept = item.ConceptNameCodeSequence[0]
+        if (concept.CodeValue, concept.CodingSchemeDesignator) == ("121232", "DCM"):
+            concept.CodeMeaning = "Source series for segmentation"
+    return referenced
+
+
+def _image_region(region: KeyImageRegion) -> hd.sr.ImageRegion:
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues(region.graphic_type),
+        graphic_data=region.points,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(region.image.SOPClassUID),
+            referenced_sop_instance_uid=str(region.image.SOPInstanceUID),
         ),
-        algorithm_id=context.algorithm_id,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=CLASSIFICATION, value=classification.code)
-        ],
-        measurements=[
-            hd.sr.Measurement(
-                name=CLASSIFICATION_PROBABILITY,
-                value=classification.probability,
-                unit=UNITLESS,
+    )
+
+
+def _qualitative_evaluations(results: Sequence[SeriesResult]) -> hd.sr.ContainerContentItem | None:
+    """TID 1500's "Qualitative Evaluations": classifications, and what found nothing.
+
+    These state something about a whole series, with no place on an image. They stay out
+    of "Imaging Measurements", whose every group viewers expect to locate on an image (OHIF
+    fails to load a report with a group it cannot place). Each class or absence is a CODE,
+    followed by a TEXT naming the algorithm, the series and the probability.
+    """
+    items: list[hd.sr.CodeContentItem | hd.sr.TextContentItem] = []
+    for volume, findings, _ in results:
+        algorithm = findings.algorithm
+        number = volume.datasets[0].get("SeriesNumber")
+        series = f"series {number}" if number not in (None, "") else volume.series_uid
+        where = f"{algorithm.name} {algorithm.version}, {series}"
+        for classification in findings.classifications:
+            items.append(_code_item(CLASSIFICATION, classification.code))
+            probability = round(classification.probability, SCORE_DECIMALS)
+            items.append(
+                _text_item(f"{classification.code.meaning}: probability {probability} ({where})")
             )
-        ],
-        source_images=_source_images(context.volume),
+        if findings.is_empty:
+            items.append(_code_item(codes.DCM.Finding, NO_FINDING))
+            items.append(_text_item(f"No findings ({where})"))
+    if not items:
+        return None
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = DicomSequence(items)
+    return container
+
+
+def _code_item(name: Code, value: Code) -> hd.sr.CodeContentItem:
+    return hd.sr.CodeContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
 
 
-def _no_finding_group(context: _Context) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=context.tracking("No findings", "no-finding"),
-        algorithm_id=context.algorithm_id,
-        finding_type=NO_FINDING,
-        source_images=_source_images(context.volume),
+def _text_item(text: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=codes.DCM.Comment, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-
-
-def _source_images(volume: Volume) -> list[hd.sr.SourceImageForMeasurementGroup]:
-    return [
-        hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=str(ds.SOPClassUID),
-            referenced_sop_instance_uid=str(ds.SOPInstanceUID),
-        )
-        for ds in volume.datasets
-    ]
 
 
 def _procedures(results: Sequence[SeriesResult]) -> list[Code]:
-    """The imaging procedure(s) the report is about, from the source series' headers."""
+    """The imaging procedure(s) the report is about, by modality.
+
+    "Procedure reported" takes its codes from CID 100, which has no body-region codes for
+    CT or MR ("CT Chest" is not in it; PixelMed reports it as an error).
+    """
     found: dict[Code, None] = {}
     for volume, _, _ in results:
-        modality = volume.modality
-        body_part = str(volume.datasets[0].get("BodyPartExamined", "")).upper()
-        code = PROCEDURES_BY_BODY_PART.get((modality, body_part)) or PROCEDURES.get(
-            modality, IMAGING_PROCEDURE
-        )
-        found[code] = None
+        found[PROCEDURES.get(volume.modality, IMAGING_PROCEDURE)] = None
     return list(found)
 
 
@@ -335,39 +365,24 @@ def _distinct_algorithms(results: Sequence[SeriesResult]) -> list[Algorithm]:
     return list(seen.values())
 
 
-def _device_observer(algorithm: Algorithm) -> hd.sr.ObserverContext:
+def _device_observer(software_version: str) -> hd.sr.ObserverContext:
+    """This service as the one device observer; the algorithms are named per group."""
     return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derive_uid("device-observer", algorithm.name, algorithm.version),
-            name=algorithm.name,
-            manufacturer_name=algorithm.manufacturer,
-            model_name=f"{algorithm.name} {algorithm.version}",
+            uid=derive_uid("device-observer", SERVICE_NAME),
+            name=SERVICE_NAME,
+            manufacturer_name=SERVICE_NAME,
+            model_name=f"{SERVICE_NAME} {software_version}",
         ),
     )
 
 
-def _add_device_observers(report: hd.sr.MeasurementReport, algorithms: Sequence[Algorithm]) -> None:
-    """TID 1001 allows several observers: one device per further algorithm of the job.
-
-    They go right after the existing observer context items, before "Procedure reported".
-    """
-    if not algorithms:
-        return
-    content = report[0].ContentSequence
-    position = max(
-        index for index, item in enumerate(content) if item.RelationshipType == "HAS OBS CONTEXT"
-    )
-    extra = [item for algorithm in algorithms for item in _device_observer(algorithm)]
-    for offset, item in enumerate(extra, start=1):
-        content.insert(position + offset, item)
-
-
-def _equipment(algorithm: Algorithm, software_version: str) -> hd.ContributingEquipment:
+def _equipment(algorithm: Algorithm) -> hd.ContributingEquipment:
     return hd.ContributingEquipment(
         manufacturer=algorithm.manufacturer,
         purpose_of_reference=PROCESSING_PURPOSE,
         manufacturer_model_name=algorithm.name,
-        software_versions=[software_version, algorithm.version],
+        software_versions=algorithm.version,
         contribution_description=f"Automatic findings by {algorithm.name} {algorithm.version}",
     )

@@ -1,0 +1,94 @@
+"""Where a finding is drawn: a 2D outline on the one source image where it shows best.
+
+Viewers draw SR findings on an image (OHIF, 3D Slicer and the IHE AI Results profile expect
+a 2D SCOORD that references the image it is drawn on), so each finding is reduced to its
+key slice and an outline in that image's pixel coordinates. DICOM image coordinates are
+(column, row) with the top-left corner of the image at (0, 0), so the centre of the pixel
+at index (row r, column c) is (c + 0.5, r + 0.5) (PS3.3 C.18.6.1.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from scipy import ndimage
+from skimage import measure
+
+from pipelines.findings import Detection
+from pipelines.volume import Volume
+
+#: Outlines are simplified to within this many pixels of the traced boundary.
+OUTLINE_TOLERANCE_PX = 0.5
+#: An ellipse's semi-axes are at least this long, so a tiny lesion still shows a ring.
+MIN_SEMI_AXIS_PX = 1.5
+
+
+@dataclass(frozen=True, eq=False)
+class KeyImageRegion:
+    """A 2D region on one source image: ``points`` are (column, row) image coordinates."""
+
+    image: Dataset
+    slice_index: int
+    graphic_type: str  # ELLIPSE, POLYLINE or POINT (DICOM Graphic Type)
+    points: npt.NDArray[np.float32]
+
+
+def detection_region(volume: Volume, detection: Detection) -> KeyImageRegion:
+    """An ellipse inscribed in the detection's box, on the slice through its centre.
+
+    A box detector's lesion is widest at its centre, so that slice is its key image. The
+    axes follow the image's rows and columns (what viewers draw without resampling); their
+    lengths are the box's extent along those directions.
+    """
+    k, row, col = _voxel_index(volume, np.asarray(detection.centre_mm, dtype=np.float64))
+    k = int(np.clip(round(k), 0, volume.voxels.shape[0] - 1))
+    extent_mm = np.abs(
+        np.asarray(detection.bbox_max_mm, dtype=np.float64)
+        - np.asarray(detection.bbox_min_mm, dtype=np.float64)
+    )
+    _, row_spacing, col_spacing = volume.spacing
+    col_axis = volume.affine[:3, 2] / col_spacing  # direction of increasing column
+    row_axis = volume.affine[:3, 1] / row_spacing  # direction of increasing row
+    half_width = max(float(np.abs(col_axis) @ extent_mm) / 2 / col_spacing, MIN_SEMI_AXIS_PX)
+    half_height = max(float(np.abs(row_axis) @ extent_mm) / 2 / row_spacing, MIN_SEMI_AXIS_PX)
+    x, y = col + 0.5, row + 0.5
+    horizontal = [(x - half_width, y), (x + half_width, y)]
+    vertical = [(x, y - half_height), (x, y + half_height)]
+    major, minor = (horizontal, vertical) if half_width >= half_height else (vertical, horizontal)
+    points = np.array([*major, *minor], dtype=np.float32)
+    return KeyImageRegion(volume.datasets[k], k, "ELLIPSE", points)
+
+
+def segment_region(volume: Volume, mask: npt.NDArray[np.bool_]) -> KeyImageRegion:
+    """The outline of a segment's largest piece on the slice where the segment is largest.
+
+    Raises ``ValueError`` for an empty mask (there is nothing to outline).
+    """
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    if not areas.any():
+        raise ValueError("cannot outline an empty segment")
+    k = int(np.argmax(areas))
+    labels, count = ndimage.label(mask[k])
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+    piece = labels == int(np.argmax(sizes)) + 1
+    if int(piece.sum()) == 1:
+        row, col = np.argwhere(piece)[0]
+        point = np.array([[col + 0.5, row + 0.5]], dtype=np.float32)
+        return KeyImageRegion(volume.datasets[k], k, "POINT", point)
+    # Pad so a piece touching the image border still gives a closed contour.
+    contours = measure.find_contours(np.pad(piece, 1).astype(np.float32), 0.5)  # type: ignore[no-untyped-call]
+    outline = max(contours, key=len) - 1.0  # back to unpadded (row, col) indices
+    outline = measure.approximate_polygon(outline, tolerance=OUTLINE_TOLERANCE_PX)  # type: ignore[no-untyped-call]
+    if not np.array_equal(outline[0], outline[-1]):
+        outline = np.vstack([outline, outline[:1]])
+    points = np.column_stack([outline[:, 1] + 0.5, outline[:, 0] + 0.5]).astype(np.float32)
+    return KeyImageRegion(volume.datasets[k], k, "POLYLINE", points)
+
+
+def _voxel_index(volume: Volume, point_mm: npt.NDArray[np.float64]) -> tuple[float, float, float]:
+    """(slice, row, column) of a patient-space point, as fractional voxel indices."""
+    index = np.linalg.solve(volume.affine, np.append(point_mm, 1.0))
+    return float(index[0]), float(index[1]), float(index[2])
