@@ -174,10 +174,13 @@ _PIXELMED_INFO = (
     re.compile(r"^Root Template Validation Complete$"),
 )
 _PIXELMED_COMPLETE = "IOD validation complete"
+#: DicomSRValidator's relationship check (PS3.3 relationship constraints), without "Error:"
+_PIXELMED_RELATIONSHIP = re.compile(r"^Parent content item .+ has illegal relationship .+$")
 
 
 def parse_pixelmed(output: str, tool: str) -> Messages:
-    """Errors ("Error: ...") and warnings ("Warning: ...") of one PixelMed validation.
+    """Errors ("Error: ...", "Parent content item ... has illegal relationship ...") and
+    warnings ("Warning: ...") of one PixelMed validation.
 
     A complete run names the IOD it found ("Found ... IOD") and ends with "IOD validation
     complete"; an unknown SOP class ("IOD (SOP Class) unrecognized"), an exception, a
@@ -191,7 +194,7 @@ def parse_pixelmed(output: str, tool: str) -> Messages:
         text = line.rstrip()
         if not text.strip():
             continue
-        if text.startswith("Error: "):
+        if text.startswith("Error: ") or _PIXELMED_RELATIONSHIP.match(text):
             errors.append(text)
         elif text.startswith("Warning: "):
             warnings.append(text)
@@ -420,28 +423,60 @@ def dcmqi_measurements(path: Path, outdir: Path | None = None) -> DcmqiMeasureme
     return DcmqiMeasurements(report=json.loads(target.read_text()), messages=messages)
 
 
-# --- DCMTK: SR coordinates -------------------------------------------------------------------
+# --- DCMTK: SR coordinates and root evaluations ---------------------------------------------
 
 
 @dataclass(frozen=True)
-class Scoord3d:
+class Location:
+    """A SCOORD (points on an image, "column/row") or SCOORD3D (patient mm) content item.
+
+    ``reference`` is the image's SOP Instance UID for SCOORD, the Frame of Reference UID
+    for SCOORD3D.
+    """
+
+    value_type: Literal["SCOORD", "SCOORD3D"]
     graphic_type: str
-    frame_of_reference_uid: str
-    points: tuple[tuple[float, float, float], ...]
+    points: tuple[tuple[float, ...], ...]
+    reference: str
 
 
-def dcmtk_sr_locations(path: Path) -> tuple[dict[str, list[Scoord3d]], Messages]:
-    """The SCOORD3D items of each measurement group, keyed by the group's Tracking UID,
-    as DCMTK's ``dsr2xml`` reads them (tid1500reader leaves coordinates out)."""
+@dataclass(frozen=True)
+class DcmtkGroup:
+    """One measurement group as ``dsr2xml`` reads it: its tracking UID, whether it
+    references a SEG segment, and every spatial coordinate in it (nested ones too)."""
+
+    tracking_uid: str
+    references_segment: bool
+    locations: tuple[Location, ...]
+
+
+@dataclass(frozen=True)
+class DcmtkReport:
+    groups: list[DcmtkGroup]
+    #: Items of the root's "Qualitative Evaluations" container: (concept code, value).
+    qualitative_evaluations: list[tuple[str, str]]
+    messages: Messages
+
+
+def dcmtk_sr(path: Path) -> DcmtkReport:
+    """DCMTK's ``dsr2xml`` reading of an SR: measurement groups (in document order) with
+    their spatial coordinates, which tid1500reader leaves out, and the root's qualitative
+    evaluations, which it does not read either."""
     _require_file(path)
     completed = _run([dsr2xml_path(), str(path)])
     messages = _dcmqi_messages(completed.stderr, completed.returncode, "dsr2xml")
     if completed.returncode != 0:
         raise AssertionError("; ".join(messages.errors))
     root = ET.fromstring(completed.stdout)
-    found: dict[str, list[Scoord3d]] = {}
+    groups = []
+    evaluations: list[tuple[str, str]] = []
     for container in root.iter("container"):
-        if _concept(container) != "125007":
+        concept = _concept(container)
+        if concept == "C0034375":  # UMLS "Qualitative Evaluations"
+            for item in container:
+                if item.tag in ("code", "text"):  # the code's value, or the text
+                    evaluations.append((_concept(item), item.findtext("value", "")))
+        if concept != "125007":  # DCM "Measurement Group"
             continue
         uids = [
             item.findtext("value", "")
@@ -450,18 +485,30 @@ def dcmtk_sr_locations(path: Path) -> tuple[dict[str, list[Scoord3d]], Messages]
         ]
         if len(uids) != 1:
             raise AssertionError(f"a measurement group with {len(uids)} Tracking UIDs")
-        items = []
-        for scoord in container.findall("scoord3d"):
-            data = scoord.find("data")
-            if data is None or data.text is None:
-                raise AssertionError("SCOORD3D without data")
-            numbers = [float(v) for v in data.text.strip().replace("\\", "/").split("/")]
-            points = tuple(
-                (numbers[i], numbers[i + 1], numbers[i + 2]) for i in range(0, len(numbers), 3)
-            )
-            items.append(Scoord3d(scoord.get("type", ""), data.get("uid", ""), points))
-        found[uids[0]] = items
-    return found, messages
+        segment = any(_concept(item) == "121191" for item in container.findall("image"))
+        locations = tuple(_location(item) for item in container.iter() if item.tag in _SCOORDS)
+        groups.append(DcmtkGroup(uids[0], segment, locations))
+    return DcmtkReport(groups, evaluations, messages)
+
+
+_SCOORDS = {"scoord": "SCOORD", "scoord3d": "SCOORD3D"}
+
+
+def _location(item: ET.Element) -> Location:
+    data = item.find("data")
+    if data is None or data.text is None:
+        raise AssertionError(f"{item.tag} without data")
+    # dsr2xml writes points as "x/y" (SCOORD) or "x/y/z" (SCOORD3D), comma-separated
+    points = tuple(
+        tuple(float(v) for v in point.split("/")) for point in data.text.strip().split(",")
+    )
+    if item.tag == "scoord3d":
+        reference = data.get("uid", "")
+    else:
+        instance = item.find("image/value/instance")
+        reference = "" if instance is None else instance.get("uid", "")
+    value_type: Literal["SCOORD", "SCOORD3D"] = "SCOORD3D" if item.tag == "scoord3d" else "SCOORD"
+    return Location(value_type, item.get("type", ""), points, reference)
 
 
 def _concept(item: ET.Element) -> str:
@@ -509,11 +556,17 @@ def validation_reports(paths: Iterable[Path], workdir: Path) -> dict[Path, Repor
         for path in paths:
             combined[path] += _prefixed("dciodvfy", dciodvfy_messages(path))
         for index, path in enumerate(segs):
-            read = dcmqi_segments(path, workdir / f"dcmqi-seg-{index}")
-            combined[path] += _prefixed("segimage2itkimage", read.messages)
+            try:
+                messages = dcmqi_segments(path, workdir / f"dcmqi-seg-{index}").messages
+            except (AssertionError, OSError, ValueError, KeyError) as exc:
+                messages = Messages(errors=(f"could not read the SEG: {exc}",))
+            combined[path] += _prefixed("segimage2itkimage", messages)
         for path in srs:
-            measured = dcmqi_measurements(path, workdir)
-            combined[path] += _prefixed("tid1500reader", measured.messages)
+            try:
+                messages = dcmqi_measurements(path, workdir).messages
+            except (AssertionError, OSError, ValueError) as exc:
+                messages = Messages(errors=(f"could not read the SR: {exc}",))
+            combined[path] += _prefixed("tid1500reader", messages)
         for path, messages in instance.result().items():
             combined[path] += _prefixed("PixelMed DicomInstanceValidator", messages)
         for path, messages in sr.result().items():

@@ -2,24 +2,26 @@
 
 The objects come out of the runner (the code path of the Celery task and the CLI):
 - ct-basic + ct-lung-nodules on the chest phantom with nodules: a SEG, and one SR over
-  both algorithms (segments with their SEG reference, detections with SCOORD3D centres);
+  both algorithms (segments with their SEG reference and outline, detections with their
+  image region);
 - the same on the real CT (skipped without ../shared/data): a SEG, and an SR where
   ct-lung-nodules found nothing;
-- an SR of a classifier (TID 1501 groups with a qualitative evaluation);
+- an SR of a classifier (its classes as qualitative evaluations);
 - an SR of an algorithm that found nothing ("Clinical finding absent").
 
 Each must have zero errors from dciodvfy, PixelMed's DicomInstanceValidator (SEG) and
 DicomSRValidator (SR), and dcmqi must read back what highdicom reads: segment labels,
 codes, tracking and colours; measurement groups' tracking identifiers and UIDs, findings,
-values, units and references; and DCMTK the SCOORD3D locations. Validation is batched
-once per module (one JVM per PixelMed validator).
+values, units and references; and DCMTK the spatial coordinates (SCOORD, SCOORD3D) and
+the report's qualitative evaluations, which tid1500reader does not read. Validation is
+batched once per module (one JVM per PixelMed validator). An object the runner cannot
+write fails the tests of that object only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import SegmentationStorage
 
 from pipelines.base import Pipeline
 from pipelines.findings import Algorithm, Classification, Findings, Segment
@@ -39,11 +42,13 @@ from pipelines.volume import Volume
 from tests.conftest import SHARED_DATA
 from tests.support.dicom_validate import (
     DcmqiSegment,
+    DcmtkReport,
+    Location,
     Messages,
     Report,
     dcmqi_measurements,
     dcmqi_segments,
-    dcmtk_sr_locations,
+    dcmtk_sr,
     parse_dciodvfy,
     parse_pixelmed,
     validation_reports,
@@ -95,55 +100,83 @@ def _annotate(
     )
 
 
-def _write(result: StudyResult, folder: Path, name: str) -> dict[str, Path]:
-    """``{name}-seg`` (when there is one) and ``{name}-sr`` written under ``folder``."""
-    assert not result.failures, [o.reason for o in result.failures]
-    written = {}
-    for ds in result.outputs:
-        key = f"{name}-{str(ds.Modality).lower()}"
-        assert key not in written, f"{name}: more than one {ds.Modality}"
-        written[key] = folder / f"{key}.dcm"
-        ds.save_as(written[key], enforce_file_format=True)
-    return written
+@dataclass
+class Written:
+    """The files the runner wrote, by name, and why a study wrote none (the error)."""
+
+    folder: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, run: Any) -> None:
+        """``{name}-seg`` (when there is one) and ``{name}-sr`` from ``run()``'s result."""
+        try:
+            result: StudyResult = run()
+            assert not result.failures, [o.reason for o in result.failures]
+        except Exception as exc:  # noqa: BLE001 - recorded, and fails this object's tests
+            self.failures[name] = f"the runner could not write {name}: {exc!r}"
+            return
+        for ds in result.outputs:
+            key = f"{name}-{str(ds.Modality).lower()}"
+            assert key not in self.paths, f"{name}: more than one {ds.Modality}"
+            self.paths[key] = self.folder / f"{key}.dcm"
+            ds.save_as(self.paths[key], enforce_file_format=True)
+
+    def path(self, name: str) -> Path:
+        if name in self.paths:
+            return self.paths[name]
+        study = name.rsplit("-", 1)[0]
+        if study in self.failures:
+            raise AssertionError(self.failures[study])
+        if study == "real" and not REAL_CT.is_dir():
+            pytest.skip(f"real DICOM data not available: {REAL_CT} is absent")
+        raise AssertionError(f"the runner wrote no {name}: {sorted(self.paths)}")
 
 
 @pytest.fixture(scope="module")
-def objects(tmp_path_factory: pytest.TempPathFactory, nodule_phantom: CtPhantom) -> dict[str, Path]:
+def written(tmp_path_factory: pytest.TempPathFactory, nodule_phantom: CtPhantom) -> Written:
     """Every kind of SEG and SR the product writes, through the runner, as files."""
     folder = tmp_path_factory.mktemp("independent-readers")
-    written: dict[str, Path] = {}
+    done = Written(folder)
     chest = _save_series(nodule_phantom.datasets, folder / "chest")
-    written |= _write(_annotate(chest), folder, "chest")
+    done.add("chest", lambda: _annotate(chest))
     if REAL_CT.is_dir():
-        written |= _write(_annotate(sorted(REAL_CT.glob("*.dcm"))), folder, "real")
+        done.add("real", lambda: _annotate(sorted(REAL_CT.glob("*.dcm"))))
     small = make_ct_phantom(slices=12, size=64, pixel_spacing=5.5, seed=5).datasets
     small_paths = _save_series(small, folder / "small")
     classifier = _FakePipeline(
         "classifier", Algorithm("classifier", "1.0"), frozenset({"CT"}), CLASSES
     )
-    result = _annotate(small_paths, {"classifier": classifier}, only="classifier")
-    written |= _write(result, folder, "classification")
+    done.add(
+        "classification",
+        lambda: _annotate(small_paths, {"classifier": classifier}, only="classifier"),
+    )
     nothing = _FakePipeline("finds-nothing", Algorithm("finds-nothing", "2.0"), frozenset({"CT"}))
-    result = _annotate(small_paths, {"finds-nothing": nothing}, only="finds-nothing")
-    written |= _write(result, folder, "nothing")
-    return written
+    done.add(
+        "nothing",
+        lambda: _annotate(small_paths, {"finds-nothing": nothing}, only="finds-nothing"),
+    )
+    return done
 
 
-def _broken(objects: dict[str, Path], folder: Path) -> dict[str, Path]:
+def _broken(written: Written, folder: Path) -> dict[str, Path]:
     """Copies of the chest SEG and SR with a known defect each, to show the checks bite."""
-    seg = pydicom.dcmread(objects["chest-seg"])
+    seg = pydicom.dcmread(written.path("chest-seg"))
     del seg.SegmentSequence[0].SegmentLabel  # Type 1
-    sr = pydicom.dcmread(objects["chest-sr"])
+    sr = pydicom.dcmread(written.path("chest-sr"))
     [measurements] = [
         item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
     ]
-    del sr.ContentSequence[0].ConceptNameCodeSequence  # Type 1C: the language item's name
-    group = measurements.ContentSequence[0]
-    group.ContentSequence = [  # TID 1411 row 3: Tracking Unique Identifier, mandatory
-        item
-        for item in group.ContentSequence
-        if item.ConceptNameCodeSequence[0].CodeValue != "112040"
+    # Type 1C: a content item's name (that of "Procedure reported")
+    [procedure] = [
+        item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121058"
     ]
+    del procedure.ConceptNameCodeSequence
+    # TID 300: a measurement is CONTAINed in its group, not a property of it
+    [measurement, *_] = [
+        item for item in measurements.ContentSequence[0].ContentSequence if item.ValueType == "NUM"
+    ]
+    measurement.RelationshipType = "HAS PROPERTIES"
     broken = {"broken-seg": folder / "broken-seg.dcm", "broken-sr": folder / "broken-sr.dcm"}
     seg.save_as(broken["broken-seg"])
     sr.save_as(broken["broken-sr"])
@@ -151,23 +184,15 @@ def _broken(objects: dict[str, Path], folder: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def reports(
-    objects: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Report]:
+def reports(written: Written, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Report]:
     """All validators on all objects, and on two broken ones, at once (one JVM per
     PixelMed validator)."""
     folder = tmp_path_factory.mktemp("validation")
-    files = objects | _broken(objects, folder)
+    files = dict(written.paths)
+    if "chest-seg" in files and "chest-sr" in files:
+        files |= _broken(written, folder)
     found = validation_reports(files.values(), folder)
     return {name: found[path] for name, path in files.items()}
-
-
-def _object(objects: dict[str, Path], name: str) -> Path:
-    if name not in objects:
-        if name.startswith("real-"):
-            pytest.skip(f"real DICOM data not available: {REAL_CT} is absent")
-        raise AssertionError(f"the runner wrote no {name}: {sorted(objects)}")
-    return objects[name]
 
 
 ALL_OBJECTS = ["chest-seg", "chest-sr", "real-seg", "real-sr", "classification-sr", "nothing-sr"]
@@ -175,19 +200,20 @@ SEGS = [name for name in ALL_OBJECTS if name.endswith("-seg")]
 SRS = [name for name in ALL_OBJECTS if name.endswith("-sr")]
 
 
-def test_the_runner_wrote_every_kind(objects: dict[str, Path]) -> None:
+def test_the_runner_wrote_every_kind(written: Written) -> None:
     expected = {"chest-seg", "chest-sr", "classification-sr", "nothing-sr"}
     if REAL_CT.is_dir():
         expected |= {"real-seg", "real-sr"}
-    assert set(objects) == expected
+    assert written.failures == {}
+    assert set(written.paths) == expected
 
 
 @pytest.mark.parametrize("name", ALL_OBJECTS)
 def test_validators_report_no_errors(
-    name: str, objects: dict[str, Path], reports: dict[str, Report]
+    name: str, written: Written, reports: dict[str, Report]
 ) -> None:
     """dciodvfy, PixelMed (DicomInstanceValidator on SEG, DicomSRValidator on SR), dcmqi."""
-    _object(objects, name)
+    written.path(name)
     errors = reports[name].errors
     assert errors == [], f"{len(errors)} error(s) on {name}:\n" + "\n".join(errors)
 
@@ -200,8 +226,9 @@ def test_validators_report_no_errors(
     ],
 )
 def test_the_validators_catch_a_broken_object(
-    name: str, tools: list[str], reports: dict[str, Report]
+    name: str, tools: list[str], written: Written, reports: dict[str, Report]
 ) -> None:
+    written.path(name.replace("broken", "chest"))
     errors = reports[name].errors
     for tool in tools:
         assert any(error.startswith(f"{tool}: ") for error in errors), (tool, errors)
@@ -226,21 +253,21 @@ def _coded(item: Dataset) -> tuple[str, str, str]:
 
 @pytest.fixture(scope="module")
 def dcmqi_seg_reads(
-    objects: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    written: Written, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, list[DcmqiSegment]]:
     out = tmp_path_factory.mktemp("dcmqi-seg")
     return {
         name: dcmqi_segments(path, out / name).segments
-        for name, path in objects.items()
+        for name, path in written.paths.items()
         if name.endswith("-seg")
     }
 
 
 @pytest.mark.parametrize("name", SEGS)
 def test_dcmqi_reads_the_segments_we_wrote(
-    name: str, objects: dict[str, Path], dcmqi_seg_reads: dict[str, list[DcmqiSegment]]
+    name: str, written: Written, dcmqi_seg_reads: dict[str, list[DcmqiSegment]]
 ) -> None:
-    seg = hd.seg.segread(_object(objects, name))
+    seg = hd.seg.segread(written.path(name))
     theirs = {segment.number: segment for segment in dcmqi_seg_reads[name]}
     ours = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
     assert sorted(theirs) == sorted(ours)
@@ -258,10 +285,10 @@ def test_dcmqi_reads_the_segments_we_wrote(
 
 @pytest.mark.parametrize("name", SEGS)
 def test_dcmqi_shows_the_colours_we_wrote(
-    name: str, objects: dict[str, Path], dcmqi_seg_reads: dict[str, list[DcmqiSegment]]
+    name: str, written: Written, dcmqi_seg_reads: dict[str, list[DcmqiSegment]]
 ) -> None:
     """RecommendedDisplayCIELabValue, as dcmqi converts it to RGB, is the colour we meant."""
-    seg = pydicom.dcmread(_object(objects, name), stop_before_pixels=True)
+    seg = pydicom.dcmread(written.path(name), stop_before_pixels=True)
     theirs = {segment.number: segment for segment in dcmqi_seg_reads[name]}
     missing = [
         str(item.SegmentLabel)
@@ -286,26 +313,45 @@ def test_dcmqi_shows_the_colours_we_wrote(
 
 @pytest.fixture(scope="module")
 def dcmqi_sr_reads(
-    objects: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    written: Written, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, dict[str, Any]]:
     out = tmp_path_factory.mktemp("dcmqi-sr")
     return {
         name: dcmqi_measurements(path, out).report
-        for name, path in objects.items()
+        for name, path in written.paths.items()
         if name.endswith("-sr")
     }
 
 
+@pytest.fixture(scope="module")
+def dcmtk_sr_reads(written: Written) -> dict[str, DcmtkReport]:
+    return {name: dcmtk_sr(path) for name, path in written.paths.items() if name.endswith("-sr")}
+
+
 _Group = (
     hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
 )
+#: A group is known by its tracking UID and whether it references a SEG segment: a
+#: segment's volumetric group and its outline share the SEG's tracking UID.
+_Key = tuple[str, bool]
 
 
-def _groups(report: Any) -> Iterator[_Group]:
-    content = report.content
-    yield from content.get_image_measurement_groups()
-    yield from content.get_volumetric_roi_measurement_groups()
+def _our_groups(path: Path) -> dict[_Key, _Group]:
+    """Every measurement group as highdicom reads it."""
+    content: Any = hd.sr.srread(path).content
+    groups: list[_Group] = [
+        *content.get_image_measurement_groups(),
+        *content.get_planar_roi_measurement_groups(),
+        *content.get_volumetric_roi_measurement_groups(),
+    ]
+    keyed = {
+        (str(group.tracking_uid), getattr(group, "referenced_segment", None) is not None): group
+        for group in groups
+    }
+    assert len(keyed) == len(groups), "two groups with one tracking UID and one kind"
+    return keyed
 
 
 def _code(item: dict[str, str]) -> tuple[str, str]:
@@ -336,17 +382,16 @@ def _source_series(group: _Group) -> str:
 
 @pytest.mark.parametrize("name", SRS)
 def test_dcmqi_reads_the_groups_we_wrote(
-    name: str, objects: dict[str, Path], dcmqi_sr_reads: dict[str, dict[str, Any]]
+    name: str, written: Written, dcmqi_sr_reads: dict[str, dict[str, Any]]
 ) -> None:
     """Tracking identifiers and UIDs, findings, sites, algorithm, values, units, references."""
-    sr = hd.sr.srread(_object(objects, name))
-    read = dcmqi_sr_reads[name]
-    theirs = {group["TrackingUniqueIdentifier"]: group for group in read["Measurements"]}
-    ours = {str(group.tracking_uid): group for group in _groups(sr)}
-    assert len(theirs) == len(read["Measurements"]), "tracking UIDs repeat"
+    ours = _our_groups(written.path(name))
+    read = dcmqi_sr_reads[name]["Measurements"]
+    theirs = {(g["TrackingUniqueIdentifier"], "ReferencedSegment" in g): g for g in read}
+    assert len(theirs) == len(read)
     assert sorted(theirs) == sorted(ours)
-    for uid, group in ours.items():
-        dcmqi = theirs[uid]
+    for key, group in ours.items():
+        dcmqi = theirs[key]
         assert dcmqi["TrackingIdentifier"] == group.tracking_identifier
         if group.finding_type is not None:
             assert _code(dcmqi["Finding"]) == _hd_code(group.finding_type)
@@ -380,8 +425,6 @@ def test_dcmqi_reads_the_groups_we_wrote(
             assert dcmqi["ReferencedSegment"] == reference.referenced_segment_numbers[0]
             assert dcmqi["segmentationSOPInstanceUID"] == reference.referenced_sop_instance_uid
             assert dcmqi["SourceSeriesForImageSegmentation"] == _source_series(group)
-        else:
-            assert "ReferencedSegment" not in dcmqi
         # both list Finding category (SCT 276214006) among the evaluations; compare all
         evaluations = [
             (_hd_code(e.name), _hd_code(e.value)) for e in group.get_qualitative_evaluations()
@@ -394,9 +437,9 @@ def test_dcmqi_reads_the_groups_we_wrote(
 
 @pytest.mark.parametrize("name", SRS)
 def test_dcmqi_reads_the_evidence_and_flags_we_wrote(
-    name: str, objects: dict[str, Path], dcmqi_sr_reads: dict[str, dict[str, Any]]
+    name: str, written: Written, dcmqi_sr_reads: dict[str, dict[str, Any]]
 ) -> None:
-    sr = pydicom.dcmread(_object(objects, name))
+    sr = pydicom.dcmread(written.path(name))
     read = dcmqi_sr_reads[name]
     evidence = {
         str(ref.ReferencedSOPInstanceUID): str(ref.ReferencedSOPClassUID)
@@ -404,9 +447,7 @@ def test_dcmqi_reads_the_evidence_and_flags_we_wrote(
         for series in study.ReferencedSeriesSequence
         for ref in series.ReferencedSOPSequence
     }
-    segs = {
-        uid for uid, sop_class in evidence.items() if sop_class == pydicom.uid.SegmentationStorage
-    }
+    segs = {uid for uid, sop_class in evidence.items() if sop_class == SegmentationStorage}
     assert set(read.get("compositeContext", [])) == segs
     assert set(read.get("imageLibrary", [])) == set(evidence) - segs
     assert (read["CompletionFlag"], read["VerificationFlag"]) == (
@@ -416,26 +457,79 @@ def test_dcmqi_reads_the_evidence_and_flags_we_wrote(
     assert read["SeriesNumber"] == str(sr.SeriesNumber)
 
 
+def _our_locations(group: _Group) -> list[Location]:
+    """Every SCOORD and SCOORD3D in the group (nested ones too), in document order."""
+    found = []
+
+    def walk(items: Any) -> None:
+        for item in items:
+            if item.ValueType == "SCOORD":
+                [image] = [i for i in item.ContentSequence if i.ValueType == "IMAGE"]
+                reference = str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            elif item.ValueType == "SCOORD3D":
+                reference = str(item.ReferencedFrameOfReferenceUID)
+            else:
+                walk(item.get("ContentSequence", []))
+                continue
+            data = [float(v) for v in item.GraphicData]
+            size = 2 if item.ValueType == "SCOORD" else 3
+            points = tuple(tuple(data[i : i + size]) for i in range(0, len(data), size))
+            found.append(Location(item.ValueType, str(item.GraphicType), points, reference))
+
+    walk(group[0].ContentSequence)
+    return found
+
+
 @pytest.mark.parametrize("name", SRS)
-def test_dcmtk_reads_the_locations_we_wrote(name: str, objects: dict[str, Path]) -> None:
-    """SCOORD3D centres (tid1500reader leaves them out): same points, same frame."""
-    path = _object(objects, name)
-    sr = hd.sr.srread(path)
-    locations, _ = dcmtk_sr_locations(path)
-    ours = {str(group.tracking_uid): group for group in _groups(sr)}
-    assert sorted(locations) == sorted(ours)
-    for uid, group in ours.items():
-        roi = getattr(group, "roi", None)
-        if not isinstance(roi, hd.sr.VolumeSurface):
-            assert locations[uid] == [], group.tracking_identifier
+def test_dcmtk_reads_the_locations_we_wrote(
+    name: str, written: Written, dcmtk_sr_reads: dict[str, DcmtkReport]
+) -> None:
+    """Image regions and outlines (tid1500reader leaves coordinates out): same points on
+    the same image (SCOORD) or in the same frame of reference (SCOORD3D)."""
+    ours = _our_groups(written.path(name))
+    theirs = {(g.tracking_uid, g.references_segment): g for g in dcmtk_sr_reads[name].groups}
+    assert sorted(theirs) == sorted(ours)
+    for key, group in ours.items():
+        mine = _our_locations(group)
+        read = list(theirs[key].locations)
+        assert [(m.value_type, m.graphic_type, m.reference) for m in mine] == [
+            (r.value_type, r.graphic_type, r.reference) for r in read
+        ], group.tracking_identifier
+        for m, r in zip(mine, read, strict=True):
+            assert np.allclose(m.points, r.points, rtol=1e-6, atol=1e-4), (m, r)
+    # a detection is drawn where it is: an image region on the image it names
+    for key, group in ours.items():
+        if isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations):
+            assert theirs[key].locations, f"{group.tracking_identifier}: no image region"
+
+
+def _our_evaluations(path: Path) -> list[tuple[str, str]]:
+    """The root's "Qualitative Evaluations" items: (concept, code value or text)."""
+    sr = pydicom.dcmread(path)
+    found = []
+    for container in sr.ContentSequence:
+        if container.ConceptNameCodeSequence[0].CodeValue != "C0034375":
             continue
-        [location] = locations[uid]
-        assert location.graphic_type == roi.graphic_type.value
-        assert location.frame_of_reference_uid == roi.frame_of_reference_uid
-        assert np.allclose(location.points, roi.graphic_data, rtol=0, atol=1e-4)
+        for item in container.ContentSequence:
+            concept = str(item.ConceptNameCodeSequence[0].CodeValue)
+            if item.ValueType == "CODE":
+                found.append((concept, str(item.ConceptCodeSequence[0].CodeValue)))
+            elif item.ValueType == "TEXT":
+                found.append((concept, str(item.TextValue)))
+    return found
 
 
-def test_the_chest_sr_covers_both_algorithms(dcmqi_sr_reads: dict[str, dict[str, Any]]) -> None:
+@pytest.mark.parametrize("name", SRS)
+def test_dcmtk_reads_the_evaluations_we_wrote(
+    name: str, written: Written, dcmtk_sr_reads: dict[str, DcmtkReport]
+) -> None:
+    assert dcmtk_sr_reads[name].qualitative_evaluations == _our_evaluations(written.path(name))
+
+
+def test_the_chest_sr_covers_both_algorithms(
+    written: Written, dcmqi_sr_reads: dict[str, dict[str, Any]]
+) -> None:
+    written.path("chest-sr")
     read = dcmqi_sr_reads["chest-sr"]
     algorithms = {
         g["measurementAlgorithmIdentification"]["AlgorithmName"] for g in read["Measurements"]
@@ -446,18 +540,20 @@ def test_the_chest_sr_covers_both_algorithms(dcmqi_sr_reads: dict[str, dict[str,
 
 
 def test_the_classification_and_nothing_srs_say_so(
-    dcmqi_sr_reads: dict[str, dict[str, Any]],
+    written: Written, dcmtk_sr_reads: dict[str, DcmtkReport]
 ) -> None:
-    [absent] = dcmqi_sr_reads["nothing-sr"]["Measurements"]
-    assert _code(absent["Finding"]) == ("373572006", "SCT")
-    groups = dcmqi_sr_reads["classification-sr"]["Measurements"]
-    assert [
-        (
-            _code(g["qualitativeEvaluations"][0]["conceptValue"]),
-            float(g["measurementItems"][0]["value"]),
-        )
-        for g in groups
-    ] == [(_hd_code(c.code), c.probability) for c in CLASSES]
+    written.path("nothing-sr")
+    written.path("classification-sr")
+    codes_of = {
+        name: [
+            value
+            for concept, value in dcmtk_sr_reads[name].qualitative_evaluations
+            if concept != "121106"
+        ]  # DCM Comment
+        for name in ("nothing-sr", "classification-sr")
+    }
+    assert codes_of["nothing-sr"] == ["373572006"]  # Clinical finding absent
+    assert codes_of["classification-sr"] == [c.code.value for c in CLASSES]
 
 
 # --- the parsers: what each tool prints, as seen on real runs -------------------------------
@@ -486,6 +582,13 @@ def test_pixelmed_output_that_is_not_a_complete_run_fails() -> None:
         "Error: Template 1500 x: y\nRoot Template Validation Complete\nIOD validation complete\n"
     )
     assert parse_pixelmed(sr, "V").errors == ("Error: Template 1500 x: y",)
+    relationship = (
+        "Parent content item (1.9.1: CONTAINER) has illegal relationship HAS PROPERTIES"
+        " with child content item (1.9.1.7: NUM)"
+    )
+    assert parse_pixelmed(sr.replace("Error: Template 1500 x: y", relationship), "V").errors == (
+        relationship,
+    )
     assert parse_pixelmed("IOD (SOP Class) unrecognized\n", "V").errors
     assert parse_pixelmed("Found Segmentation IOD\n", "V").errors  # never completed
     crashed = "exception: java.io.IOException: boom\n\tat com.pixelmed.dicom.AttributeList.read"
