@@ -223,7 +223,9 @@ class BundlePipeline:
             grid = to_volume_grid(labels, affine, volume)
             for value, name in sorted(names.items()):
                 code = label_code(name, self.spec.labels)
-                segments.append(Segment(name, grid == value, code.category, code.property_type))
+                segments.append(
+                    Segment(name, grid == value, code.category, code.property_type, code.color)
+                )
         return Findings(algorithm=self.algorithm, segments=tuple(segments))
 
 

@@ -20,7 +20,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from pipelines.bundle_geometry import boxes_to_patient
-from pipelines.findings import Classification, Detection
+from pipelines.findings import RGB, Classification, Detection
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class LabelCode:
 
     category: Code
     property_type: Code
+    color: RGB | None = None  # the SEG display colour; None: chosen from the code
 
 
 def label_code(name: str, mapping: Mapping[str, LabelCode]) -> LabelCode:

@@ -27,7 +27,7 @@ RGB = tuple[int, int, int]
 
 #: SNOMED CT code value -> sRGB, after 3D Slicer's GenericAnatomyColors.
 ANATOMY_COLORS: dict[str, RGB] = {
-    "38266002": (177, 122, 101),  # Entire body (as "skin")
+    "38266002": (128, 174, 128),  # Entire body: soft tissue, as "tissue"
     "39937001": (177, 122, 101),  # Skin
     "272673000": (241, 214, 145),  # Bone
     "39607008": (197, 165, 145),  # Lung

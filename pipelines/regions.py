@@ -20,8 +20,8 @@ from skimage import measure
 from pipelines.findings import Detection
 from pipelines.volume import Volume
 
-#: Outlines are simplified to within this many pixels of the traced boundary.
-OUTLINE_TOLERANCE_PX = 0.5
+#: An outline keeps at most this many points (evenly spaced along the traced boundary).
+MAX_OUTLINE_POINTS = 256
 #: An ellipse's semi-axes are at least this long, so a tiny lesion still shows a ring.
 MIN_SEMI_AXIS_PX = 1.5
 
@@ -81,7 +81,9 @@ def segment_region(volume: Volume, mask: npt.NDArray[np.bool_]) -> KeyImageRegio
     # Pad so a piece touching the image border still gives a closed contour.
     contours = measure.find_contours(np.pad(piece, 1).astype(np.float32), 0.5)  # type: ignore[no-untyped-call]
     outline = max(contours, key=len) - 1.0  # back to unpadded (row, col) indices
-    outline = measure.approximate_polygon(outline, tolerance=OUTLINE_TOLERANCE_PX)  # type: ignore[no-untyped-call]
+    if len(outline) > MAX_OUTLINE_POINTS:
+        keep = np.linspace(0, len(outline) - 1, MAX_OUTLINE_POINTS).round().astype(int)
+        outline = outline[keep]
     if not np.array_equal(outline[0], outline[-1]):
         outline = np.vstack([outline, outline[:1]])
     points = np.column_stack([outline[:, 1] + 0.5, outline[:, 0] + 0.5]).astype(np.float32)

@@ -24,6 +24,7 @@ SEGs are listed as evidence (Current Requested Procedure Evidence Sequence).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ PROCEDURES: dict[str, Code] = {
     "CT": Code("25045-6", "LN", "CT unspecified body region"),
     "MR": Code("25056-3", "LN", "MR unspecified body region"),
 }
+#: An image library entry's concept (as highdicom and dcmqi write it).
+SOURCE = Code("260753009", "SCT", "Source")
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging")
 
 SeriesResult = tuple[Volume, Findings, Dataset | None]
@@ -119,15 +122,27 @@ def build_sr(
             observer_device_context=_device_observer(software_version)
         ),
         procedure_reported=_procedures(results),
-        imaging_measurements=groups or None,  # TID 1500: or "Qualitative Evaluations" alone
+        # highdicom always writes "Imaging Measurements" with at least one group; TID 1500
+        # needs it only when there is no other container. A report of classifications or
+        # absences alone drops it again below (a group there without a place on an image
+        # would stop viewers such as OHIF from loading the report).
+        imaging_measurements=groups or [_placeholder_group()],
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
             hd.sr.CodedConcept("en", "RFC5646", "English")
         ),
-        referenced_images=list(sources),
     )
+    content = report[0].ContentSequence
+    measurements_at = next(
+        i
+        for i, item in enumerate(content)
+        if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
+    )
+    content.insert(measurements_at, _image_library(sources))
+    if not groups:
+        del content[measurements_at + 1]
     evaluations = _qualitative_evaluations(results)
     if evaluations is not None:
-        report[0].ContentSequence.append(evaluations)
+        content.append(evaluations)
     segs = [seg for _, _, seg in results if seg is not None]
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, *segs],
@@ -298,6 +313,70 @@ def _image_region(region: KeyImageRegion) -> hd.sr.ImageRegion:
             referenced_sop_class_uid=str(region.image.SOPClassUID),
             referenced_sop_instance_uid=str(region.image.SOPInstanceUID),
         ),
+    )
+
+
+def _image_library(sources: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    """TID 1600 Image Library: one group per series, sharing modality and frame of reference.
+
+    The per-image descriptors (TID 1602) are optional; highdicom's ``ImageLibrary`` writes
+    them for every image at about 20 ms each (6 s for a 300-slice series), so the image
+    items here carry only their references, as viewers read them.
+    """
+    library = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibrary, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    by_series: dict[str, list[Dataset]] = {}
+    for ds in sources:
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    groups = []
+    for images in by_series.values():
+        group = hd.sr.ContainerContentItem(
+            name=codes.DCM.ImageLibraryGroup,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        first = images[0]
+        context = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
+        descriptors: list[hd.sr.ContentItem] = []
+        modality = _acquisition_modalities().get(str(first.get("Modality", "")))
+        if modality is not None:  # the descriptors are optional; an odd modality goes without
+            descriptors.append(
+                hd.sr.CodeContentItem(
+                    name=codes.DCM.Modality, value=modality, relationship_type=context
+                )
+            )
+        if "FrameOfReferenceUID" in first:
+            descriptors.append(
+                hd.sr.UIDRefContentItem(
+                    name=codes.DCM.FrameOfReferenceUID,
+                    value=str(first.FrameOfReferenceUID),
+                    relationship_type=context,
+                )
+            )
+        entries = [
+            hd.sr.ImageContentItem(
+                name=SOURCE,
+                referenced_sop_class_uid=str(ds.SOPClassUID),
+                referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for ds in images
+        ]
+        group.ContentSequence = DicomSequence([*descriptors, *entries])
+        groups.append(group)
+    library.ContentSequence = DicomSequence(groups)
+    return library
+
+
+@functools.cache
+def _acquisition_modalities() -> dict[str, Code]:
+    """CID 29 "Acquisition Modality" by modality (CT -> "Computed Tomography")."""
+    return {code.value: code for code in (getattr(codes.cid29, n) for n in codes.cid29.dir())}
+
+
+def _placeholder_group() -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="placeholder")
     )
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.bundle_files import check_bundle_dir
+from pipelines.colors import parse_color
 from pipelines.errors import BundleError
 
 #: The queue every job goes to unless a pipeline names another one.
@@ -53,6 +54,14 @@ class LabelCodeSettings(_Section):
     category_code: str = "91723000"
     category_scheme: str = "SCT"
     category_meaning: str = "Anatomical Structure"
+    color: str | None = None
+
+    @field_validator("color")
+    @classmethod
+    def _color(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_color(value)  # ValueError names the form it expects
+        return value
 
 
 class BundlePipelineSettings(_Section):

@@ -14,6 +14,7 @@ from pydicom.sr.coding import Code
 from pipelines.base import Pipeline
 from pipelines.bundle import BundlePipeline, BundleSpec
 from pipelines.bundle_outputs import LabelCode
+from pipelines.colors import parse_color
 from pipelines.errors import BundleError
 from pipelines.registry import builtin_pipelines
 from worker.bundle_settings import BundlePipelineSettings, LabelCodeSettings
@@ -26,6 +27,7 @@ def label_code(settings: LabelCodeSettings) -> LabelCode:
     return LabelCode(
         category=Code(settings.category_code, settings.category_scheme, settings.category_meaning),
         property_type=Code(settings.code, settings.scheme, settings.meaning),
+        color=parse_color(settings.color) if settings.color else None,
     )
 
 

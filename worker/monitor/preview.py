@@ -1,48 +1,109 @@
 """A PNG that shows an admin at a glance whether a job's results look right.
 
-A few slices of the source series (the ones with detections first, then ones spread over the
-segmented range), the SEG's segments overlaid in colour and the SR's detections circled.
-Reads the results kept in ``data_dir/results/<job>/`` and the sealed study in the spool.
+A few slices of the source series, drawn as the radiologist's viewer will draw them: the
+key slices of the SR's detections first, each with its outline, then slices spread over the
+segmented range with the SEG's segments in their recommended display colours. Our own SEG
+and SR are read back with highdicom (``segread``, ``srread``), from the results kept in
+``data_dir/results/<job>/``, over the sealed study in the spool.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
-SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-LONG_AXIS = "103339001"  # SCT "Long Axis", what the SR reports for a detection's diameter
 MAX_SLICES = 4
 TILE = 256
-COLOURS = ((230, 60, 60), (60, 200, 90), (70, 120, 255), (240, 200, 40), (200, 80, 220))
+#: Detections are drawn in yellow, as OHIF draws SR annotations.
+MARK = (255, 255, 0)
+#: Used for a segment without a recommended display colour (a SEG we did not write).
+FALLBACK = (230, 60, 60)
+
+Mask = npt.NDArray[np.bool_]
+Colour = tuple[int, int, int]
 
 
-@dataclass
-class _Series:
-    headers: list[tuple[float, Path, Dataset]] = field(default_factory=list)
+@dataclass(frozen=True)
+class _Slice:
+    path: Path
+    header: Dataset
 
 
-def _normal(ds: Dataset) -> npt.NDArray[np.float64]:
-    o = np.asarray(ds.ImageOrientationPatient, dtype=float)
-    return np.cross(o[:3], o[3:])
+@dataclass(frozen=True)
+class _Mark:
+    """One SR region on its image: (column, row) image coordinates."""
+
+    graphic_type: str
+    points: npt.NDArray[np.float64]
+    label: str
 
 
-def _key(position: Any) -> tuple[float, ...]:
-    return tuple(round(float(v), 2) for v in position)
+def render_preview(spool_paths: list[Path], results_dir: Path) -> bytes | None:
+    """The PNG, or None when the study has no image series to show."""
+    series = _read_series(spool_paths)
+    if not series:
+        return None
+    segs, reports = _read_results(results_dir)
+    target = next(
+        (
+            uid
+            for seg in segs
+            for uid in (str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence)
+            if uid in series
+        ),
+        max(series, key=lambda uid: len(series[uid])),
+    )
+    slices = series[target]
+    index_of = {str(s.header.SOPInstanceUID): i for i, s in enumerate(slices)}
+    overlays = _overlays(segs, [str(s.header.SOPInstanceUID) for s in slices])
+    tracked = {
+        str(item.TrackingUID)
+        for seg in segs
+        for item in seg.SegmentSequence
+        if "TrackingUID" in item
+    }
+    marks: dict[int, list[_Mark]] = {}
+    for report in reports:
+        for group in report.get_planar_roi_measurement_groups():
+            roi = group.roi
+            if not isinstance(roi, hd.sr.ImageRegion) or group.tracking_uid in tracked:
+                continue  # a segment's outline: the SEG overlay shows the segment itself
+            index = index_of.get(roi.ContentSequence[0].referenced_sop_instance_uid)
+            if index is not None:
+                points = np.asarray(roi.value, dtype=float)
+                label = group.tracking_identifier or ""
+                marks.setdefault(index, []).append(_Mark(roi.graphic_type.value, points, label))
+    segmented = sorted(
+        {int(i) for _, masks in overlays for i in np.flatnonzero(masks.any(axis=(1, 2)))}
+    )
+    chosen = _pick_slices(len(slices), segmented, sorted(marks))
+    tiles = [
+        _tile(slices[i].path, i, len(slices), [(c, m[i]) for c, m in overlays], marks.get(i, []))
+        for i in chosen
+    ]
+    sheet = Image.new("RGB", (TILE * len(tiles), TILE), "black")
+    for k, tile in enumerate(tiles):
+        sheet.paste(tile, (k * TILE, 0))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-def _read_headers(paths: list[Path]) -> dict[str, _Series]:
-    series: dict[str, _Series] = {}
+def _read_series(paths: list[Path]) -> dict[str, list[_Slice]]:
+    """Image series of the study, each in order along its slice normal."""
+    series: dict[str, list[tuple[float, _Slice]]] = {}
     for path in paths:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -50,50 +111,77 @@ def _read_headers(paths: list[Path]) -> dict[str, _Series]:
             continue
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             continue
-        z = float(np.dot(_normal(ds), np.asarray(ds.ImagePositionPatient, dtype=float)))
-        series.setdefault(str(ds.SeriesInstanceUID), _Series()).headers.append((z, path, ds))
-    for s in series.values():
-        s.headers.sort(key=lambda item: item[0])
-    return series
+        orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        depth = float(
+            np.cross(orientation[:3], orientation[3:])
+            @ np.asarray(ds.ImagePositionPatient, dtype=float)
+        )
+        series.setdefault(str(ds.SeriesInstanceUID), []).append((depth, _Slice(path, ds)))
+    return {
+        uid: [s for _, s in sorted(items, key=lambda item: item[0])]
+        for uid, items in series.items()
+    }
 
 
-def _seg_masks(seg: Dataset, positions: dict[tuple[float, ...], int]) -> dict[int, dict[int, Any]]:
-    """slice index -> segment number -> boolean mask, for frames on the source grid."""
-    frames = np.asarray(seg.pixel_array)
-    if frames.ndim == 2:
-        frames = frames[None]
-    out: dict[int, dict[int, Any]] = {}
-    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=False):
-        where = positions.get(_key(item.PlanePositionSequence[0].ImagePositionPatient))
-        if where is None:
+def _read_results(
+    results_dir: Path,
+) -> tuple[list[hd.seg.Segmentation], list[hd.sr.MeasurementReport]]:
+    manifest = results_dir / "manifest.json"
+    if not manifest.exists():
+        return [], []
+    segs: list[hd.seg.Segmentation] = []
+    reports: list[hd.sr.MeasurementReport] = []
+    for uid in json.loads(manifest.read_text())["outputs"]:
+        path = results_dir / f"{uid}.dcm"
+        sop_class = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        if sop_class.SOPClassUID == SegmentationStorage:
+            segs.append(hd.seg.segread(path))
+        elif sop_class.SOPClassUID == Comprehensive3DSRStorage:
+            content = hd.sr.srread(path).content
+            if isinstance(content, hd.sr.MeasurementReport):
+                reports.append(content)
+    return segs, reports
+
+
+def _overlays(
+    segs: list[hd.seg.Segmentation], source_uids: list[str]
+) -> list[tuple[Colour, npt.NDArray[np.bool_]]]:
+    """(display colour, mask over the series' slices) of every segment on this series."""
+    overlays: list[tuple[Colour, npt.NDArray[np.bool_]]] = []
+    for seg in segs:
+        referenced = {
+            str(item.ReferencedSOPInstanceUID)
+            for series in seg.ReferencedSeriesSequence
+            for item in series.ReferencedInstanceSequence
+        }
+        if not referenced & set(source_uids):
             continue
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        slot = out.setdefault(where, {})
-        slot[number] = slot.get(number, False) | frame.astype(bool)
-    return out
+        pixels = seg.get_pixels_by_source_instance(
+            [uid for uid in source_uids if uid in referenced]
+        ).astype(bool)
+        on_series = np.zeros((len(source_uids), *pixels.shape[1:]), dtype=bool)
+        on_series[[i for i, uid in enumerate(source_uids) if uid in referenced]] = pixels
+        for number, item in enumerate(seg.SegmentSequence):
+            colour = FALLBACK
+            if "RecommendedDisplayCIELabValue" in item:
+                lab = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue)
+                colour = lab.to_rgb()
+            overlays.append((colour, on_series[..., number]))
+    return overlays
 
 
-def _detections(sr: Dataset) -> list[tuple[npt.NDArray[np.float64], float]]:
-    """(3D point, long axis mm) of each measurement group holding an SCOORD3D point."""
-    found: list[tuple[npt.NDArray[np.float64], float]] = []
-
-    def walk(items: Any) -> None:
-        for item in items:
-            children = item.get("ContentSequence", [])
-            point = None
-            diameter = 0.0
-            for child in children:
-                if child.get("ValueType") == "SCOORD3D" and child.get("GraphicType") == "POINT":
-                    point = np.asarray(child.GraphicData[:3], dtype=float)
-                name = child.get("ConceptNameCodeSequence")
-                if child.get("ValueType") == "NUM" and name and name[0].CodeValue == LONG_AXIS:
-                    diameter = float(child.MeasuredValueSequence[0].NumericValue)
-            if point is not None:
-                found.append((point, diameter))
-            walk(children)
-
-    walk(sr.get("ContentSequence", []))
-    return found
+def _pick_slices(n: int, segmented: list[int], marked: list[int]) -> list[int]:
+    """Key slices of detections first (up to half), then slices over the segmented range."""
+    chosen: list[int] = []
+    for index in marked:
+        if index not in chosen and len(chosen) < MAX_SLICES // 2:
+            chosen.append(index)
+    spread = segmented or list(range(n))
+    for q in np.linspace(0.2, 0.8, MAX_SLICES):
+        index = spread[int(q * (len(spread) - 1))]
+        if index not in chosen and len(chosen) < MAX_SLICES:
+            chosen.append(index)
+    return sorted(chosen)
 
 
 def _window(ds: Dataset) -> tuple[float, float]:
@@ -112,90 +200,44 @@ def _to_grey(ds: Dataset) -> npt.NDArray[np.uint8]:
     return scaled.astype(np.uint8)
 
 
-def _pick_slices(n: int, masks: dict[int, dict[int, Any]], detected: list[int]) -> list[int]:
-    chosen: list[int] = []
-    for index in detected:
-        if index not in chosen and len(chosen) < MAX_SLICES // 2:
-            chosen.append(index)
-    segmented = sorted(masks) or list(range(n))
-    for q in np.linspace(0.2, 0.8, MAX_SLICES):
-        index = segmented[int(q * (len(segmented) - 1))]
-        if index not in chosen and len(chosen) < MAX_SLICES:
-            chosen.append(index)
-    return sorted(chosen)
-
-
-def render_preview(spool_paths: list[Path], results_dir: Path) -> bytes | None:
-    """The PNG, or None when the study has no image series to show."""
-    outputs: list[Dataset] = []
-    manifest = results_dir / "manifest.json"
-    if manifest.exists():
-        for uid in json.loads(manifest.read_text())["outputs"]:
-            outputs.append(pydicom.dcmread(results_dir / f"{uid}.dcm"))
-    series = _read_headers(spool_paths)
-    if not series:
-        return None
-    segs = [ds for ds in outputs if str(ds.SOPClassUID) == SEG_CLASS]
-    target = None
-    if segs:
-        target = str(segs[0].ReferencedSeriesSequence[0].SeriesInstanceUID)
-    if target not in series:
-        target = max(series, key=lambda uid: len(series[uid].headers))
-    headers = series[target].headers
-    positions = {_key(ds.ImagePositionPatient): i for i, (_, _, ds) in enumerate(headers)}
-    masks: dict[int, dict[int, Any]] = {}
-    for seg in segs:
-        if str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == target:
-            for index, by_segment in _seg_masks(seg, positions).items():
-                masks.setdefault(index, {}).update(by_segment)
-    first = headers[0][2]
-    normal = _normal(first)
-    zs = np.asarray([z for z, _, _ in headers])
-    circles: dict[int, list[tuple[npt.NDArray[np.float64], float]]] = {}
-    for sr in (ds for ds in outputs if str(ds.Modality) == "SR"):
-        for point, diameter in _detections(sr):
-            index = int(np.argmin(np.abs(zs - float(np.dot(normal, point)))))
-            circles.setdefault(index, []).append((point, diameter))
-    chosen = _pick_slices(len(headers), masks, sorted(circles))
-    tiles = [
-        _tile(headers[i][1], i, len(headers), masks.get(i, {}), circles.get(i, [])) for i in chosen
-    ]
-    sheet = Image.new("RGB", (TILE * len(tiles), TILE), "black")
-    for k, tile in enumerate(tiles):
-        sheet.paste(tile, (k * TILE, 0))
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _tile(
     path: Path,
     index: int,
     count: int,
-    masks: dict[int, Any],
-    circles: list[tuple[npt.NDArray[np.float64], float]],
+    overlays: list[tuple[Colour, Mask]],
+    marks: list[_Mark],
 ) -> Image.Image:
     ds = pydicom.dcmread(path)
     grey = _to_grey(ds)
     rgb = np.stack([grey] * 3, axis=-1).astype(float)
-    for number, mask in sorted(masks.items()):
-        colour = np.asarray(COLOURS[(number - 1) % len(COLOURS)], dtype=float)
-        rgb[mask] = rgb[mask] * 0.55 + colour * 0.45
+    for colour, mask in overlays:
+        rgb[mask] = rgb[mask] * 0.55 + np.asarray(colour, dtype=float) * 0.45
     image = Image.fromarray(rgb.astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
-    o = np.asarray(ds.ImageOrientationPatient, dtype=float)
-    origin = np.asarray(ds.ImagePositionPatient, dtype=float)
-    row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
-    for point, diameter in circles:
-        x = float(np.dot(point - origin, o[:3])) / col_mm
-        y = float(np.dot(point - origin, o[3:])) / row_mm
-        radius = max(diameter / 2.0 / col_mm, 4.0) + 4.0
-        draw.ellipse(
-            (x - radius, y - radius, x + radius, y + radius), outline=(255, 255, 0), width=2
-        )
+    for mark in marks:
+        # Image coordinates put pixel centres at +0.5; PIL puts them at whole numbers.
+        points = [(float(x) - 0.5, float(y) - 0.5) for x, y in _outline(mark)]
+        if len(points) == 1:
+            x, y = points[0]
+            draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=MARK, width=2)
+        else:
+            draw.line(points, fill=MARK, width=2)
+        x, y = min(points, key=lambda p: p[1])
+        draw.text((x, max(0.0, y - 12)), mark.label, fill=MARK)
     scale = TILE / max(image.width, image.height)
     image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
     tile = Image.new("RGB", (TILE, TILE), "black")
     tile.paste(image, ((TILE - image.width) // 2, (TILE - image.height) // 2))
     ImageDraw.Draw(tile).text((4, 4), f"slice {index + 1}/{count}", fill=(255, 255, 255))
     return tile
+
+
+def _outline(mark: _Mark) -> npt.NDArray[np.float64]:
+    """The points to draw: an ELLIPSE (major, minor axis endpoints) becomes a closed polygon."""
+    if mark.graphic_type != "ELLIPSE":
+        return mark.points
+    major_a, major_b, minor_a, minor_b = mark.points
+    centre = (major_a + major_b) / 2
+    t = np.linspace(0.0, 2 * math.pi, 49)[:, None]
+    ring = centre + np.cos(t) * (major_b - major_a) / 2 + np.sin(t) * (minor_b - minor_a) / 2
+    return np.asarray(ring, dtype=np.float64)

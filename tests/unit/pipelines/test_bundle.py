@@ -179,6 +179,7 @@ def test_channel_definition_names_the_segments_and_codes_come_from_config(
     gas_code = LabelCode(
         hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure"),
         hd.sr.CodedConcept("76067001", "SCT", "Gas"),
+        color=(20, 40, 250),
     )
     spec = BundleSpec(name="named", path=root, labels={"gas pocket": gas_code})
     phantom = make_ct_phantom(slices=12, size=64, pixel_spacing=5.0, slice_spacing=8.0)
@@ -190,6 +191,11 @@ def test_channel_definition_names_the_segments_and_codes_come_from_config(
     assert list(items) == ["bone", "gas pocket"]
     assert items["bone"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "272673000"  # SCT Bone
     assert items["gas pocket"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "76067001"
+    shown = {
+        label: hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb()
+        for label, item in items.items()
+    }
+    assert shown == {"bone": (241, 214, 145), "gas pocket": (20, 40, 250)}
     volume = load_series(phantom.datasets)
     masks = seg_masks(seg_path, volume)
     assert dice(masks["bone"], volume.voxels > 300) > 0.99

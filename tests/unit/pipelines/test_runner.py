@@ -92,13 +92,14 @@ def test_ct_series_gets_one_seg_and_reruns_give_identical_uids(study_dir: Path) 
     }
     assert {"ct-basic", "ct-lung-nodules"} <= algorithms
     # ct-basic's segments and ct-lung-nodules' "nothing found" are both in the SR.
-    codes_found = {
+    segment_codes = {
         item.ConceptCodeSequence[0].CodeValue
-        for group in _groups(sr)
+        for group in _container(sr, "126010").ContentSequence
         for item in group.ContentSequence
         if item.ValueType == "CODE"
     }
-    assert {"39607008", "373572006"} <= codes_found
+    assert "39607008" in segment_codes
+    assert ("Finding", "Clinical finding absent") in _statements(_container(sr, "C0034375"))
 
 
 def test_different_input_gives_different_uids(study_dir: Path, tmp_path: Path) -> None:
@@ -199,9 +200,11 @@ def test_nothing_found_is_done_without_seg_but_the_sr_says_so(study_dir: Path) -
     assert outcome.reason is not None and "no findings" in outcome.reason
     [sr] = result.outputs
     assert sr is result.report and sr.Modality == "SR"
-    [group] = _groups(sr)
-    assert _statements(group) == [("Finding", "Clinical finding absent")]
-    assert _tracking_identifier(group).startswith("No findings (fake, series 3)")
+    evaluations = _container(sr, "C0034375")
+    assert _statements(evaluations) == [("Finding", "Clinical finding absent")]
+    [comment] = [item.TextValue for item in evaluations.ContentSequence if item.ValueType == "TEXT"]
+    assert comment.startswith("No findings (fake ")
+    assert not [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
     again = _run(study_dir, pipelines={"fake": _fake()}, rules=(), only="fake").report
     assert again is not None and again.SOPInstanceUID == sr.SOPInstanceUID
 
@@ -218,11 +221,14 @@ def test_refused_series_is_not_reported_as_examined(study_dir: Path) -> None:
     assert result.report is None
 
 
-def _groups(sr: Dataset) -> list[Dataset]:
+def _container(sr: Dataset, code_value: str) -> Dataset:
+    """The root's container with this concept (126010 measurements, C0034375 evaluations)."""
     [container] = [
-        item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+        item
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == code_value
     ]
-    return list(container.ContentSequence)
+    return container
 
 
 def _statements(group: Dataset) -> list[tuple[str, str]]:
@@ -231,15 +237,6 @@ def _statements(group: Dataset) -> list[tuple[str, str]]:
         for item in group.ContentSequence
         if item.ValueType == "CODE" and item.RelationshipType == "CONTAINS"
     ]
-
-
-def _tracking_identifier(group: Dataset) -> str:
-    [text] = [
-        str(item.TextValue)
-        for item in group.ContentSequence
-        if item.ConceptNameCodeSequence[0].CodeValue == "112039"
-    ]
-    return text
 
 
 def test_pipeline_input_error_fails_the_series(study_dir: Path) -> None:

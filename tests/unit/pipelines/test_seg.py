@@ -12,6 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from pipelines.colors import ANATOMY_COLORS
 from pipelines.findings import Algorithm, Findings, Segment
 from pipelines.seg import EmptySegmentationError, build_seg
 from pipelines.volume import Volume, load_series
@@ -45,12 +46,17 @@ def _check_seg(path: Path, volume: Volume, findings: Findings) -> None:
     assert seg.SeriesInstanceUID != volume.series_uid
     assert seg.SeriesDescription == f"AI segmentation ({findings.algorithm.name})"
     assert seg.Manufacturer == findings.algorithm.manufacturer
-    assert list(seg.SoftwareVersions) == ["9.9.9", findings.algorithm.version]
+    # The service's version once; the algorithm's version is in its equipment item.
+    assert seg.SoftwareVersions == "9.9.9"
+    assert str(seg.ContentCreatorName) == f"{findings.algorithm.name}^"
     assert seg.SegmentationType == "BINARY"
+    colors = [tuple(item.RecommendedDisplayCIELabValue) for item in seg.SegmentSequence]
+    assert len(set(colors)) == len(colors), "segments of one SEG share a display colour"
 
     for number, (item, segment) in enumerate(zip(seg.SegmentSequence, present, strict=True), 1):
         assert item.SegmentNumber == number
         assert item.SegmentLabel == segment.label
+        assert item.TrackingID == segment.label
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == segment.property_type.value
         category = item.SegmentedPropertyCategoryCodeSequence[0]
@@ -67,7 +73,7 @@ def _check_seg(path: Path, volume: Volume, findings: Findings) -> None:
     ]
     assert len(equipment) == 1
     assert equipment[0].Manufacturer == findings.algorithm.manufacturer
-    assert findings.algorithm.version in list(equipment[0].SoftwareVersions)
+    assert equipment[0].SoftwareVersions == findings.algorithm.version
     purpose = equipment[0].PurposeOfReferenceCodeSequence[0]
     assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("109102", "DCM")
 
@@ -207,3 +213,35 @@ def test_deidentified_source_without_method_adds_no_error(
     path = _write(volume, _findings(("Box", mask)), tmp_path / "seg.dcm")
     assert dciodvfy_errors(path) == []
     assert pydicom.dcmread(path).PatientIdentityRemoved == "YES"
+
+
+def test_segments_get_anatomical_distinct_or_given_colours(
+    tmp_path: Path, phantom_volume: Volume, phantom_findings: Findings
+) -> None:
+    """ct-basic's structures in their anatomical colours; two lungs told apart; given kept."""
+    seg = hd.seg.segread(_write(phantom_volume, phantom_findings, tmp_path / "basic.dcm"))
+    shown = {
+        str(item.SegmentLabel): hd.color.CIELabColor.from_dicom_value(
+            item.RecommendedDisplayCIELabValue
+        ).to_rgb()
+        for item in seg.SegmentSequence
+    }
+    assert shown == {
+        "Body": ANATOMY_COLORS[codes.SCT.EntireBody.value],
+        "Lungs": ANATOMY_COLORS[codes.SCT.Lung.value],
+        "Bone": ANATOMY_COLORS[codes.SCT.Bone.value],
+    }
+
+    half = np.zeros(phantom_volume.voxels.shape, dtype=bool)
+    half[:, :10, :10] = True
+    given = Segment("Mine", half.copy(), codes.SCT.Tissue, codes.SCT.Tissue, color=(1, 2, 250))
+    findings = _findings(("Right", half.copy()), ("Left", half.copy()))
+    findings = Findings(findings.algorithm, (*findings.segments, given))
+    seg = hd.seg.segread(_write(phantom_volume, findings, tmp_path / "two.dcm"))
+    right, left, mine = (
+        hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb()
+        for item in seg.SegmentSequence
+    )
+    assert right == ANATOMY_COLORS[codes.SCT.Lung.value]
+    assert left != right
+    assert mine == (1, 2, 250)

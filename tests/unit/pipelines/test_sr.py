@@ -6,13 +6,14 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipelines.findings import Algorithm, Classification, Findings, Segment
-from pipelines.measurements import measure_segment
+from pipelines.measurements import measure_segment, round_to
 from pipelines.seg import build_seg, non_empty_segments
 from pipelines.sr import CLASSIFICATION, NO_FINDING, build_sr
 from pipelines.volume import Volume
@@ -81,54 +82,88 @@ def test_finding_free_sr_passes_dciodvfy_and_says_nothing_was_found(
 ) -> None:
     path = _save(_sr(phantom_volume, (_nothing(phantom_volume), None)), tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
-    report = hd.sr.srread(path).content
-    [group] = report.get_image_measurement_groups()
-    assert group.finding_type == NO_FINDING
-    assert group.tracking_identifier == "No findings (finds-nothing, series 3)"
-    algorithm = {
-        item.ConceptNameCodeSequence[0].CodeMeaning: item.TextValue
-        for item in group[0].ContentSequence
-        if item.ValueType == "TEXT"
-    }
-    assert algorithm["Algorithm Name"] == "finds-nothing"
-    assert algorithm["Algorithm Version"] == "2.0"
-    referenced = {image.referenced_sop_instance_uid for image in group.source_images}
-    assert referenced == {ds.SOPInstanceUID for ds in phantom_volume.datasets}
-    assert report.get_volumetric_roi_measurement_groups() == []
+    sr = hd.sr.srread(path)
+    assert sr.content.get_image_measurement_groups() == []
+    assert "126010" not in {_code(i.ConceptNameCodeSequence[0])[0] for i in sr.ContentSequence}
+    assert _evaluations(sr) == [
+        ("Finding", NO_FINDING.meaning),
+        ("Comment", "No findings (finds-nothing 2.0, series 3)"),
+    ]
 
 
-def test_detections_read_back(
+def _evaluations(sr: Dataset) -> list[tuple[str, str]]:
+    """The root's "Qualitative Evaluations": (concept, value) of each item."""
+    [container] = [
+        item
+        for item in sr.ContentSequence
+        if _code(item.ConceptNameCodeSequence[0]) == ("C0034375", "UMLS")
+    ]
+    return [
+        (
+            str(item.ConceptNameCodeSequence[0].CodeMeaning),
+            str(item.ConceptCodeSequence[0].CodeMeaning)
+            if item.ValueType == "CODE"
+            else str(item.TextValue),
+        )
+        for item in container.ContentSequence
+    ]
+
+
+def _image_point_mm(image: Dataset, column: float, row: float) -> npt.NDArray[np.float64]:
+    """Patient position of (column, row) image coordinates (pixel centres at +0.5)."""
+    orientation = np.array(image.ImageOrientationPatient, dtype=np.float64)
+    row_spacing, col_spacing = (float(v) for v in image.PixelSpacing)
+    return (
+        np.array(image.ImagePositionPatient, dtype=np.float64)
+        + orientation[:3] * (column - 0.5) * col_spacing
+        + orientation[3:] * (row - 0.5) * row_spacing
+    )
+
+
+def test_detections_are_ellipses_on_their_key_slice(
     sr_path: Path, nodule_volume: Volume, nodule_findings: Findings
 ) -> None:
     report = hd.sr.srread(sr_path).content
-    groups = report.get_volumetric_roi_measurement_groups(finding_type=codes.SCT.Nodule)
+    groups = report.get_planar_roi_measurement_groups(finding_type=codes.SCT.Nodule)
     assert len(groups) == len(nodule_findings.detections) >= 5
-    half_voxel = 0.5 * min(nodule_volume.spacing)
-    frame = nodule_volume.datasets[0].FrameOfReferenceUID
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in nodule_volume.datasets}
+    slice_step, row_spacing, col_spacing = nodule_volume.spacing
     uids = set()
     for group, detection in zip(groups, nodule_findings.detections, strict=True):
-        assert group.tracking_identifier == f"{detection.label} (ct-lung-nodules, series 3)"
+        assert group.tracking_identifier == detection.label
         uids.add(group.tracking_uid)
-        assert isinstance(group.roi, hd.sr.VolumeSurface)
-        assert group.roi.graphic_type == hd.sr.GraphicTypeValues3D.POINT
-        assert group.roi.frame_of_reference_uid == frame
-        [point] = group.roi.graphic_data
-        assert np.abs(np.array(point) - detection.centre_mm).max() < half_voxel
+        region = group.roi
+        assert isinstance(region, hd.sr.ImageRegion)
+        assert region.graphic_type == hd.sr.GraphicTypeValues.ELLIPSE
+        image = by_uid[region.ContentSequence[0].referenced_sop_instance_uid]
+        major_a, major_b, minor_a, minor_b = region.value
+        centre = _image_point_mm(image, *((major_a + major_b) / 2))
+        assert np.allclose(centre, _image_point_mm(image, *((minor_a + minor_b) / 2)))
+        # The key image is the slice through the centre; the ellipse is centred on it.
+        offset = centre - np.array(detection.centre_mm)
+        normal = nodule_volume.affine[:3, 0] / slice_step
+        assert abs(offset @ normal) <= slice_step / 2 + 1e-3
+        assert np.linalg.norm(offset - (offset @ normal) * normal) < 1e-3
+        extent = np.array(detection.bbox_max_mm) - np.array(detection.bbox_min_mm)
+        width = abs(major_a[0] - major_b[0]) + abs(minor_a[0] - minor_b[0])
+        height = abs(major_a[1] - major_b[1]) + abs(minor_a[1] - minor_b[1])
+        assert width * col_spacing == pytest.approx(max(extent[0], 3 * col_spacing), abs=1e-3)
+        assert height * row_spacing == pytest.approx(max(extent[1], 3 * row_spacing), abs=1e-3)
         [site] = group.finding_sites
         assert site.value == detection.finding_site
         [diameter] = group.get_measurements(name=codes.SCT.LongAxis)
-        assert diameter.value == detection.longest_diameter_mm
+        assert diameter.value == round_to(detection.longest_diameter_mm, min(nodule_volume.spacing))
         assert diameter.unit.value == "mm"
         [volume] = group.get_measurements(name=codes.SCT.Volume)
-        assert volume.value == detection.volume_mm3
+        assert volume.value == round_to(detection.volume_mm3, nodule_volume.voxel_volume_mm3)
         assert volume.unit.value == "mm3"
         [score] = group.get_measurements(name=codes.SCT.Score)
-        assert score.value == detection.score
+        assert score.value == round(detection.score, 2)
         assert score.unit.value == "1"
     assert len(uids) == len(groups)
 
 
-def test_segments_read_back_with_their_seg_reference(
+def test_segments_read_back_with_their_seg_reference_and_outline(
     sr_path: Path, nodule_volume: Volume, nodule_basic_findings: Findings, nodule_seg: Dataset
 ) -> None:
     report = hd.sr.srread(sr_path).content
@@ -137,6 +172,11 @@ def test_segments_read_back_with_their_seg_reference(
     )
     segments = non_empty_segments(nodule_basic_findings)
     assert len(groups) == len(segments) == 3
+    outlines = {
+        group.tracking_uid: group
+        for group in report.get_planar_roi_measurement_groups()
+        if group.finding_type != codes.SCT.Nodule
+    }
     for number, (group, segment) in enumerate(zip(groups, segments, strict=True), start=1):
         reference = group.roi if group.referenced_segment is None else group.referenced_segment
         assert isinstance(reference, hd.sr.ReferencedSegment)
@@ -144,15 +184,35 @@ def test_segments_read_back_with_their_seg_reference(
         assert reference.referenced_segment_numbers == [number]
         seg_item = nodule_seg.SegmentSequence[number - 1]
         assert seg_item.SegmentLabel == segment.label
-        assert group.tracking_uid == seg_item.TrackingUID
+        # One identity in both objects: the SEG's tracking identifier and UID.
+        assert (group.tracking_identifier, group.tracking_uid) == (
+            seg_item.TrackingID,
+            seg_item.TrackingUID,
+        )
         assert group.finding_type == segment.property_type
         expected = measure_segment(nodule_volume, segment)
         [volume] = group.get_measurements(name=codes.SCT.Volume)
-        assert volume.value == pytest.approx(expected.volume_ml, rel=1e-9)
+        resolution_ml = nodule_volume.voxel_volume_mm3 / 1000
+        assert volume.value == round_to(expected.volume_ml, resolution_ml)
+        assert volume.value == pytest.approx(expected.volume_ml, abs=resolution_ml)
         assert volume.unit.value == "ml"
         [mean] = group.get_measurements(name=codes.DCM.AttenuationCoefficient)
-        assert mean.value == pytest.approx(expected.mean_hu, rel=1e-9)
+        assert mean.value == round(expected.mean_hu)
         assert mean.unit.value == "[hnsf'U]"
+        # Its outline: on the slice where the segment is largest, inside the segment.
+        outline = outlines[group.tracking_uid]
+        assert outline.tracking_identifier == segment.label
+        assert outline.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        largest = int(np.argmax(segment.mask.sum(axis=(1, 2))))
+        image = nodule_volume.datasets[largest]
+        assert outline.roi.ContentSequence[0].referenced_sop_instance_uid == image.SOPInstanceUID
+        points = outline.roi.value
+        assert np.array_equal(points[0], points[-1])
+        inside = segment.mask[largest]
+        centre_col, centre_row = points.mean(axis=0)
+        rows, cols = np.nonzero(inside)
+        assert rows.min() - 1 <= centre_row <= rows.max() + 2
+        assert cols.min() - 1 <= centre_col <= cols.max() + 2
 
 
 def test_provenance_evidence_and_procedure(
@@ -163,8 +223,9 @@ def test_provenance_evidence_and_procedure(
     assert sr.StudyInstanceUID == nodule_volume.study_uid
     assert sr.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
     observers = sr.content.get_observer_contexts(observer_type=codes.DCM.Device)
-    names = [o.observer_identifying_attributes.name for o in observers]
-    assert names == ["ct-basic", "ct-lung-nodules"]
+    assert [o.observer_identifying_attributes.name for o in observers] == ["pacs-annotator"]
+    assert sr.SoftwareVersions == "9.9.9"
+    names = ["ct-basic", "ct-lung-nodules"]
     equipment = {
         e.ManufacturerModelName: e
         for e in sr.ContributingEquipmentSequence
@@ -172,14 +233,14 @@ def test_provenance_evidence_and_procedure(
     }
     assert set(equipment) == set(names)
     for item in equipment.values():
-        assert list(item.SoftwareVersions) == ["9.9.9", "0.1.0"]
+        assert item.SoftwareVersions == "0.1.0"
         assert item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
     [procedure] = [
         item.ConceptCodeSequence[0]
         for item in sr.ContentSequence
         if item.ConceptNameCodeSequence[0].CodeValue == "121058"
     ]
-    assert (procedure.CodeValue, procedure.CodingSchemeDesignator) == ("24627-2", "LN")
+    assert (procedure.CodeValue, procedure.CodingSchemeDesignator) == ("25045-6", "LN")
     evidence = {
         ref.ReferencedSOPInstanceUID
         for study in sr.CurrentRequestedProcedureEvidenceSequence
@@ -188,6 +249,16 @@ def test_provenance_evidence_and_procedure(
     }
     sources = {ds.SOPInstanceUID for ds in nodule_volume.datasets}
     assert evidence == sources | {nodule_seg.SOPInstanceUID}
+    [library] = [
+        i for i in sr.ContentSequence if _code(i.ConceptNameCodeSequence[0])[0] == "111028"
+    ]
+    listed = {
+        image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for group in library.ContentSequence
+        for image in group.ContentSequence
+        if image.ValueType == "IMAGE"
+    }
+    assert listed == sources
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
 
 
@@ -290,15 +361,16 @@ def test_classifications_are_qualitative_evaluations(
 ) -> None:
     findings = Findings(
         Algorithm("classifier", "1.0"),
-        classifications=(Classification(codes.SCT.Nodule, 0.75),),
+        classifications=(Classification(codes.SCT.Nodule, 0.7512),),
     )
     path = _save(_sr(phantom_volume, (findings, None)), tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
-    [group] = hd.sr.srread(path).content.get_image_measurement_groups()
-    [evaluation] = group.get_qualitative_evaluations(name=CLASSIFICATION)
-    assert evaluation.value == codes.SCT.Nodule
-    [probability] = group.get_measurements(name=codes.DCM.Probability)
-    assert probability.value == 0.75 and probability.unit.value == "1"
+    sr = hd.sr.srread(path)
+    assert sr.content.get_image_measurement_groups() == []
+    assert _evaluations(sr) == [
+        (CLASSIFICATION.meaning, "Nodule"),
+        ("Comment", "Nodule: probability 0.75 (classifier 1.0, series 3)"),
+    ]
 
 
 def test_segments_without_their_seg_are_refused(
@@ -349,7 +421,6 @@ def test_real_ct_sr_is_valid(tmp_path: Path, real_volume: Volume, real_findings:
     nothing = Findings(Algorithm("ct-lung-nodules", "0.1.0"))
     path = _save(_sr(real_volume, (real_findings, seg), (nothing, None)), tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
-    report = hd.sr.srread(path).content
-    [absent] = report.get_image_measurement_groups(finding_type=NO_FINDING)
-    assert absent.tracking_identifier is not None
-    assert absent.tracking_identifier.startswith("No findings (ct-lung-nodules, series")
+    evaluations = _evaluations(hd.sr.srread(path))
+    assert evaluations[0] == ("Finding", NO_FINDING.meaning)
+    assert evaluations[1][1].startswith("No findings (ct-lung-nodules 0.1.0, series")

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import pydicom
 import pytest
 from celery import Celery
@@ -209,6 +210,13 @@ def test_bad_settings_name_the_setting(tmp_path: Path, bundle: Path) -> None:
         load_settings(None, data_dir=tmp_path, pipelines={"dense": {"bundle": str(tmp_path)}})
     with pytest.raises(SettingsError, match=r"worker\.device"):
         load_settings(None, data_dir=tmp_path, worker={"device": "gpu0"})
+    bad_colour = {"code": "272673000", "meaning": "Bone", "color": "red"}
+    with pytest.raises(SettingsError, match=r"pipelines\.dense\.labels\.bone\.color.*#rrggbb"):
+        load_settings(
+            None,
+            data_dir=tmp_path,
+            pipelines={"dense": {"bundle": str(bundle), "labels": {"bone": bad_colour}}},
+        )
     with pytest.raises(SettingsError, match="built-in"):
         load_settings(None, data_dir=tmp_path, pipelines={"ct-basic": {"bundle": str(bundle)}})
     with pytest.raises(SettingsError, match="unknown pipeline 'nope'"):
@@ -232,6 +240,8 @@ def test_cli_run_uses_a_configured_bundle(
     config = tmp_path / "config.yaml"
     config.write_text(
         f"data_dir: {tmp_path / 'data'}\npipelines:\n  dense:\n    bundle: {bundle}\n"
+        "    labels:\n      bone:\n        code: '272673000'\n        meaning: Bone\n"
+        "        color: '#1428fa'\n"
     )
     series = tmp_path / "series"
     series.mkdir()
@@ -244,3 +254,7 @@ def test_cli_run_uses_a_configured_bundle(
     segs = [pydicom.dcmread(p) for p in out.glob("SEG-*.dcm")]
     assert [ds.SOPClassUID for ds in segs] == [SegmentationStorage]
     assert segs[0].SegmentSequence[0].SegmentLabel == "bone"
+    colour = hd.color.CIELabColor.from_dicom_value(
+        segs[0].SegmentSequence[0].RecommendedDisplayCIELabValue
+    )
+    assert colour.to_rgb() == (20, 40, 250)
