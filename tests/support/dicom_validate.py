@@ -5,7 +5,8 @@
   IOD but no SR IOD) and ``DicomSRValidator`` (SR content: templates, value sets);
 - dcmqi's ``segimage2itkimage`` and ``tid1500reader``, which read a SEG and a TID 1500 SR
   back into label volumes and JSON, for comparison with what we wrote;
-- DCMTK's ``dsr2xml``, for the SR's spatial coordinates (tid1500reader does not report them).
+- DCMTK's ``dsr2xml``, for the SR's spatial coordinates and the root's qualitative
+  evaluations (tid1500reader reads neither).
 
 Every tool's output is parsed line by line: a line that is neither an error, a warning nor
 one of the tool's known informational lines, a crash or a non-zero exit becomes an error,
