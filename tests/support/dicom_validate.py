@@ -407,6 +407,7 @@ def dcmqi_measurements(path: Path, outdir: Path | None = None) -> DcmqiMeasureme
     referenced segment and SEG instance, source series; and the evidence it lists."""
     _require_file(path)
     target = (outdir or path.parent) / f"{path.stem}.tid1500.json"
+    target.parent.mkdir(parents=True, exist_ok=True)  # tid1500reader exits 0 without it
     completed = _run(
         [
             dcmqi_tool("tid1500reader"),
@@ -545,6 +546,7 @@ def validation_reports(paths: Iterable[Path], workdir: Path) -> dict[Path, Repor
     gets dciodvfy only.
     """
     paths = list(paths)
+    workdir.mkdir(parents=True, exist_ok=True)
     sop_classes = {
         path: str(pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID) for path in paths
     }
