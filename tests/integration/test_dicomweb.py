@@ -148,7 +148,8 @@ def check_results_by_dicomweb(
         assert dciodvfy_errors(path) == []
         paths.append(path)
     if all_validators:
-        assert validation_errors(paths, tmp_path / "validation") == []
+        errors = validation_errors(paths, tmp_path / "validation")
+        assert errors == [], "\n".join(errors)
 
 
 def test_pull_annotate_and_deliver_by_stow_and_c_store_with_basic_auth(

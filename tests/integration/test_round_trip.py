@@ -136,7 +136,8 @@ def test_real_ct_round_trip_gives_one_plausible_seg(
     check_seg_against_sources(path, seg, sources)
     check_sr_references_resolve(orthanc, sr_path, sr, seg)
     # what the PACS holds passes dciodvfy, PixelMed and dcmqi (one JVM per validator)
-    assert validation_errors([path, sr_path], tmp_path / "validation") == []
+    errors = validation_errors([path, sr_path], tmp_path / "validation")
+    assert errors == [], "\n".join(errors)
     masks = masks_on_source_grid(seg, sources)
     spacing = [float(v) for v in sources[0].PixelSpacing]
     step = abs(

@@ -81,7 +81,8 @@ def test_detection_bundle_finds_the_sphere_where_it_is(
     path = tmp_path / "sr.dcm"
     result.report.save_as(path, enforce_file_format=True)
     # dciodvfy, PixelMed's DicomSRValidator and dcmqi's tid1500reader
-    assert validation_report(path, tmp_path).errors == []
+    errors = validation_report(path, tmp_path).errors
+    assert errors == [], "\n".join(errors)
     texts = [str(e.value) for e in result.report.iterall() if e.keyword == "TextValue"]
     assert "nodule 1" in texts, texts
     assert pipeline.load_count == 1
