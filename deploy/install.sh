@@ -2,8 +2,9 @@
 # Set up pacs-annotator on this machine (Debian 12, Python >= 3.11): the system packages it
 # needs, a virtual environment at .venv in the repository root, and the project in it.
 #   deploy/install.sh          to run the service (adds redis-server for the embedded broker)
-#   deploy/install.sh --dev    also what the tests need: Orthanc, dcmtk, dicom3tools, chromium, openssl
-#                              (the dashboard's browser test drives Debian's chromium)
+#   deploy/install.sh --dev    also what the tests need: Orthanc, dcmtk, dicom3tools, chromium, openssl,
+#                              npm (the browser tests drive Debian's chromium), and the prebuilt
+#                              OHIF Viewer from npm in .cache/ohif/VERSION/ (the viewer test)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,9 @@ if [ "$dev" = 1 ]; then
   # independent readers of our SEG/SR: PixelMed's validators (libpixelmed-java names no JRE;
   # the JDK's source launcher runs tests/support/PixelmedBatch.java, one JVM for many files)
   packages+=(libpixelmed-java default-jdk-headless)
+  # npm fetches the OHIF Viewer. A machine whose Node.js comes from elsewhere (NodeSource's
+  # nodejs ships npm and conflicts with Debian's npm package) already has the command.
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -54,5 +58,22 @@ if [ "$dev" = 1 ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
 else
   .venv/bin/python -m pip install -q -e .
+fi
+if [ "$dev" = 1 ]; then
+  # The OHIF Viewer for tests/integration/test_ohif_viewer.py: the npm package @ohif/app
+  # ships a prebuilt dist/ (index.html, app-config.js, bundles); no build step, no node_modules.
+  # Pinned; keep in step with OHIF_VERSION in tests/support/ohif.py. Fetched only if absent.
+  ohif_version=3.13.2
+  ohif_dir=.cache/ohif/$ohif_version
+  if [ ! -f "$ohif_dir/dist/index.html" ]; then
+    echo "fetching @ohif/app@$ohif_version from npm into $ohif_dir"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "@ohif/app@$ohif_version" >/dev/null)
+    rm -rf "$ohif_dir.partial"
+    mkdir -p "$ohif_dir.partial"
+    tar -xzf "$tmp"/ohif-app-"$ohif_version".tgz -C "$ohif_dir.partial" --strip-components=1
+    rm -rf "$tmp" "$ohif_dir"
+    mv "$ohif_dir.partial" "$ohif_dir"
+  fi
 fi
 echo "pacs-annotator installed in .venv ($(.venv/bin/pacs-annotator --version))"
