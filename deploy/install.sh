@@ -19,6 +19,9 @@ esac
 packages=(redis-server)
 if [ "$dev" = 1 ]; then
   packages+=(orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl)
+  # independent readers of our SEG/SR: PixelMed's validators (libpixelmed-java names no JRE;
+  # the JDK's source launcher runs tests/support/PixelmedBatch.java, one JVM for many files)
+  packages+=(libpixelmed-java default-jdk-headless)
   # npm fetches the OHIF Viewer. A machine whose Node.js comes from elsewhere (NodeSource's
   # nodejs ships npm and conflicts with Debian's npm package) already has the command.
   command -v npm >/dev/null 2>&1 || packages+=(npm)

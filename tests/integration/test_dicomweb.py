@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 from tests.integration.conftest import ANNOTATOR_AET, RunningService, run_up
 from tests.integration.test_round_trip import instances_of_modality
-from tests.support.dicom_validate import dciodvfy_errors
+from tests.support.dicom_validate import dciodvfy_errors, validation_errors
 from tests.support.orthanc import Orthanc, require_orthanc, wait_for
 from tests.support.processes import (
     free_port,
@@ -128,8 +128,12 @@ def qido_series(web: Orthanc, study_uid: str, modality: str) -> list[dict[str, A
     return found
 
 
-def check_results_by_dicomweb(web: Orthanc, study_uid: str, tmp_path: Path) -> None:
-    """One SEG and one SR in the archive (found by QIDO-RS, fetched by WADO-RS), both valid."""
+def check_results_by_dicomweb(
+    web: Orthanc, study_uid: str, tmp_path: Path, *, all_validators: bool = False
+) -> None:
+    """One SEG and one SR in the archive (found by QIDO-RS, fetched by WADO-RS), both valid
+    for dciodvfy, and with ``all_validators`` for PixelMed and dcmqi too (seconds more)."""
+    paths = []
     for modality in ("SEG", "SR"):
         series = qido_series(web, study_uid, modality)
         assert len(series) == 1, f"{modality} series by QIDO-RS: {series}"
@@ -142,6 +146,10 @@ def check_results_by_dicomweb(web: Orthanc, study_uid: str, tmp_path: Path) -> N
         ds = pydicom.dcmread(path)
         assert ds.Modality == modality and ds.StudyInstanceUID == study_uid
         assert dciodvfy_errors(path) == []
+        paths.append(path)
+    if all_validators:
+        errors = validation_errors(paths, tmp_path / "validation")
+        assert errors == [], "\n".join(errors)
 
 
 def test_pull_annotate_and_deliver_by_stow_and_c_store_with_basic_auth(
@@ -173,7 +181,7 @@ def test_pull_annotate_and_deliver_by_stow_and_c_store_with_basic_auth(
     destinations = sorted({d["destination"] for d in job["delivered"]})
     assert destinations == ["pacs", "web_out"]
     assert len(job["delivered"]) == 4  # SEG and SR to each
-    check_results_by_dicomweb(web, study_uid, tmp_path)
+    check_results_by_dicomweb(web, study_uid, tmp_path, all_validators=True)
     assert len(instances_of_modality(orthanc, study_uid, "SEG")) == 1
     assert len(instances_of_modality(orthanc, study_uid, "SR")) == 1
 

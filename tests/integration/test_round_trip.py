@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 
 from tests.conftest import shared_data_path
 from tests.integration.conftest import RunningService
-from tests.support.dicom_validate import dciodvfy_errors
+from tests.support.dicom_validate import dciodvfy_errors, validation_errors
 from tests.support.orthanc import Orthanc, wait_for
 from tests.unit.pipelines.phantom import make_ct_phantom
 
@@ -135,6 +135,9 @@ def test_real_ct_round_trip_gives_one_plausible_seg(
     assert sorted(delivered) == sorted([seg.SOPInstanceUID, sr.SOPInstanceUID])
     check_seg_against_sources(path, seg, sources)
     check_sr_references_resolve(orthanc, sr_path, sr, seg)
+    # what the PACS holds passes dciodvfy, PixelMed and dcmqi (one JVM per validator)
+    errors = validation_errors([path, sr_path], tmp_path / "validation")
+    assert errors == [], "\n".join(errors)
     masks = masks_on_source_grid(seg, sources)
     spacing = [float(v) for v in sources[0].PixelSpacing]
     step = abs(

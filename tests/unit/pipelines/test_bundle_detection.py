@@ -15,7 +15,7 @@ from pipelines.routing import RoutingRule
 from pipelines.runner import annotate_study
 from pipelines.volume import load_series
 from tests.support.bundles import detection_config, train_detector, write_bundle
-from tests.support.dicom_validate import dciodvfy_errors
+from tests.support.dicom_validate import validation_report
 from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
 
 #: Only the bright sphere is visible after the bundle's intensity window.
@@ -80,7 +80,9 @@ def test_detection_bundle_finds_the_sphere_where_it_is(
     assert result.report is not None
     path = tmp_path / "sr.dcm"
     result.report.save_as(path, enforce_file_format=True)
-    assert dciodvfy_errors(path) == []
+    # dciodvfy, PixelMed's DicomSRValidator and dcmqi's tid1500reader
+    errors = validation_report(path, tmp_path).errors
+    assert errors == [], "\n".join(errors)
     texts = [str(e.value) for e in result.report.iterall() if e.keyword == "TextValue"]
     assert "nodule 1" in texts, texts
     assert pipeline.load_count == 1

@@ -19,7 +19,7 @@ from monai.bundle.config_parser import ConfigParser
 from pipelines.bundle import BundlePipeline, BundleSpec
 from pipelines.volume import Volume, load_series
 from tests.support.bundles import SMALL_UNET, segmentation_config, train_segmenter, write_bundle
-from tests.support.dicom_validate import dciodvfy_errors
+from tests.support.dicom_validate import validation_errors
 from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
 from tests.unit.pipelines.test_bundle import OBLIQUE, dice, run_bundle, seg_masks
 
@@ -74,7 +74,9 @@ def test_trained_unet_seg_overlaps_the_true_spheres(trained_bundle: Path, tmp_pa
     pipeline = BundlePipeline(BundleSpec(name="spheres", path=trained_bundle))
     _, written = run_bundle(pipeline, phantom.datasets, tmp_path)
     [seg_path] = [p for p in written if p.name.startswith("SEG-")]
-    assert dciodvfy_errors(seg_path) == []
+    # a bundle's SEG and SR on an oblique series: dciodvfy, PixelMed and dcmqi
+    errors = validation_errors(written, tmp_path / "validation")
+    assert errors == [], "\n".join(errors)
     masks = seg_masks(seg_path, volume)
     assert list(masks) == ["sphere"]
     assert hd.seg.segread(seg_path).SegmentSequence[0].SegmentLabel == "sphere"
