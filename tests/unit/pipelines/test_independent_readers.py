@@ -21,9 +21,11 @@ write fails the tests of that object only.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import highdicom as hd
 import numpy as np
@@ -333,9 +335,21 @@ _Group = (
     | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
 )
-#: A group is known by its tracking UID and whether it references a SEG segment: a
-#: segment's volumetric group and its outline share the SEG's tracking UID.
-_Key = tuple[str, bool]
+#: A group is known by its tracking UID, whether it references a SEG segment, and its
+#: place among the groups with both the same (a detection has two groups: its box, then
+#: its measurements, in document order).
+_Key = tuple[str, bool, int]
+T = TypeVar("T")
+
+
+def _keyed(groups: list[T], key: Callable[[T], tuple[str, bool]]) -> dict[_Key, T]:
+    seen: Counter[tuple[str, bool]] = Counter()
+    keyed = {}
+    for group in groups:
+        uid, segment = key(group)
+        keyed[(uid, segment, seen[(uid, segment)])] = group
+        seen[(uid, segment)] += 1
+    return keyed
 
 
 def _our_groups(path: Path) -> dict[_Key, _Group]:
@@ -346,12 +360,10 @@ def _our_groups(path: Path) -> dict[_Key, _Group]:
         *content.get_planar_roi_measurement_groups(),
         *content.get_volumetric_roi_measurement_groups(),
     ]
-    keyed = {
-        (str(group.tracking_uid), getattr(group, "referenced_segment", None) is not None): group
-        for group in groups
-    }
-    assert len(keyed) == len(groups), "two groups with one tracking UID and one kind"
-    return keyed
+    return _keyed(
+        groups,
+        lambda g: (str(g.tracking_uid), getattr(g, "referenced_segment", None) is not None),
+    )
 
 
 def _code(item: dict[str, str]) -> tuple[str, str]:
@@ -387,8 +399,7 @@ def test_dcmqi_reads_the_groups_we_wrote(
     """Tracking identifiers and UIDs, findings, sites, algorithm, values, units, references."""
     ours = _our_groups(written.path(name))
     read = dcmqi_sr_reads[name]["Measurements"]
-    theirs = {(g["TrackingUniqueIdentifier"], "ReferencedSegment" in g): g for g in read}
-    assert len(theirs) == len(read)
+    theirs = _keyed(read, lambda g: (g["TrackingUniqueIdentifier"], "ReferencedSegment" in g))
     assert sorted(theirs) == sorted(ours)
     for key, group in ours.items():
         dcmqi = theirs[key]
@@ -425,12 +436,23 @@ def test_dcmqi_reads_the_groups_we_wrote(
             assert dcmqi["ReferencedSegment"] == reference.referenced_segment_numbers[0]
             assert dcmqi["segmentationSOPInstanceUID"] == reference.referenced_sop_instance_uid
             assert dcmqi["SourceSeriesForImageSegmentation"] == _source_series(group)
-        # both list Finding category (SCT 276214006) among the evaluations; compare all
-        evaluations = [
+        # both list Finding category (SCT 276214006) among the evaluations, and dcmqi the
+        # detection's comment (a TEXT it does not know) too; compare all
+        evaluations: list[tuple[tuple[str, str], object]] = [
             (_hd_code(e.name), _hd_code(e.value)) for e in group.get_qualitative_evaluations()
         ]
+        evaluations += [
+            (("121106", "DCM"), str(item.TextValue))
+            for item in group[0].ContentSequence
+            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"
+        ]
         assert [
-            (_code(e["conceptCode"]), _code(e["conceptValue"]))
+            (
+                _code(e["conceptCode"]),
+                e["conceptValue"]
+                if isinstance(e["conceptValue"], str)
+                else _code(e["conceptValue"]),
+            )
             for e in dcmqi.get("qualitativeEvaluations", [])
         ] == evaluations
 
@@ -487,7 +509,7 @@ def test_dcmtk_reads_the_locations_we_wrote(
     """Image regions and outlines (tid1500reader leaves coordinates out): same points on
     the same image (SCOORD) or in the same frame of reference (SCOORD3D)."""
     ours = _our_groups(written.path(name))
-    theirs = {(g.tracking_uid, g.references_segment): g for g in dcmtk_sr_reads[name].groups}
+    theirs = _keyed(dcmtk_sr_reads[name].groups, lambda g: (g.tracking_uid, g.references_segment))
     assert sorted(theirs) == sorted(ours)
     for key, group in ours.items():
         mine = _our_locations(group)
