@@ -1,4 +1,4 @@
-"""Static gates that belong to the suite: the import rules of DESIGN.md and lint."""
+"""Static gates that belong to the suite: the import rules of docs/architecture.md, lint, format."""
 
 from __future__ import annotations
 
@@ -17,11 +17,16 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_import_contracts_hold() -> None:
     result = _run(str(BIN / "lint-imports"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 kept, 0 broken" in result.stdout
+    assert "5 kept, 0 broken" in result.stdout
 
 
 def test_ruff_is_clean() -> None:
     result = _run(str(BIN / "ruff"), "check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    result = _run(str(BIN / "ruff"), "format", "--check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

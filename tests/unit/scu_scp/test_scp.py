@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
@@ -27,7 +27,7 @@ from scu_scp.scp import StorageSCP
 from scu_scp.scu import send_files
 from scu_scp.spool import Spool
 from tests.conftest import shared_data_path
-from tests.unit.scu_scp.conftest import ct_files, dataset_bytes, dcmtk_tool, wait_for
+from tests.support.storescp import ct_files, dataset_bytes, dcmtk_tool, wait_for
 
 AE_TITLE = "ANNOTATOR"
 CT_STUDY = "1.3.6.1.4.1.14519.5.2.1.9203.8273.319461848560755521018609264462"
@@ -122,7 +122,8 @@ def test_ct_series_from_storescu_is_spooled_and_completed_once(
     storescu(scp.port, files)
 
     assert wait_for(lambda: bool(recorder.calls), timeout=10)
-    time.sleep(0.5)  # a second hand-over would happen within a few polls
+    assert scp.tracker.pending() == {}  # nothing left that a later poll could hand over
+    scp.poll_once()
     assert len(recorder.calls) == 1
     study = recorder.calls[0]
     assert study.study_uid == CT_STUDY
@@ -203,7 +204,7 @@ def test_deflated_transfer_is_stored_decodable(
 
     (stored,) = spooled_files(tmp_path / "spool").values()
     copy = dcmread(stored)
-    assert copy.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
+    assert copy.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     assert (copy.pixel_array == dcmread(source).pixel_array).all()
 
 
@@ -253,7 +254,8 @@ def test_unfileable_dataset_is_quarantined_not_acknowledged(
     assert dcmread(data).Modality == "CT"
     assert spooled_files(tmp_path / "spool") == {}
     assert not (tmp_path / "x").exists()
-    time.sleep(0.4)
+    assert scp.tracker.pending() == {}  # nothing is waiting to complete
+    scp.poll_once()
     assert recorder.calls == []
 
 
