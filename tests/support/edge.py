@@ -26,19 +26,26 @@ ScpFactory = Callable[..., StorageSCP]
 
 @pytest.fixture
 def start_scp(tmp_path: Path) -> Iterator[ScpFactory]:
-    """Start StorageSCPs on free ports over ``tmp_path/spool``; stopped after the test."""
+    """Start StorageSCPs on free ports over ``tmp_path/spool``; stopped after the test.
+
+    Keyword arguments go to ``StorageSCP``; without ``on_complete`` sealed studies are
+    only collected, and without ``quiet_seconds`` nothing completes within a test.
+    """
     started: list[StorageSCP] = []
 
     def factory(**kwargs: object) -> StorageSCP:
-        options: dict[str, object] = {"quiet_seconds": 60.0, "poll_interval": 0.05}
-        options.update(kwargs)
         completed: list[SpooledStudy] = []
+        options: dict[str, object] = {
+            "quiet_seconds": 60.0,
+            "poll_interval": 0.05,
+            "on_complete": completed.append,
+        }
+        options.update(kwargs)
         scp = StorageSCP(
             ae_title=AE_TITLE,
             host="127.0.0.1",
             port=0,
             spool=Spool(tmp_path / "spool"),
-            on_complete=completed.append,
             **options,  # type: ignore[arg-type]
         )
         scp.start()

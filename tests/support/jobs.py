@@ -123,3 +123,13 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def settings_only_bundle(root: Path) -> Path:
+    """A bundle directory that passes the settings check (config and weights present) and
+    is never loaded: for tests of routing, queues and settings."""
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "inference.json").write_text("{}")
+    (root / "models").mkdir()
+    (root / "models" / "model.pt").write_bytes(b"")
+    return root

@@ -5,7 +5,6 @@
 carry counts and states, no patient data.
 """
 
-import logging
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -25,8 +24,6 @@ from worker.monitor.state import readiness
 from worker.monitor.views import job_detail_dict, job_dict, worker_dict
 from worker.run.timings import read_timings
 from worker.sources.pull import PullError, annotate_from_source
-
-log = logging.getLogger(__name__)
 
 
 def create_monitor_app(settings: Settings) -> FastAPI:

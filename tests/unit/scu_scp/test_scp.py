@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,9 +27,10 @@ from scu_scp.scp import StorageSCP
 from scu_scp.scu import send_files
 from scu_scp.spool import Spool
 from tests.conftest import shared_data_path
+from tests.support.edge import AE_TITLE, ScpFactory, start_scp
 from tests.support.storescp import ct_files, dataset_bytes, dcmtk_tool, wait_for
 
-AE_TITLE = "ANNOTATOR"
+__all__ = ["start_scp"]  # fixture
 CT_STUDY = "1.3.6.1.4.1.14519.5.2.1.9203.8273.319461848560755521018609264462"
 
 
@@ -48,31 +49,14 @@ class Recorder:
                 raise RuntimeError("queue unavailable")
 
 
-ScpFactory = Callable[..., StorageSCP]
-
-
 @pytest.fixture
-def make_scp(tmp_path: Path) -> Iterator[ScpFactory]:
-    started: list[StorageSCP] = []
+def make_scp(start_scp: ScpFactory) -> ScpFactory:
+    """An SCP handing sealed studies to ``on_complete``, quiet for 1 s unless told."""
 
     def factory(on_complete: Callable[[SpooledStudy], None], **kwargs: object) -> StorageSCP:
-        options: dict[str, object] = {"quiet_seconds": 1.0, "poll_interval": 0.05}
-        options.update(kwargs)
-        scp = StorageSCP(
-            ae_title=AE_TITLE,
-            host="127.0.0.1",
-            port=0,
-            spool=Spool(tmp_path / "spool"),
-            on_complete=on_complete,
-            **options,  # type: ignore[arg-type]
-        )
-        scp.start()
-        started.append(scp)
-        return scp
+        return start_scp(on_complete=on_complete, **{"quiet_seconds": 1.0, **kwargs})
 
-    yield factory
-    for scp in started:
-        scp.stop()
+    return factory
 
 
 def storescu(port: int, files: list[Path], *options: str) -> None:

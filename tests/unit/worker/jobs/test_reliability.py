@@ -16,7 +16,7 @@ import redis
 
 from pipelines.registry import builtin_pipelines
 from scu_scp.spool import Spool
-from tests.support.jobs import FakePacs, make_settings, postgres_url, sealed_study, spool_study
+from tests.support.jobs import FakePacs, make_settings, sealed_study, spool_study
 from tests.support.phantom import make_ct_phantom
 from tests.support.processes import require_binaries
 from worker.config import DEFAULT_QUEUE, SettingsError, load_settings
@@ -27,20 +27,6 @@ from worker.jobs.store import JobState, JobStore
 from worker.run.celery_app import create_app, enqueue_job
 from worker.run.processing import Runtime, process_job
 from worker.service.embedded_redis import EmbeddedRedis
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    if request.param == "sqlite":
-        s = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
-        yield s
-        s.close()
-    else:
-        gen = postgres_url()
-        s = JobStore(next(gen))
-        yield s
-        s.close()
-        next(gen, None)
 
 
 def _job(store: JobStore, job_id: str, *, queued: bool = True) -> str:

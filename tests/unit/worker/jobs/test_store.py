@@ -16,21 +16,6 @@ from worker.jobs.store import JobState, JobStore, UnknownJobError
 LEASE = 60.0  # seconds a claim holds a job (worker.lease_seconds)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    if request.param == "sqlite":
-        s = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
-        yield s
-        s.close()
-    else:
-        gen = postgres_url()
-        url = next(gen)
-        s = JobStore(url)
-        yield s
-        s.close()
-        next(gen, None)
-
-
 def _create(store: JobStore, job_id: str = "20261125T000000Z-aaaa", study: str = "1.2.3") -> None:
     store.create(
         job_id=job_id,

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from scu_scp.spool import Spool
+from tests.support.jobs import settings_only_bundle
 from worker.config import GIB, MIB, Settings, load_settings
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.store import JobStore
@@ -27,22 +28,13 @@ class FakeRedis:
         return self.lists.get(key, 0)
 
 
-def _bundle(root: Path) -> Path:
-    """Enough of a bundle for the settings check (no code of it runs here)."""
-    (root / "configs").mkdir(parents=True)
-    (root / "configs" / "inference.json").write_text("{}")
-    (root / "models").mkdir()
-    (root / "models" / "model.pt").write_bytes(b"")
-    return root
-
-
 def _sources(settings: Settings, client: FakeRedis | None) -> Sources:
     store = JobStore(settings.effective_database_url)
     return Sources(settings, store, OpsStore(store.engine), Spool(settings.spool_dir), client)  # type: ignore[arg-type]
 
 
 def test_queue_depth_lists_every_configured_queue(tmp_path: Path) -> None:
-    bundle = str(_bundle(tmp_path / "bundle"))
+    bundle = str(settings_only_bundle(tmp_path / "bundle"))
     settings = load_settings(
         None,
         data_dir=tmp_path / "data",
