@@ -32,7 +32,7 @@ from pipelines.ct_lung_nodules import (
     detect_nodules,
 )
 from pipelines.volume import load_series
-from tests.unit.pipelines.phantom import (
+from tests.support.phantom import (
     LUNG_CENTRES,
     LUNG_SEMI_AXES,
     Nodule,

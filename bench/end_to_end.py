@@ -37,11 +37,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.orthanc import Orthanc, wait_for
+from tests.support.phantom import make_ct_phantom
 from tests.support.processes import free_port, stop_process, wait_for_port
 from tests.support.studies import write_copy
-from tests.unit.pipelines.phantom import make_ct_phantom
-from worker.jobs import Job, JobState, JobStore
-from worker.timings import read_timings
+from worker.jobs.store import Job, JobState, JobStore
+from worker.run.timings import read_timings
 
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-abdomen-crlm1004"
 PIPELINE_SETS: tuple[tuple[str, ...], ...] = (

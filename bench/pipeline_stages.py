@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.bundle import BundlePipeline, BundleSpec
 from pipelines.routing import RoutingRule
 from pipelines.runner import annotate_study
-from pipelines.volume import load_series, read_series
+from pipelines.volume import load_series, scan_files
 from scu_scp.models import DicomNode
 from scu_scp.scp import StorageSCP
 from scu_scp.scu import send_datasets
 from scu_scp.spool import Spool
 from tests.conftest import SHARED_DATA
 from tests.support.bundles import SMALL_UNET, segmentation_config, write_bundle
-from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
+from tests.support.phantom import Nodule, make_ct_phantom
 
 STAGES = ("read", "load", "preprocess", "inference", "postprocess", "write", "deliver")
 
@@ -87,7 +87,7 @@ def run_job(
     """One job's stage timings (load is 0 when the model is already warm)."""
     timings = dict.fromkeys(STAGES, 0.0)
     start = time.perf_counter()
-    series = read_series(paths)
+    series = scan_files(paths).series
     for datasets in series.values():
         load_series(datasets)
     timings["read"] = time.perf_counter() - start

@@ -9,10 +9,6 @@ class VolumeError(InputError):
     """A series cannot form a consistent 3D volume."""
 
 
-class UnsupportedSeriesError(InputError):
-    """A series of a kind no pipeline handles (e.g. an image-less SOP class)."""
-
-
 class ModelRunError(InputError):
     """A model could not process this series (its transforms or network refused the input)."""
 

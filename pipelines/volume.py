@@ -19,7 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from pipelines.errors import InputError, VolumeError
+from pipelines.errors import VolumeError
 
 logger = logging.getLogger(__name__)
 
@@ -109,19 +109,6 @@ def scan_files(paths: Iterable[Path]) -> ScanResult:
     for bad in unreadable:
         logger.warning("unreadable file %s: %s", bad.path.name, bad.reason)
     return ScanResult(series=series, unreadable=tuple(unreadable))
-
-
-def read_series(paths: Iterable[Path]) -> dict[str, list[Dataset]]:
-    """Readable DICOM files grouped by SeriesInstanceUID.
-
-    Raises ``InputError`` naming every unreadable file: a caller that wants to go on
-    with the readable part uses ``scan_files`` and records the failures itself.
-    """
-    result = scan_files(paths)
-    if result.unreadable:
-        listing = "; ".join(f"{bad.path}: {bad.reason}" for bad in result.unreadable)
-        raise InputError(f"{len(result.unreadable)} unreadable file(s): {listing}")
-    return result.series
 
 
 def load_series(datasets: Sequence[Dataset]) -> Volume:

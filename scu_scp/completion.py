@@ -60,9 +60,3 @@ class CompletionTracker:
         """Study UID -> last activity (clock time) of every study not yet due."""
         with self._lock:
             return dict(self._last)
-
-    def forget(self, study_uid: str) -> None:
-        """Stop tracking ``study_uid`` (e.g. an admin removed it)."""
-        with self._lock:
-            self._last.pop(study_uid, None)
-            self._forced.discard(study_uid)

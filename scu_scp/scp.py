@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -50,19 +51,19 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 
 #: Transfer syntaxes accepted for every storage SOP class: what modalities and PACS send.
 TRANSFER_SYNTAXES: tuple[str, ...] = (
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still seen)
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE Lossless
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,  # retired, still seen
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.RLELossless,
 )
 
 _UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -270,10 +271,6 @@ class StorageSCP:
     def paused(self, value: bool) -> None:
         self._receiver.paused = value
 
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
     def start(self) -> None:
         """Listen and start sealing; resumes studies left incoming by a previous run."""
         if self._server is not None:
@@ -294,7 +291,9 @@ class StorageSCP:
             evt_handlers=handlers,
             server_class=TlsHandshakeServer,
         )
-        # What AE.start_server(block=False) does, with our server class.
+        # What AE.start_server(block=False) does, with our server class. Its shutdown()
+        # removes it from the AE's private server list, so it is registered there too
+        # (pinned in pyproject; tests/unit/scu_scp/test_pynetdicom_contract.py checks it).
         threading.Thread(
             target=server.serve_forever, name=f"scp-server-{self.ae_title}", daemon=True
         ).start()
@@ -335,17 +334,6 @@ class StorageSCP:
             self._receiver.quarantined,
         )
 
-    def serve_forever(self) -> None:
-        """Start and block until ``stop()`` is called from another thread or Ctrl-C."""
-        self.start()
-        try:
-            while not self._stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
-            LOGGER.info("interrupted")
-        finally:
-            self.stop()
-
     def force_complete(self, study_uid: str) -> None:
         """Seal ``study_uid`` at the next poll without waiting for the quiet period."""
         self.tracker.force(study_uid)
@@ -363,10 +351,11 @@ class StorageSCP:
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
-            self._poll_once()
+            self.poll_once()
 
-    def _poll_once(self) -> None:
-        """Seal due studies and hand them over; retry failed hand-overs with backoff."""
+    def poll_once(self) -> None:
+        """One step of the completion loop: seal due studies and hand them over; retry
+        failed hand-overs with backoff. The loop calls it every ``poll_interval``."""
         for study_uid in self.tracker.due():
             try:
                 study = self.spool.seal(study_uid)

@@ -1,4 +1,5 @@
-"""The composition root: settings, Celery app and tasks, job store, service processes, CLI."""
+"""The composition root, grouped as the data flows (see docs/architecture.md): config, jobs,
+run, delivery, sources, service, admin, monitor and the CLI."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
@@ -11,12 +12,36 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker import __version__
-from worker.settings import Settings, SettingsError, load_settings
-from worker.worker_options import with_worker_options, worker_hostname
+from worker.config import (
+    Settings,
+    SettingsError,
+    load_settings,
+    with_worker_options,
+    worker_hostname,
+)
+from worker.jobs.broker import require_broker_url
 
 log = logging.getLogger("pacs_annotator")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: What ``jobs --json`` prints of each job (``worker.jobs.store.job_record``), in this order.
+_JOBS_JSON_FIELDS = (
+    "id",
+    "state",
+    "study_uid",
+    "accession_number",
+    "calling_ae",
+    "instances",
+    "attempts",
+    "error",
+    "pipelines",
+    "outcomes",
+    "delivered",
+    "received_at",
+    "started_at",
+    "finished_at",
+)
 
 
 def _configure_logging(level: str) -> None:
@@ -85,7 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--pipeline", metavar="NAME", help="run this pipeline instead of the routing")
     r.add_argument("--device", help="cpu, cuda or cuda:N for the models (worker.device)")
 
-    from worker.admin_cli import add_admin_commands
+    sub.add_parser(
+        "monitor", parents=[config], help="run the admin web app: dashboard, /api, /metrics"
+    )
+    h = sub.add_parser(
+        "hash-password", parents=[config], help="hash a password or token for monitor.*_hash"
+    )
+    h.add_argument("--stdin", action="store_true", help="read the secret from standard input")
+    from worker.admin.cli import add_admin_commands
 
     add_admin_commands(sub, config)
     return p
@@ -108,38 +140,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.service import run_up, stop_on_signals
+    from worker.service.processes import stop_on_signals
+    from worker.service.up import run_up
 
     return run_up(settings, args.config, stop_on_signals())
 
 
 def _cmd_scp(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.service import run_scp, stop_on_signals
+    from worker.service.processes import stop_on_signals
+    from worker.service.scp import run_scp
 
-    if not settings.broker_url:
-        print(
-            "pacs-annotator: broker_url is empty: 'scp' alone needs a Redis URL "
-            "(or use 'up', which starts an embedded redis-server)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    require_broker_url(
+        settings.broker_url,
+        "'scp' alone needs a Redis URL (or use 'up', which starts an embedded redis-server)",
+    )
     return run_scp(settings, stop_on_signals())
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.celery_app import create_app
-    from worker.heartbeat import install_heartbeat
-    from worker.queues import worker_queues
+    from worker.jobs.queues import worker_queues
+    from worker.run.heartbeat import install_heartbeat
+    from worker.run.tasks import worker_app
 
-    if not settings.broker_url:
-        print("pacs-annotator: broker_url is empty: a worker needs a Redis URL", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        settings = with_worker_options(settings, device=args.device, queues=args.queues)
-    except SettingsError as exc:
-        print(f"pacs-annotator: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    app = create_app(settings)
+    require_broker_url(settings.broker_url, "a worker needs a Redis URL")
+    settings = with_worker_options(settings, device=args.device, queues=args.queues)
+    app = worker_app(settings)
     install_heartbeat(settings, worker_queues(settings))
     concurrency = args.concurrency or settings.worker.concurrency
     app.worker_main(
@@ -163,7 +188,7 @@ def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         if args.to not in settings.destinations:
             print(f"pacs-annotator: unknown destination {args.to!r}", file=sys.stderr)
             return EXIT_USAGE
-        from worker.edge_security import destination_node
+        from worker.delivery.senders import destination_node
 
         d = settings.destinations[args.to]
         if d.type != "dicom":
@@ -195,7 +220,7 @@ def _cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.jobs import JobState, JobStore
+    from worker.jobs.store import JobState, JobStore, job_record
 
     try:
         states = [JobState(s) for s in args.state]
@@ -206,25 +231,7 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     store = JobStore(settings.effective_database_url)
     jobs = store.list(states=states, study_uid=args.study, limit=args.limit)
     if args.json:
-        rows = [
-            {
-                "id": j.id,
-                "state": j.state.value,
-                "study_uid": j.study_uid,
-                "accession_number": j.accession_number,
-                "calling_ae": j.calling_ae,
-                "instances": j.instance_count,
-                "attempts": j.attempts,
-                "error": j.error,
-                "pipelines": list(j.pipelines),
-                "outcomes": list(j.outcomes),
-                "delivered": list(j.delivered),
-                "received_at": j.received_at.isoformat(),
-                "started_at": j.started_at.isoformat() if j.started_at else None,
-                "finished_at": j.finished_at.isoformat() if j.finished_at else None,
-            }
-            for j in jobs
-        ]
+        rows = [{k: rec[k] for k in _JOBS_JSON_FIELDS} for rec in map(job_record, jobs)]
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     print(f"{'JOB':<28} {'STATE':<10} {'ACCESSION':<16} {'AE':<16} {'N':>5}  STUDY / ERROR")
@@ -242,13 +249,9 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from pipelines.errors import DeviceOutOfMemoryError
     from pipelines.routing import RoutingRule
     from pipelines.runner import annotate_study
-    from worker.bundles import configured_pipelines
+    from worker.run.bundles import configured_pipelines
 
-    try:
-        settings = with_worker_options(settings, device=args.device, queues=None)
-    except SettingsError as exc:
-        print(f"pacs-annotator: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    settings = with_worker_options(settings, device=args.device, queues=None)
     pipelines = configured_pipelines(settings)
     if args.pipeline and args.pipeline not in pipelines:
         known = ", ".join(sorted(pipelines))
@@ -284,12 +287,41 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.admin_cli import run_admin_command
+    from worker.admin.cli import run_admin_command
 
     return run_admin_command(settings, args)
+
+
+def _cmd_monitor(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.monitor.server import serve
+
+    return serve(settings)
+
+
+def _cmd_hash_password(settings: Settings, args: argparse.Namespace) -> int:
+    return _hash_password(args.stdin)
+
+
+def _hash_password(from_stdin: bool) -> int:
+    from worker.monitor.auth import hash_secret
+
+    if from_stdin:
+        secret = sys.stdin.readline().rstrip("\n")
+    else:
+        secret = getpass.getpass("password or token: ")
+        if getpass.getpass("again: ") != secret:
+            print("pacs-annotator: the two entries differ", file=sys.stderr)
+            return EXIT_USAGE
+    if not secret:
+        print("pacs-annotator: empty password", file=sys.stderr)
+        return EXIT_USAGE
+    print(hash_secret(secret))
+    return EXIT_OK
+
+
 def _cmd_annotate(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.jobs import JobState
-    from worker.pull import PullError, annotate_from_source
+    from worker.jobs.store import JobState
+    from worker.sources.pull import PullError, annotate_from_source
 
     if args.source not in settings.sources:
         known = ", ".join(sorted(settings.sources)) or "none configured"
@@ -314,8 +346,8 @@ _COMMANDS = {
     "send": _cmd_send,
     "jobs": _cmd_jobs,
     "run": _cmd_run,
-    "monitor": _cmd_admin,
-    "hash-password": _cmd_admin,
+    "monitor": _cmd_monitor,
+    "hash-password": _cmd_hash_password,
     "retry": _cmd_admin,
     "cancel": _cmd_admin,
     "intake": _cmd_admin,

@@ -12,9 +12,9 @@ from pydicom.uid import generate_uid
 
 from tests.integration.conftest import ANNOTATOR_AET, RunningService, write_config
 from tests.support.orthanc import Orthanc, wait_for
+from tests.support.phantom import make_ct_phantom
 from tests.support.processes import free_port, require_binaries, wait_for_port
 from tests.support.stack import RedisServer, ServiceProcess, write_split_config
-from tests.unit.pipelines.phantom import make_ct_phantom
 
 JOB_TIMEOUT = 240.0
 

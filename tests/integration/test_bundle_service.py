@@ -29,11 +29,11 @@ from tests.support.bundles import (
 )
 from tests.support.dicom_validate import dciodvfy_errors
 from tests.support.orthanc import Orthanc, require_orthanc, wait_for
+from tests.support.phantom import Nodule, make_ct_phantom
 from tests.support.processes import (
     free_port,
     require_binaries,
 )
-from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
 from tests.unit.pipelines.test_bundle import seg_masks
 
 pytestmark = pytest.mark.integration

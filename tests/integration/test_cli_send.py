@@ -10,8 +10,8 @@ import pytest
 
 from tests.integration.conftest import write_config
 from tests.support.orthanc import Orthanc
+from tests.support.phantom import make_ct_phantom
 from tests.support.processes import free_port
-from tests.unit.pipelines.phantom import make_ct_phantom
 
 pytestmark = pytest.mark.integration
 

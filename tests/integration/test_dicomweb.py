@@ -22,11 +22,11 @@ from tests.integration.conftest import ANNOTATOR_AET, RunningService, run_up
 from tests.integration.test_round_trip import instances_of_modality
 from tests.support.dicom_validate import dciodvfy_errors, validation_errors
 from tests.support.orthanc import Orthanc, require_orthanc, wait_for
+from tests.support.phantom import make_ct_phantom
 from tests.support.processes import (
     free_port,
     require_binaries,
 )
-from tests.unit.pipelines.phantom import make_ct_phantom
 
 pytestmark = pytest.mark.integration
 

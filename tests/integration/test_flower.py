@@ -12,7 +12,7 @@ import yaml
 
 from tests.support.orthanc import wait_for
 from tests.support.processes import free_port, log_tail, require_binaries, stop_process
-from worker.embedded_redis import EmbeddedRedis
+from worker.service.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 

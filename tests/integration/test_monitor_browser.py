@@ -22,13 +22,13 @@ from scu_scp.scp import STATUS_OUT_OF_RESOURCES
 from scu_scp.scu import send_datasets
 from tests.integration.conftest import ANNOTATOR_AET, run_up, write_config
 from tests.support.orthanc import Orthanc, wait_for
+from tests.support.phantom import Nodule, make_ct_phantom
 from tests.support.processes import (
     free_port,
     log_tail,
     require_binaries,
     wait_for_port,
 )
-from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
 from worker.monitor.auth import hash_secret
 
 pytestmark = pytest.mark.integration

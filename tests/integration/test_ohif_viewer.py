@@ -46,8 +46,8 @@ from tests.support.ohif import (
     sr_marks,
 )
 from tests.support.orthanc import Orthanc, require_orthanc
+from tests.support.phantom import make_nodule_phantom
 from tests.support.processes import free_port, require_binaries
-from tests.unit.pipelines.phantom import make_nodule_phantom
 
 pytestmark = pytest.mark.integration
 

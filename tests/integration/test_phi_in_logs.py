@@ -12,8 +12,8 @@ from pydicom.uid import generate_uid
 from tests.integration.conftest import RunningService, run_up, write_config
 from tests.integration.test_round_trip import instances_of_modality, send_and_wait
 from tests.support.orthanc import Orthanc
+from tests.support.phantom import make_ct_phantom
 from tests.support.processes import free_port
-from tests.unit.pipelines.phantom import make_ct_phantom
 
 pytestmark = pytest.mark.integration
 

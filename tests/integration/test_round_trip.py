@@ -15,7 +15,7 @@ from tests.conftest import shared_data_path
 from tests.integration.conftest import RunningService
 from tests.support.dicom_validate import dciodvfy_errors, validation_errors
 from tests.support.orthanc import Orthanc, wait_for
-from tests.unit.pipelines.phantom import make_ct_phantom
+from tests.support.phantom import make_ct_phantom
 
 pytestmark = pytest.mark.integration
 

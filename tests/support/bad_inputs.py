@@ -16,15 +16,14 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileset import FileSet
 from pydicom.uid import (
+    BasicTextSRStorage,
+    CTImageStorage,
+    EncapsulatedPDFStorage,
     ExplicitVRLittleEndian,
     generate_uid,
 )
 
-from tests.unit.pipelines.phantom import make_ct_phantom
-
-ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+from tests.support.phantom import make_ct_phantom
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def non_dicom(folder: Path) -> BadInput:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "garbage.dcm"
     ds = Dataset()
-    ds.file_meta = _file_meta("1.2.840.10008.5.1.4.1.1.2", generate_uid())
+    ds.file_meta = _file_meta(CTImageStorage, generate_uid())
     ds.save_as(path, enforce_file_format=True)  # preamble + meta, empty dataset
     rng = np.random.default_rng(5)
     with path.open("ab") as fh:
@@ -122,9 +121,9 @@ def structured_report(folder: Path) -> BadInput:
     like = _phantom(1)[0]
     ds = Dataset()
     _patient_and_study(ds, like, "SR")
-    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPClassUID = BasicTextSRStorage
     ds.SOPInstanceUID = generate_uid()
-    ds.file_meta = _file_meta(BASIC_TEXT_SR, ds.SOPInstanceUID)
+    ds.file_meta = _file_meta(BasicTextSRStorage, ds.SOPInstanceUID)
     ds.ValueType = "CONTAINER"
     ds.ContinuityOfContent = "SEPARATE"
     ds.CompletionFlag = "COMPLETE"
@@ -141,9 +140,9 @@ def encapsulated_pdf(folder: Path) -> BadInput:
     like = _phantom(1)[0]
     ds = Dataset()
     _patient_and_study(ds, like, "DOC")
-    ds.SOPClassUID = ENCAPSULATED_PDF
+    ds.SOPClassUID = EncapsulatedPDFStorage
     ds.SOPInstanceUID = generate_uid()
-    ds.file_meta = _file_meta(ENCAPSULATED_PDF, ds.SOPInstanceUID)
+    ds.file_meta = _file_meta(EncapsulatedPDFStorage, ds.SOPInstanceUID)
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     ds.DocumentTitle = "scanned request"
     ds.BurnedInAnnotation = "YES"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.runner import StudyResult
-from worker import processing
 from worker.cli import main
+from worker.run import processing
 
 
 def install_stall(markers: Path, seconds: float) -> None:

@@ -5,119 +5,25 @@
 carry counts and states, no patient data.
 """
 
-
-import logging
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
-import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from scu_scp.spool import Spool, UnknownBatchError
 from worker import __version__
-from worker.admin import ActionError, Admin
-from worker.celery_app import job_enqueuer
-from worker.jobs import JobState, JobStore, UnknownJobError
-from worker.monitor.auth import Credentials, TokenChecker, check_session, resolve_credentials
+from worker.admin.actions import ActionError
+from worker.config import Settings
+from worker.jobs.store import JobState, UnknownJobError, utc_now
+from worker.monitor.auth import resolve_credentials
+from worker.monitor.context import HERE, LoginRequiredError, Monitor
 from worker.monitor.metrics import render_metrics
-from worker.monitor.preview import render_preview
-from worker.monitor.state import (
-    Sources,
-    job_detail_dict,
-    job_dict,
-    pending_studies,
-    queue_depths,
-    readiness,
-    worker_dict,
-)
-from worker.ops_store import OpsStore
-from worker.pull import PullError, annotate_from_source
-from worker.settings import Settings
-from worker.timings import read_timings
-
-log = logging.getLogger(__name__)
-
-HERE = Path(__file__).resolve().parent
-SESSION_COOKIE = "pacs_annotator_session"
-
-
-class LoginRequiredError(Exception):
-    """A page was asked for without a session: the handler sends the browser to /login."""
-
-
-class Monitor:
-    """What every request needs, built once per monitor process."""
-
-    def __init__(self, settings: Settings, credentials: Credentials) -> None:
-        store = JobStore(settings.effective_database_url)
-        client = redis.Redis.from_url(settings.broker_url) if settings.broker_url else None
-        spool = Spool(settings.spool_dir)
-        self.sources = Sources(settings, store, OpsStore(store.engine), spool, client)
-        self.admin = Admin(store, self.sources.ops, spool, job_enqueuer(settings, spool))
-        self.credentials = credentials
-        self.session_hours = settings.monitor.session_hours
-        self.tokens = TokenChecker(credentials)
-        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
-
-    def actor(self, request: Request) -> str | None:
-        """Who is asking: a bearer token, or the user of a valid session cookie."""
-        header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer "):
-            return self.tokens.check(header[7:].strip())
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if not cookie:
-            return None
-        return check_session(self.credentials, cookie, int(self.session_hours * 3600))
-
-    def summary(self) -> dict[str, Any]:
-        src = self.sources
-        now = datetime.now(UTC)
-        stale = src.settings.monitor.worker_stale_seconds
-        return {
-            "counts": {s.value: n for s, n in src.store.counts().items()},
-            "queues": self.queues(),
-            "workers": [worker_dict(w, now, stale) for w in src.ops.workers()],
-            "intake_paused": src.ops.intake_paused(),
-            "pending_studies": self.pending(),
-        }
-
-    def queues(self) -> dict[str, int | None]:
-        if self.sources.redis is None:
-            return {}
-        try:
-            return dict(queue_depths(self.sources.redis))
-        except redis.RedisError as exc:
-            log.warning("cannot read queue depth: %s", exc)
-            return {}
-
-    def pending(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "study_uid": p.study_uid,
-                "last_received": p.last_received.isoformat(),
-                "instances": p.instances,
-            }
-            for p in pending_studies(self.sources.spool)
-        ]
-
-    def preview(self, job_id: str) -> bytes:
-        job = self.sources.store.get(job_id)
-        try:
-            study = self.sources.spool.open_sealed(job.id)
-        except UnknownBatchError as exc:
-            raise HTTPException(404, f"job {job_id}: its study is no longer in the spool") from exc
-        png = render_preview(
-            self.sources.spool.instance_paths(study),
-            self.sources.settings.results_dir / job.id,
-        )
-        if png is None:
-            raise HTTPException(404, f"job {job_id}: no image series to preview")
-        return png
+from worker.monitor.pages import add_page_routes
+from worker.monitor.state import readiness
+from worker.monitor.views import job_detail_dict, job_dict, worker_dict
+from worker.run.timings import read_timings
+from worker.sources.pull import PullError, annotate_from_source
 
 
 def create_monitor_app(settings: Settings) -> FastAPI:
@@ -154,8 +60,6 @@ def create_monitor_app(settings: Settings) -> FastAPI:
 
     _add_open_routes(app, monitor)
     _add_api_routes(app, monitor)
-    from worker.monitor.pages import add_page_routes
-
     add_page_routes(app, monitor)
     return app
 
@@ -171,7 +75,7 @@ def _add_open_routes(app: FastAPI, monitor: Monitor) -> None:
         """Redis, the database and spool disk space; 503 when any fails."""
         src = monitor.sources
         checks = readiness(
-            src.store, src.redis, src.settings.spool_dir, src.settings.monitor.min_free_disk_mb
+            src.store, src.redis, src.settings.spool_dir, src.settings.monitor.min_free_disk_bytes
         )
         ok = all(c.ok for c in checks)
         body = {
@@ -291,7 +195,7 @@ def _add_api_routes(app: FastAPI, monitor: Monitor) -> None:
     @app.get("/api/workers", tags=["queue"])
     def workers(_: Actor) -> list[dict[str, Any]]:
         """Worker processes from their heartbeats; ``online`` if seen recently."""
-        now = datetime.now(UTC)
+        now = utc_now()
         stale = src.settings.monitor.worker_stale_seconds
         return [worker_dict(w, now, stale) for w in src.ops.workers()]
 

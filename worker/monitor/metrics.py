@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Sequence
 
-import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,8 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from worker.jobs import JobState
-from worker.monitor.state import Sources, pending_studies, queue_depths
+from worker.jobs.store import JobState
+from worker.monitor.state import Sources, pending_studies, queue_depth
 
 JOB_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 STAGE_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -104,10 +103,7 @@ class ServiceCollector(Collector):
             value=1 if ops.intake_paused() else 0,
         )
         if self._src.redis is not None:
-            try:
-                depths = queue_depths(self._src.redis)
-            except redis.RedisError:
-                depths = {}
+            depths = queue_depth(self._src)
             depth = GaugeMetricFamily(
                 "pacs_annotator_queue_depth",
                 "Messages waiting per Celery queue",

@@ -6,20 +6,17 @@ message, so a reload never repeats them.
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from worker.admin import ActionError, cancellable, retryable
-from worker.jobs import JobState, UnknownJobError
+from worker.admin.actions import ActionError, cancellable, retryable
+from worker.jobs.store import JobState, UnknownJobError, utc_now
 from worker.monitor.auth import make_session, verify_secret
-from worker.timings import read_timings
-
-if TYPE_CHECKING:
-    from worker.monitor.app import Monitor
+from worker.monitor.context import SESSION_COOKIE, LoginRequiredError, Monitor
+from worker.run.timings import read_timings
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +31,7 @@ def _back(path: str, message: str, *, error: bool = False) -> RedirectResponse:
     return RedirectResponse(f"{path}?{key}={quote(message)}", status_code=303)
 
 
-def add_page_routes(app: FastAPI, monitor: "Monitor") -> None:
-    from worker.monitor.app import SESSION_COOKIE, LoginRequiredError
-
+def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
     settings = monitor.sources.settings
     templates = monitor.templates
 
@@ -120,7 +115,7 @@ def add_page_routes(app: FastAPI, monitor: "Monitor") -> None:
             state=state,
             q=q,
             audit=src.ops.audit_entries(15),
-            now=datetime.now(UTC),
+            now=utc_now(),
         )
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)

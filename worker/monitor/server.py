@@ -6,16 +6,10 @@ import logging
 
 import uvicorn
 
+from worker.config import Settings
 from worker.monitor.app import create_monitor_app
-from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def monitor_url(settings: Settings) -> str:
-    host = settings.monitor.host
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://{shown}:{settings.monitor.port}/"
 
 
 def serve(settings: Settings) -> int:
@@ -31,7 +25,7 @@ def serve(settings: Settings) -> int:
             f"(also in {path}, mode 0600; set monitor.password_hash to replace it)",
             flush=True,
         )
-    print(f"monitor listening on {monitor_url(settings)}", flush=True)
+    print(f"monitor listening on {settings.monitor.url}", flush=True)
     config = uvicorn.Config(
         app,
         host=settings.monitor.host,

@@ -8,9 +8,9 @@ from pydicom.dataset import Dataset
 from pipelines.ct_basic import CtBasicPipeline
 from pipelines.ct_lung_nodules import CtLungNodulesPipeline
 from pipelines.findings import Findings
-from pipelines.volume import Volume, load_series, read_series
+from pipelines.volume import Volume, load_series, scan_files
 from tests.conftest import shared_data_path
-from tests.unit.pipelines.phantom import CtPhantom, make_ct_phantom, make_nodule_phantom
+from tests.support.phantom import CtPhantom, make_ct_phantom, make_nodule_phantom
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def phantom_findings(phantom_volume: Volume) -> Findings:
 def real_ct_datasets() -> list[Dataset]:
     """The 41 slices of the real CT (skips when ../shared/data is absent)."""
     folder = shared_data_path("ct-abdomen-crlm1004")
-    series = read_series(sorted(folder.glob("*.dcm")))
+    series = scan_files(sorted(folder.glob("*.dcm"))).series
     assert len(series) == 1
     return next(iter(series.values()))
 

@@ -30,7 +30,7 @@ from tests.support.bundles import (
     write_bundle,
 )
 from tests.support.dicom_validate import dciodvfy_errors
-from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
+from tests.support.phantom import Nodule, make_ct_phantom
 
 DENSE_HU = 300.0
 #: Bone-dense spheres at asymmetric places, so offsets along every axis cost Dice.

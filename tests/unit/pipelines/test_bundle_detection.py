@@ -16,7 +16,7 @@ from pipelines.runner import annotate_study
 from pipelines.volume import load_series
 from tests.support.bundles import detection_config, train_detector, write_bundle
 from tests.support.dicom_validate import validation_report
-from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
+from tests.support.phantom import Nodule, make_ct_phantom
 
 #: Only the bright sphere is visible after the bundle's intensity window.
 WINDOW = (1000.0, 1500.0)

@@ -20,7 +20,7 @@ from pipelines.bundle import BundlePipeline, BundleSpec
 from pipelines.volume import Volume, load_series
 from tests.support.bundles import SMALL_UNET, segmentation_config, train_segmenter, write_bundle
 from tests.support.dicom_validate import validation_errors
-from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
+from tests.support.phantom import Nodule, make_ct_phantom
 from tests.unit.pipelines.test_bundle import OBLIQUE, dice, run_bundle, seg_masks
 
 WINDOW = (1000.0, 1500.0)  # only the spheres are bright in the bundle's input

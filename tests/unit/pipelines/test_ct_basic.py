@@ -11,7 +11,7 @@ from pydicom.sr.codedict import codes
 from pipelines.ct_basic import VERSION, CtBasicPipeline
 from pipelines.findings import Findings, Segment
 from pipelines.volume import Volume, load_series
-from tests.unit.pipelines.phantom import (
+from tests.support.phantom import (
     BONE_RADIUS,
     GAS_CENTRE,
     CtPhantom,

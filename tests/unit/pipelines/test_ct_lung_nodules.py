@@ -19,7 +19,7 @@ from pipelines.ct_lung_nodules import (
 )
 from pipelines.findings import Classification, Detection, Findings
 from pipelines.volume import Volume
-from tests.unit.pipelines.phantom import LUNG_NODULES, LUNG_VESSELS, Vessel
+from tests.support.phantom import LUNG_NODULES, LUNG_VESSELS, Vessel
 
 
 def _distance_to_axis(point: np.ndarray, vessel: Vessel) -> float:

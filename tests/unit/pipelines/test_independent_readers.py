@@ -55,7 +55,7 @@ from tests.support.dicom_validate import (
     parse_pixelmed,
     validation_reports,
 )
-from tests.unit.pipelines.phantom import CtPhantom, make_ct_phantom
+from tests.support.phantom import CtPhantom, make_ct_phantom
 
 REAL_CT = SHARED_DATA / "ct-abdomen-crlm1004"
 #: A stand-in classifier's output: a finding and a probability per class.

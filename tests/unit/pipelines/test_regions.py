@@ -11,7 +11,7 @@ from pydicom.sr.codedict import codes
 from pipelines.findings import Detection
 from pipelines.regions import MAX_OUTLINE_POINTS, MIN_HALF_SIDE_PX, detection_region, segment_region
 from pipelines.volume import Volume, load_series
-from tests.unit.pipelines.phantom import make_ct_phantom
+from tests.support.phantom import make_ct_phantom
 
 OBLIQUE = (0.866025, 0.5, 0.0, 0.0, 0.0, -1.0)
 

@@ -20,7 +20,7 @@ from pipelines.routing import DEFAULT_RULES, RoutingRule
 from pipelines.runner import StudyResult, annotate_study
 from pipelines.volume import Volume
 from tests.support.dicom_validate import dciodvfy_errors
-from tests.unit.pipelines.phantom import make_ct_phantom
+from tests.support.phantom import make_ct_phantom
 
 STUDY_UID = "2.25.4242"
 

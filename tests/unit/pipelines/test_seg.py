@@ -18,7 +18,7 @@ from pipelines.seg import EmptySegmentationError, build_seg
 from pipelines.volume import Volume, load_series
 from tests.conftest import shared_data_path
 from tests.support.dicom_validate import dciodvfy_errors
-from tests.unit.pipelines.phantom import CtPhantom
+from tests.support.phantom import CtPhantom
 
 SERIES_UID, SOP_UID = "2.25.1001", "2.25.1002"
 

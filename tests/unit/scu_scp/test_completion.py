@@ -68,13 +68,6 @@ def test_force_makes_study_due_now() -> None:
     assert tracker.pending() == {"1.2.4": 1000.0}
 
 
-def test_forget_drops_study() -> None:
-    tracker = CompletionTracker(quiet_seconds=0, clock=FakeClock())
-    tracker.touch("1.2.3")
-    tracker.forget("1.2.3")
-    assert tracker.due() == []
-
-
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
 def test_invalid_quiet_seconds_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="quiet_seconds"):

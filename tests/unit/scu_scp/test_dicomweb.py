@@ -1,7 +1,7 @@
 """DICOMweb edge: STOW-RS responses to per-instance results, error mapping, QIDO paging, TLS.
 
 The client seam (``client=``) takes fakes here; tests/integration/test_dicomweb.py and
-tests/unit/worker/test_pull.py run the same code against a real Orthanc.
+tests/unit/worker/sources/test_pull.py run the same code against a real Orthanc.
 """
 
 from __future__ import annotations

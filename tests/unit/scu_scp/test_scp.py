@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
@@ -27,9 +27,10 @@ from scu_scp.scp import StorageSCP
 from scu_scp.scu import send_files
 from scu_scp.spool import Spool
 from tests.conftest import shared_data_path
-from tests.unit.scu_scp.conftest import ct_files, dataset_bytes, dcmtk_tool, wait_for
+from tests.support.edge import AE_TITLE, ScpFactory, start_scp
+from tests.support.storescp import ct_files, dataset_bytes, dcmtk_tool, wait_for
 
-AE_TITLE = "ANNOTATOR"
+__all__ = ["start_scp"]  # fixture
 CT_STUDY = "1.3.6.1.4.1.14519.5.2.1.9203.8273.319461848560755521018609264462"
 
 
@@ -48,31 +49,14 @@ class Recorder:
                 raise RuntimeError("queue unavailable")
 
 
-ScpFactory = Callable[..., StorageSCP]
-
-
 @pytest.fixture
-def make_scp(tmp_path: Path) -> Iterator[ScpFactory]:
-    started: list[StorageSCP] = []
+def make_scp(start_scp: ScpFactory) -> ScpFactory:
+    """An SCP handing sealed studies to ``on_complete``, quiet for 1 s unless told."""
 
     def factory(on_complete: Callable[[SpooledStudy], None], **kwargs: object) -> StorageSCP:
-        options: dict[str, object] = {"quiet_seconds": 1.0, "poll_interval": 0.05}
-        options.update(kwargs)
-        scp = StorageSCP(
-            ae_title=AE_TITLE,
-            host="127.0.0.1",
-            port=0,
-            spool=Spool(tmp_path / "spool"),
-            on_complete=on_complete,
-            **options,  # type: ignore[arg-type]
-        )
-        scp.start()
-        started.append(scp)
-        return scp
+        return start_scp(on_complete=on_complete, **{"quiet_seconds": 1.0, **kwargs})
 
-    yield factory
-    for scp in started:
-        scp.stop()
+    return factory
 
 
 def storescu(port: int, files: list[Path], *options: str) -> None:
@@ -122,7 +106,8 @@ def test_ct_series_from_storescu_is_spooled_and_completed_once(
     storescu(scp.port, files)
 
     assert wait_for(lambda: bool(recorder.calls), timeout=10)
-    time.sleep(0.5)  # a second hand-over would happen within a few polls
+    assert scp.tracker.pending() == {}  # nothing left that a later poll could hand over
+    scp.poll_once()
     assert len(recorder.calls) == 1
     study = recorder.calls[0]
     assert study.study_uid == CT_STUDY
@@ -203,7 +188,7 @@ def test_deflated_transfer_is_stored_decodable(
 
     (stored,) = spooled_files(tmp_path / "spool").values()
     copy = dcmread(stored)
-    assert copy.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
+    assert copy.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     assert (copy.pixel_array == dcmread(source).pixel_array).all()
 
 
@@ -253,7 +238,8 @@ def test_unfileable_dataset_is_quarantined_not_acknowledged(
     assert dcmread(data).Modality == "CT"
     assert spooled_files(tmp_path / "spool") == {}
     assert not (tmp_path / "x").exists()
-    time.sleep(0.4)
+    assert scp.tracker.pending() == {}  # nothing is waiting to complete
+    scp.poll_once()
     assert recorder.calls == []
 
 

@@ -29,9 +29,9 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
-from tests.unit.pipelines.phantom import make_ct_phantom
-from tests.unit.scu_scp.conftest import wait_for
-from tests.unit.scu_scp.edge import AE_TITLE, spooled
+from tests.support.edge import AE_TITLE, spooled
+from tests.support.phantom import make_ct_phantom
+from tests.support.storescp import wait_for
 
 pytestmark = pytest.mark.timeout(900)
 

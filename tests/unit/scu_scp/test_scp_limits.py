@@ -13,7 +13,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from scu_scp.admission import ScpLimits, free_disk_bytes
 from scu_scp.models import DicomNode
 from scu_scp.scu import send_files
-from tests.unit.scu_scp.edge import AE_TITLE, ScpFactory, ct_files, dcmtk, spooled, start_scp
+from tests.support.edge import AE_TITLE, ScpFactory, ct_files, dcmtk, spooled, start_scp
 
 __all__ = ["start_scp"]  # fixture
 

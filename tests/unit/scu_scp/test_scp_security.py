@@ -14,8 +14,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from scu_scp.models import DeliveryError, DicomNode
 from scu_scp.scu import send_files
 from scu_scp.security import AllowedCaller, ClientTls, ServerTls
-from tests.unit.scu_scp.conftest import StoreSCP
-from tests.unit.scu_scp.edge import (
+from tests.support.edge import (
     AE_TITLE,
     Pki,
     ScpFactory,
@@ -26,6 +25,7 @@ from tests.unit.scu_scp.edge import (
     start_scp,
     storescp_tls,
 )
+from tests.support.storescp import StoreSCP
 
 __all__ = ["pki", "start_scp"]  # fixtures
 

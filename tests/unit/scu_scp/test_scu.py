@@ -16,7 +16,8 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from scu_scp.models import DeliveryError, DicomNode
 from scu_scp.scu import send_datasets, send_files
 from tests.conftest import shared_data_path
-from tests.unit.scu_scp.conftest import StoreSCP, ct_files, free_port
+from tests.support.processes import free_port
+from tests.support.storescp import StoreSCP, ct_files
 
 
 def _sop_uids(paths: list[Path]) -> set[str]:

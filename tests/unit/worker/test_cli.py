@@ -5,7 +5,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.unit.pipelines.phantom import make_ct_phantom
+from tests.support.phantom import make_ct_phantom
 from worker.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 
 

@@ -14,16 +14,16 @@ from pydicom.dataset import Dataset
 
 from pipelines.registry import builtin_pipelines
 from scu_scp.spool import Spool
+from tests.support.jobs import FakePacs, spool_study
+from tests.support.phantom import Nodule, make_ct_phantom
 from tests.support.processes import require_binaries
-from tests.unit.pipelines.phantom import Nodule, make_ct_phantom
-from tests.unit.worker.test_processing import FakePacs, spool_study
-from worker.embedded_redis import EmbeddedRedis
-from worker.jobs import JobStore
+from worker.config import Settings, load_settings
+from worker.jobs.ops_store import OpsStore
+from worker.jobs.store import JobStore
 from worker.monitor.app import create_monitor_app
 from worker.monitor.auth import hash_secret
-from worker.ops_store import OpsStore
-from worker.processing import Runtime, process_job
-from worker.settings import Settings, load_settings
+from worker.run.processing import Runtime, process_job
+from worker.service.embedded_redis import EmbeddedRedis
 
 PASSWORD = "correct horse battery"
 TOKEN = "api-token-0123456789"

@@ -11,13 +11,13 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.unit.pipelines.phantom import make_ct_phantom
+from tests.support.jobs import spool_study
+from tests.support.phantom import make_ct_phantom
 from tests.unit.worker.monitor.conftest import TOKEN, Env, bearer, broken_series
-from tests.unit.worker.test_processing import spool_study
-from worker.celery_app import DEFAULT_QUEUE
-from worker.jobs import JobState
-from worker.monitor.state import queue_depths
-from worker.processing import Runtime, process_job
+from worker.config import DEFAULT_QUEUE
+from worker.jobs.broker import queue_depths
+from worker.jobs.store import JobState
+from worker.run.processing import Runtime, process_job
 
 
 def _new_job(env: Env, job_id: str, state: JobState) -> str:
@@ -68,7 +68,7 @@ def test_summary_counts_queues_workers_and_pending(client: TestClient, env: Env)
     counts = env.store.counts()
     assert body["counts"] == {s.value: n for s, n in counts.items()}
     assert body["counts"]["done"] >= 1 and body["counts"]["failed"] >= 1
-    assert body["queues"] == queue_depths(env.redis)
+    assert body["queues"] == queue_depths(env.redis, [DEFAULT_QUEUE])
     assert env.pending_study in [p["study_uid"] for p in body["pending_studies"]]
     assert body["pending_studies"][0]["instances"] >= 1
     assert body["intake_paused"] is False
@@ -125,11 +125,11 @@ def test_retry_requeues_a_failed_job_and_is_audited(client: TestClient, env: Env
     broken = make_ct_phantom(slices=8, size=32, pixel_spacing=9.0, seed=11).datasets
     job_id = process_job(env.runtime, spool_study(env.runtime, broken_series(broken))).id
     assert env.store.get(job_id).state is JobState.FAILED
-    before = queue_depths(env.redis)[DEFAULT_QUEUE]
+    before = queue_depths(env.redis, [DEFAULT_QUEUE])[DEFAULT_QUEUE]
     response = client.post(f"/api/jobs/{job_id}/retry", headers=bearer())
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "queued" and response.json()["error"] is None
-    assert queue_depths(env.redis)[DEFAULT_QUEUE] == before + 1
+    assert queue_depths(env.redis, [DEFAULT_QUEUE])[DEFAULT_QUEUE] == before + 1
     entry = env.ops.audit_entries(1)[0]
     assert (entry.actor, entry.action, entry.target) == ("token", "retry", job_id)
     again = client.post(f"/api/jobs/{job_id}/retry", headers=bearer())

@@ -7,14 +7,14 @@ import stat
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.unit.pipelines.phantom import make_ct_phantom
+from tests.support.jobs import spool_study
+from tests.support.phantom import make_ct_phantom
 from tests.unit.worker.monitor.conftest import PASSWORD, Env, broken_series
-from tests.unit.worker.test_processing import spool_study
-from worker.jobs import JobState
+from worker.config import load_settings
+from worker.jobs.store import JobState
 from worker.monitor.app import create_monitor_app
 from worker.monitor.auth import verify_secret
-from worker.processing import process_job
-from worker.settings import load_settings
+from worker.run.processing import process_job
 
 
 def _login(client: TestClient, password: str = PASSWORD) -> None:
@@ -136,9 +136,9 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_parse_and_move_after_a_job(env: Env) -> None:
-    from tests.unit.pipelines.phantom import make_ct_phantom
-    from tests.unit.worker.test_processing import spool_study
-    from worker.processing import process_job
+    from tests.support.jobs import spool_study
+    from tests.support.phantom import make_ct_phantom
+    from worker.run.processing import process_job
 
     with env.app_client() as client:
         before = _samples(client.get("/metrics").text)

@@ -1,0 +1,135 @@
+"""Jobs in tests: studies sealed in a spool as the SCP leaves them, a fake PACS, databases."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from scu_scp.models import DeliveryError, DeliveryResult, DicomNode, InstanceResult, SpooledStudy
+from scu_scp.spool import Spool
+from worker.config import Settings, load_settings
+from worker.jobs.dispatch import Dispatcher
+from worker.run.processing import Runtime
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+class FakePacs:
+    """Records what it receives; can be told to be down or to refuse instances."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str]] = []
+        self.down = False
+        self.refuse = False
+
+    def __call__(self, node: DicomNode, datasets: Sequence[Dataset]) -> DeliveryResult:
+        if self.down:
+            raise DeliveryError(f"cannot reach {node.host}:{node.port}: connection refused")
+        status = 0xA700 if self.refuse else 0x0000
+        results = tuple(
+            InstanceResult(ds.SOPInstanceUID, ds.SOPClassUID, status, "out of resources")
+            for ds in datasets
+        )
+        if not self.refuse:
+            self.received += [(node.ae_title, ds.SOPInstanceUID) for ds in datasets]
+        return DeliveryResult(node.ae_title, results)
+
+
+def make_settings(tmp_path: Path, **extra: Any) -> Settings:
+    return load_settings(
+        None,
+        data_dir=tmp_path / "data",
+        destinations={"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}},
+        **extra,
+    )
+
+
+def spool_study(rt: Runtime, datasets: Sequence[Dataset], calling_ae: str = "ORTHANC") -> str:
+    """Store the datasets as the SCP would, seal the study and record its job; return its id."""
+    for ds in datasets:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        rt.spool.store(
+            buf.getvalue(),
+            study_uid=ds.StudyInstanceUID,
+            series_uid=ds.SeriesInstanceUID,
+            sop_uid=ds.SOPInstanceUID,
+            calling_ae=calling_ae,
+            calling_host="127.0.0.1",
+        )
+    study = rt.spool.seal(datasets[0].StudyInstanceUID)
+    assert study is not None
+    return Dispatcher(rt.store, rt.spool, lambda _id: None).dispatch(study).id
+
+
+def _instance_bytes(study_uid: str, series_uid: str, sop_uid: str) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.AccessionNumber = "ACC42"
+    ds.Modality = "CT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def sealed_study(spool: Spool, n: int = 2) -> SpooledStudy:
+    study, series = generate_uid(), generate_uid()
+    for _ in range(n):
+        sop = generate_uid()
+        spool.store(
+            _instance_bytes(study, series, sop),
+            study_uid=study,
+            series_uid=series,
+            sop_uid=sop,
+            calling_ae="ORTHANC",
+            calling_host="127.0.0.1",
+        )
+    sealed = spool.seal(study)
+    assert sealed is not None
+    return sealed
+
+
+def postgres_url() -> Iterator[str]:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed")
+    name = f"pa_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        pytest.skip(f"no PostgreSQL answers on 127.0.0.1:5432: {exc.orig}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def settings_only_bundle(root: Path) -> Path:
+    """A bundle directory that passes the settings check (config and weights present) and
+    is never loaded: for tests of routing, queues and settings."""
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "inference.json").write_text("{}")
+    (root / "models").mkdir()
+    (root / "models" / "model.pt").write_bytes(b"")
+    return root

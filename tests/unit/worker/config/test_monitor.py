@@ -1,0 +1,15 @@
+"""The monitor section: its address as shown to the admin, and its disk floor in one unit."""
+
+from __future__ import annotations
+
+from worker.config import MIB, MonitorSettings
+
+
+def test_a_wildcard_address_is_shown_as_loopback() -> None:
+    assert MonitorSettings().url == "http://127.0.0.1:8080/"
+    assert MonitorSettings(host="0.0.0.0", port=9000).url == "http://127.0.0.1:9000/"
+    assert MonitorSettings(host="10.1.2.3").url == "http://10.1.2.3:8080/"
+
+
+def test_the_disk_floor_keeps_its_megabyte_key_and_is_compared_in_bytes() -> None:
+    assert MonitorSettings(min_free_disk_mb=5).min_free_disk_bytes == 5 * MIB

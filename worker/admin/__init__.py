@@ -1,0 +1,1 @@
+"""Admin actions on jobs and intake, and their command-line commands."""

@@ -1,0 +1,63 @@
+"""Settings of the DICOM receiver: where it listens, whom it accepts, its limits, completion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from scu_scp.security import parse_network
+from worker.config.base import GIB, Section, check_ae_title
+
+
+class AllowedCallerSettings(Section):
+    """A calling AE title the SCP accepts, optionally only from an IP address or network."""
+
+    ae_title: str
+    host: str | None = None
+
+    _ae = field_validator("ae_title")(check_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_network(value)
+        return value
+
+
+class ScpTlsSettings(Section):
+    """DICOM TLS for the SCP (PEM files); loaded when the SCP starts."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> ScpTlsSettings:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates")
+        return self
+
+
+class ScpSettings(Section):
+    """Where the annotator listens for the PACS, whom it accepts, and its limits."""
+
+    ae_title: str = "PACS_ANNOTATOR"
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    allowed_callers: tuple[AllowedCallerSettings, ...] = ()
+    tls: ScpTlsSettings | None = None
+    max_associations: int = Field(default=10, ge=1, le=1000)
+    max_instance_bytes: int = Field(default=2 * GIB, ge=0)
+    max_study_bytes: int = Field(default=20 * GIB, ge=0)
+    min_free_disk_bytes: int = Field(default=1 * GIB, ge=0)
+
+    _ae = field_validator("ae_title")(check_ae_title)
+
+
+class CompletionSettings(Section):
+    """When a study counts as complete: no new instance for ``quiet_seconds``."""
+
+    quiet_seconds: float = Field(default=30.0, gt=0, le=86400)

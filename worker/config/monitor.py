@@ -1,0 +1,46 @@
+"""Settings of the admin web app."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from worker.config.base import MIB, Section
+
+
+class MonitorSettings(Section):
+    """The admin web app (dashboard, JSON API, /metrics).
+
+    Login takes the admin password (``password_hash``) or an API token (``token_hash``), both
+    stored as hashes made by ``pacs-annotator hash-password``. With neither set, the first
+    start generates a password into ``data_dir/monitor/admin-password`` (mode 0600).
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    admin_user: str = Field(default="admin", min_length=1, max_length=64)
+    password_hash: str = ""
+    token_hash: str = ""
+    session_secret: str = ""
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    refresh_seconds: int = Field(default=10, ge=0, le=3600)
+    worker_stale_seconds: float = Field(default=60.0, gt=0)
+    # The key stays in MB (admins script it); the code compares bytes, as scp.* does.
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+
+    @field_validator("password_hash", "token_hash")
+    @classmethod
+    def _known_hash(cls, value: str) -> str:
+        if value and not value.startswith("scrypt$"):
+            raise ValueError("must be a hash from 'pacs-annotator hash-password' (scrypt$...)")
+        return value
+
+    @property
+    def min_free_disk_bytes(self) -> int:
+        return self.min_free_disk_mb * MIB
+
+    @property
+    def url(self) -> str:
+        """Where an admin on this machine opens the monitor."""
+        shown = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{shown}:{self.port}/"

@@ -1,0 +1,1 @@
+"""Where results go: choosing destinations (rules) and sending to them (C-STORE, STOW-RS, TLS)."""

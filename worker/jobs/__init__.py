@@ -1,0 +1,1 @@
+"""Jobs: the store (the truth), dispatch, queues and the broker seam, recovery."""

@@ -1,0 +1,1 @@
+"""The long-running processes: the SCP with its dispatcher, ``up``, embedded Redis, controls."""

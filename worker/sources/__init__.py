@@ -1,0 +1,1 @@
+"""Studies pulled from DICOMweb sources: WADO-RS on demand, and QIDO-RS polling."""
