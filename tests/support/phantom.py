@@ -299,3 +299,18 @@ def make_nodule_phantom(*, seed: int = 11, study_uid: str | None = None) -> CtPh
         nodules=LUNG_NODULES,
         vessels=LUNG_VESSELS,
     )
+
+
+def image_point_mm(image: Dataset, column: float, row: float) -> npt.NDArray[np.float64]:
+    """Patient position (LPS mm) of DICOM image coordinates (column, row) on ``image``.
+
+    Image coordinates put the top-left corner of the image at (0, 0), so pixel centres are
+    at +0.5 (PS3.3 C.18.6.1.2): what an SR's SCOORD holds.
+    """
+    orientation = np.array(image.ImageOrientationPatient, dtype=np.float64)
+    row_spacing, col_spacing = (float(v) for v in image.PixelSpacing)
+    return (
+        np.array(image.ImagePositionPatient, dtype=np.float64)
+        + orientation[:3] * (column - 0.5) * col_spacing
+        + orientation[3:] * (row - 0.5) * row_spacing
+    )

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipelines.findings import Detection
 from pipelines.regions import MAX_OUTLINE_POINTS, MIN_HALF_SIDE_PX, detection_region, segment_region
 from pipelines.volume import Volume, load_series
-from tests.support.phantom import make_ct_phantom
+from tests.support.phantom import image_point_mm, make_ct_phantom
 
 OBLIQUE = (0.866025, 0.5, 0.0, 0.0, 0.0, -1.0)
 
@@ -25,16 +23,6 @@ def _volume(orientation: object) -> Volume:
         orientation=orientation,  # type: ignore[arg-type]
     )
     return load_series(phantom.datasets)
-
-
-def _patient_mm(image: Dataset, column: float, row: float) -> npt.NDArray[np.float64]:
-    orientation = np.array(image.ImageOrientationPatient, dtype=np.float64)
-    row_spacing, col_spacing = (float(v) for v in image.PixelSpacing)
-    return (
-        np.array(image.ImagePositionPatient, dtype=np.float64)
-        + orientation[:3] * (column - 0.5) * col_spacing
-        + orientation[3:] * (row - 0.5) * row_spacing
-    )
 
 
 def _voxel_centre(volume: Volume, k: int, r: int, c: int) -> tuple[float, float, float]:
@@ -67,7 +55,7 @@ def test_detection_box_is_centred_on_its_key_slice(orientation: object) -> None:
     columns, rows = sorted(set(points[:, 0].tolist())), sorted(set(points[:, 1].tolist()))
     assert len(columns) == 2 and len(rows) == 2
     middle = (sum(columns) / 2, sum(rows) / 2)
-    assert np.allclose(_patient_mm(region.image, *middle), centre, atol=1e-3)
+    assert np.allclose(image_point_mm(region.image, *middle), centre, atol=1e-3)
     orientation = np.array(region.image.ImageOrientationPatient, dtype=float)
     row_spacing, col_spacing = (float(v) for v in region.image.PixelSpacing)
     extent = np.full(3, size)

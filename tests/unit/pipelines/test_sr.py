@@ -6,7 +6,6 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -19,6 +18,7 @@ from pipelines.sr import CLASSIFICATION, NO_FINDING, build_sr
 from pipelines.volume import Volume
 from tests.conftest import shared_data_path
 from tests.support.dicom_validate import dciodvfy_errors
+from tests.support.phantom import image_point_mm
 
 SR_SERIES, SR_SOP = "2.25.7001", "2.25.7002"
 
@@ -109,17 +109,6 @@ def _evaluations(sr: Dataset) -> list[tuple[str, str]]:
     ]
 
 
-def _image_point_mm(image: Dataset, column: float, row: float) -> npt.NDArray[np.float64]:
-    """Patient position of (column, row) image coordinates (pixel centres at +0.5)."""
-    orientation = np.array(image.ImageOrientationPatient, dtype=np.float64)
-    row_spacing, col_spacing = (float(v) for v in image.PixelSpacing)
-    return (
-        np.array(image.ImagePositionPatient, dtype=np.float64)
-        + orientation[:3] * (column - 0.5) * col_spacing
-        + orientation[3:] * (row - 0.5) * row_spacing
-    )
-
-
 def test_detections_are_boxes_on_their_key_slice_then_their_measurements(
     sr_path: Path, nodule_volume: Volume, nodule_findings: Findings
 ) -> None:
@@ -146,7 +135,7 @@ def test_detections_are_boxes_on_their_key_slice_then_their_measurements(
         image = by_uid[region.ContentSequence[0].referenced_sop_instance_uid]
         points = region.value
         assert len(points) == 5 and np.array_equal(points[0], points[-1])
-        centre = _image_point_mm(image, *points[:4].mean(axis=0))
+        centre = image_point_mm(image, *points[:4].mean(axis=0))
         # The key image is the slice through the centre; the box is centred on it.
         offset = centre - np.array(detection.centre_mm)
         assert abs(offset @ normal) <= slice_step / 2 + 1e-3
