@@ -67,19 +67,14 @@ def render_preview(spool_paths: list[Path], results_dir: Path) -> bytes | None:
     slices = series[target]
     index_of = {str(s.header.SOPInstanceUID): i for i, s in enumerate(slices)}
     overlays = _overlays(segs, [str(s.header.SOPInstanceUID) for s in slices])
-    tracked = {
-        str(item.TrackingUID)
-        for seg in segs
-        for item in seg.SegmentSequence
-        if "TrackingUID" in item
-    }
     marks: dict[int, list[_Mark]] = {}
+    drawn: set[str] = set()
     for report in reports:
         for group in report.get_planar_roi_measurement_groups():
-            roi = group.roi
-            if not isinstance(roi, hd.sr.ImageRegion) or group.tracking_uid in tracked:
-                continue  # a segment's outline (the SEG overlay shows it), or drawn already
-            tracked.add(group.tracking_uid)
+            roi, uid = group.roi, str(group.tracking_uid)
+            if not isinstance(roi, hd.sr.ImageRegion) or uid in drawn:
+                continue  # a detection's second group repeats its box
+            drawn.add(uid)
             index = index_of.get(roi.ContentSequence[0].referenced_sop_instance_uid)
             if index is not None:
                 points = np.asarray(roi.value, dtype=float)
