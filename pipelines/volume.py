@@ -18,6 +18,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.processing import apply_modality_lut
 
 from pipelines.errors import VolumeError
 
@@ -263,11 +264,8 @@ def _rescaled_pixels(ds: Dataset, rows: int, cols: int, fail: _Fail) -> npt.NDAr
         raise fail(f"cannot decode pixel data of instance {_sop(ds)}: {exc}") from exc
     if stored.shape != (rows, cols):
         raise fail(f"instance {_sop(ds)} pixel data has shape {stored.shape}, not {rows}x{cols}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return (stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(
-        np.float32
-    )
+    # Rescale slope/intercept, or a Modality LUT Sequence: pydicom applies whichever is there.
+    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
 
 
 def _orientation(ds: Dataset) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:

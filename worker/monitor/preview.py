@@ -21,6 +21,7 @@ import pydicom
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 MAX_SLICES = 4
@@ -186,8 +187,9 @@ def _window(ds: Dataset) -> tuple[float, float]:
 
 
 def _to_grey(ds: Dataset) -> npt.NDArray[np.uint8]:
-    pixels = ds.pixel_array.astype(float) * float(ds.get("RescaleSlope", 1) or 1)
-    pixels += float(ds.get("RescaleIntercept", 0) or 0)
+    pixels: npt.NDArray[np.float64] = np.asarray(
+        apply_modality_lut(ds.pixel_array, ds), dtype=np.float64
+    )
     low, high = _window(ds)
     if np.isnan(low):
         low, high = (float(v) for v in np.percentile(pixels, [1, 99]))
