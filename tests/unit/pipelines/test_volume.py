@@ -53,6 +53,25 @@ def test_rescale_is_applied(phantom: CtPhantom, phantom_volume: Volume) -> None:
     assert phantom_volume.voxels.min() == pytest.approx(-1000, abs=1)  # air, not stored 24
 
 
+def test_a_modality_lut_sequence_is_applied_like_a_rescale(phantom: CtPhantom) -> None:
+    """Some scanners give a Modality LUT instead of slope and intercept: same Hounsfield units."""
+    datasets = _copies(phantom.datasets[:6])
+    rescaled = load_series(datasets).voxels
+    for ds in datasets:
+        stored = ds.pixel_array
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        del ds.RescaleSlope, ds.RescaleIntercept
+        lut = Dataset()
+        entries = int(stored.max()) + 1
+        lut.LUTDescriptor = [entries, 0, 16]
+        lut.ModalityLUTType = "HU"
+        lut.LUTData = [round(v * slope + intercept) + 2048 for v in range(entries)]
+        ds.ModalityLUTSequence = [lut]
+        # 16-bit LUT values are unsigned: offset by 2048, taken off again below.
+    looked_up = load_series(datasets).voxels - 2048
+    assert np.array_equal(looked_up, np.round(rescaled))
+
+
 def test_affine_maps_indices_to_image_positions(phantom_volume: Volume) -> None:
     for k, ds in enumerate(phantom_volume.datasets):
         assert np.allclose(phantom_volume.affine @ [k, 0, 0, 1], [*ds.ImagePositionPatient, 1])
