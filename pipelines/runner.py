@@ -34,7 +34,8 @@ from pipelines.errors import InputError
 from pipelines.findings import Findings
 from pipelines.routing import RoutingRule, select_pipelines
 from pipelines.seg import build_seg, non_empty_segments
-from pipelines.sr import SeriesResult, build_sr
+from pipelines.sr import build_sr
+from pipelines.sr_root import SeriesResult
 from pipelines.uids import derive_uid
 from pipelines.volume import Volume, load_series, scan_files
 

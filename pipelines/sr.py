@@ -1,5 +1,7 @@
 """Findings -> one TID 1500 Measurement Report (Comprehensive 3D SR) per job.
 
+This module writes the measurement groups; ``pipelines.sr_root`` the rest of the root.
+
 Written so that viewers draw it (OHIF, 3D Slicer QuantitativeReporting; IHE AI Results),
 and so that independent readers (dciodvfy, PixelMed, dcmqi) find nothing wrong:
 - root: "Imaging Measurement Report" (DCM 126000), language, one device observer (this
@@ -23,7 +25,6 @@ SEGs are listed as evidence (Current Requested Procedure Evidence Sequence).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,44 +36,34 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from pipelines.findings import Algorithm, Detection, Findings, Segment
+from pipelines.findings import Detection, Findings, Segment
 from pipelines.measurements import hu_resolution, measure_segment, round_to
 from pipelines.regions import KeyImageRegion, detection_region, segment_region
 from pipelines.seg import (
-    PROCESSING_PURPOSE,
     copy_required_source_attributes,
     non_empty_segments,
+)
+from pipelines.sr_root import (
+    SCORE_DECIMALS,
+    SERVICE_NAME,
+    SeriesResult,
+    device_observer,
+    distinct_algorithms,
+    equipment,
+    image_library,
+    procedures,
+    qualitative_evaluations,
+    text_item,
 )
 from pipelines.uids import derive_uid
 from pipelines.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-#: Stated in a group when an algorithm ran on a series and reported nothing.
-NO_FINDING = Code("373572006", "SCT", "Clinical finding absent")
 #: The concept of a detection's score: a ranking in 0..1, not a calibrated probability.
 DETECTION_SCORE = codes.SCT.Score
-QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
-#: Concept name of a classification's qualitative evaluation (the value is the class).
-CLASSIFICATION = Code("278201002", "SCT", "Classification")
 UNITLESS = codes.UCUM.NoUnits
-#: Scores and probabilities are stated to two decimals (0.87), finer means nothing.
-SCORE_DECIMALS = 2
 MILLILITER = Code("ml", "UCUM", "milliliter")
-#: "Procedure reported" per source modality (LOINC radiology playbook codes).
-PROCEDURES: dict[str, Code] = {
-    "CT": Code("25045-6", "LN", "CT unspecified body region"),
-    "MR": Code("25056-3", "LN", "MR unspecified body region"),
-}
-#: An image library entry's concept (as highdicom and dcmqi write it).
-SOURCE = Code("260753009", "SCT", "Source")
-IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging")
-
-SeriesResult = tuple[Volume, Findings, Dataset | None]
-
-
-#: The device observer of every report: this service (each group names its algorithm).
-SERVICE_NAME = "pacs-annotator"
 
 
 @dataclass(frozen=True)
@@ -115,13 +106,13 @@ def build_sr(
     studies = {str(ds.StudyInstanceUID) for ds in sources}
     if len(studies) != 1:
         raise ValueError(f"sources span {len(studies)} studies; one SR covers one study")
-    algorithms = _distinct_algorithms(results)
+    algorithms = distinct_algorithms(results)
     groups = [group for result in results for group in _groups(result, sop_uid)]
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
-            observer_device_context=_device_observer(software_version)
+            observer_device_context=device_observer(software_version)
         ),
-        procedure_reported=_procedures(results),
+        procedure_reported=procedures(results),
         # highdicom always writes "Imaging Measurements" with at least one group; TID 1500
         # needs it only when there is no other container. A report of classifications or
         # absences alone drops it again below (a group there without a place on an image
@@ -137,10 +128,10 @@ def build_sr(
         for i, item in enumerate(content)
         if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
     )
-    content.insert(measurements_at, _image_library(sources))
+    content.insert(measurements_at, image_library(sources))
     if not groups:
         del content[measurements_at + 1]
-    evaluations = _qualitative_evaluations(results)
+    evaluations = qualitative_evaluations(results)
     if evaluations is not None:
         content.append(evaluations)
     segs = [seg for _, _, seg in results if seg is not None]
@@ -157,7 +148,7 @@ def build_sr(
         series_description="AI findings (TID 1500)",
         is_complete=True,
         is_final=False,  # machine output, not verified by a physician
-        contributing_equipment=[_equipment(algorithm) for algorithm in algorithms],
+        contributing_equipment=[equipment(algorithm) for algorithm in algorithms],
     )
     copy_required_source_attributes(sources[0], sr)
     logger.info(
@@ -230,7 +221,7 @@ def _detection_groups(
     where = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         referenced_region=_image_region(region), **common
     )
-    where[0].ContentSequence.append(_text_item(_detection_summary(detection, volume)))
+    where[0].ContentSequence.append(text_item(_detection_summary(detection, volume)))
     measured = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         referenced_region=_image_region(region),
         measurements=[
@@ -351,152 +342,7 @@ def _source_image_for_region(region: KeyImageRegion) -> hd.sr.SourceImageForRegi
     )
 
 
-def _image_library(sources: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
-    """TID 1600 Image Library: one group per series, sharing modality and frame of reference.
-
-    The per-image descriptors (TID 1602) are optional; highdicom's ``ImageLibrary`` writes
-    them for every image at about 20 ms each (6 s for a 300-slice series), so the image
-    items here carry only their references, as viewers read them.
-    """
-    library = hd.sr.ContainerContentItem(
-        name=codes.DCM.ImageLibrary, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
-    by_series: dict[str, list[Dataset]] = {}
-    for ds in sources:
-        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
-    groups = []
-    for images in by_series.values():
-        group = hd.sr.ContainerContentItem(
-            name=codes.DCM.ImageLibraryGroup,
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        )
-        first = images[0]
-        context = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
-        descriptors: list[hd.sr.ContentItem] = []
-        modality = _acquisition_modalities().get(str(first.get("Modality", "")))
-        if modality is not None:  # the descriptors are optional; an odd modality goes without
-            descriptors.append(
-                hd.sr.CodeContentItem(
-                    name=codes.DCM.Modality, value=modality, relationship_type=context
-                )
-            )
-        if "FrameOfReferenceUID" in first:
-            descriptors.append(
-                hd.sr.UIDRefContentItem(
-                    name=codes.DCM.FrameOfReferenceUID,
-                    value=str(first.FrameOfReferenceUID),
-                    relationship_type=context,
-                )
-            )
-        entries = [
-            hd.sr.ImageContentItem(
-                name=SOURCE,
-                referenced_sop_class_uid=str(ds.SOPClassUID),
-                referenced_sop_instance_uid=str(ds.SOPInstanceUID),
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-            for ds in images
-        ]
-        group.ContentSequence = DicomSequence([*descriptors, *entries])
-        groups.append(group)
-    library.ContentSequence = DicomSequence(groups)
-    return library
-
-
-@functools.cache
-def _acquisition_modalities() -> dict[str, Code]:
-    """CID 29 "Acquisition Modality" by modality (CT -> "Computed Tomography")."""
-    return {code.value: code for code in (getattr(codes.cid29, n) for n in codes.cid29.dir())}
-
-
 def _placeholder_group() -> hd.sr.MeasurementsAndQualitativeEvaluations:
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(identifier="placeholder")
-    )
-
-
-def _qualitative_evaluations(results: Sequence[SeriesResult]) -> hd.sr.ContainerContentItem | None:
-    """TID 1500's "Qualitative Evaluations": classifications, and what found nothing.
-
-    These state something about a whole series, with no place on an image. They stay out
-    of "Imaging Measurements", whose every group viewers expect to locate on an image (OHIF
-    fails to load a report with a group it cannot place). Each class or absence is a CODE,
-    followed by a TEXT naming the algorithm, the series and the probability.
-    """
-    items: list[hd.sr.CodeContentItem | hd.sr.TextContentItem] = []
-    for volume, findings, _ in results:
-        algorithm = findings.algorithm
-        number = volume.datasets[0].get("SeriesNumber")
-        series = f"series {number}" if number not in (None, "") else volume.series_uid
-        where = f"{algorithm.name} {algorithm.version}, {series}"
-        for classification in findings.classifications:
-            items.append(_code_item(CLASSIFICATION, classification.code))
-            probability = round(classification.probability, SCORE_DECIMALS)
-            items.append(
-                _text_item(f"{classification.code.meaning}: probability {probability} ({where})")
-            )
-        if findings.is_empty:
-            items.append(_code_item(codes.DCM.Finding, NO_FINDING))
-            items.append(_text_item(f"No findings ({where})"))
-    if not items:
-        return None
-    container = hd.sr.ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
-    container.ContentSequence = DicomSequence(items)
-    return container
-
-
-def _code_item(name: Code, value: Code) -> hd.sr.CodeContentItem:
-    return hd.sr.CodeContentItem(
-        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
-
-
-def _text_item(text: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(
-        name=codes.DCM.Comment, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
-
-
-def _procedures(results: Sequence[SeriesResult]) -> list[Code]:
-    """The imaging procedure(s) the report is about, by modality.
-
-    "Procedure reported" takes its codes from CID 100, which has no body-region codes for
-    CT or MR ("CT Chest" is not in it; PixelMed reports it as an error).
-    """
-    found: dict[Code, None] = {}
-    for volume, _, _ in results:
-        found[PROCEDURES.get(volume.modality, IMAGING_PROCEDURE)] = None
-    return list(found)
-
-
-def _distinct_algorithms(results: Sequence[SeriesResult]) -> list[Algorithm]:
-    seen: dict[tuple[str, str, str], Algorithm] = {}
-    for _, findings, _ in results:
-        algorithm = findings.algorithm
-        seen.setdefault((algorithm.name, algorithm.version, algorithm.manufacturer), algorithm)
-    return list(seen.values())
-
-
-def _device_observer(software_version: str) -> hd.sr.ObserverContext:
-    """This service as the one device observer; the algorithms are named per group."""
-    return hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derive_uid("device-observer", SERVICE_NAME),
-            name=SERVICE_NAME,
-            manufacturer_name=SERVICE_NAME,
-            model_name=f"{SERVICE_NAME} {software_version}",
-        ),
-    )
-
-
-def _equipment(algorithm: Algorithm) -> hd.ContributingEquipment:
-    return hd.ContributingEquipment(
-        manufacturer=algorithm.manufacturer,
-        purpose_of_reference=PROCESSING_PURPOSE,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        contribution_description=f"Automatic findings by {algorithm.name} {algorithm.version}",
     )

@@ -14,7 +14,8 @@ from pydicom.sr.codedict import codes
 from pipelines.findings import Algorithm, Classification, Findings, Segment
 from pipelines.measurements import measure_segment, round_to
 from pipelines.seg import build_seg, non_empty_segments
-from pipelines.sr import CLASSIFICATION, NO_FINDING, build_sr
+from pipelines.sr import build_sr
+from pipelines.sr_root import CLASSIFICATION, NO_FINDING
 from pipelines.volume import Volume
 from tests.conftest import shared_data_path
 from tests.support.dicom_validate import dciodvfy_errors
