@@ -2,10 +2,11 @@
 
 Viewers (OHIF, 3D Slicer, dcmqi) paint a SEG segment in its RecommendedDisplayCIELabValue
 and fall back to one colour for all segments without it. So every segment gets one:
-1. the colour the pipeline gives (a bundle's ``labels.NAME.color`` setting);
+1. the colour the pipeline gives (for a bundle, the setting
+   ``pipelines.NAME.labels.LABEL.color``);
 2. else the anatomical colour of its segmented property type, following 3D Slicer's
-   GenericAnatomyColors table (the palette Slicer and TotalSegmentator outputs use, so a
-   radiologist sees lungs, bone and liver in the colours they know);
+   GenericAnatomyColors table (so a radiologist sees lungs, bone and liver in the colours
+   Slicer users know);
 3. else the next of Kelly's colours of maximum contrast (K. L. Kelly, "Twenty-two colors
    of maximum contrast", 1965; white and black left out).
 Within one SEG, a colour too close to one already taken is replaced by the next Kelly
