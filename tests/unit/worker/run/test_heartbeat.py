@@ -69,4 +69,7 @@ def test_installed_heartbeat_follows_the_pool_process_and_its_jobs(tmp_path: Pat
     assert ops.workers()[0].current_job is None
     signals.worker_process_shutdown.send(sender=None)
     assert ops.workers() == []  # the row goes with the process
-    signals.worker_process_shutdown.send(sender=None)  # a second shutdown changes nothing
+    signals.task_prerun.send(sender=None, task_id="t2", args=["job-10"])
+    assert ops.workers() == []  # a late signal does not bring a stopped heartbeat back
+    signals.worker_process_shutdown.send(sender=None)  # nor does a second shutdown fail
+    assert ops.workers() == []
