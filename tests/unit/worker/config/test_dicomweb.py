@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,12 @@ from scu_scp.models import DeliveryError, DeliveryResult, DicomNode, InstanceRes
 from scu_scp.spool import Spool
 from tests.support.jobs import spool_study
 from tests.support.phantom import make_ct_phantom
-from worker.config import PollSettings, Settings, SettingsError, load_settings
+from worker.config import Settings, SettingsError, load_settings
 from worker.delivery.deliver import TransientDeliveryError
 from worker.delivery.destinations import choose_destinations
 from worker.delivery.senders import web_endpoint
 from worker.jobs.store import JobState, JobStore
 from worker.run.processing import Runtime, process_job
-from worker.sources.poll import qido_filters
 
 PACS = {"ae_title": "PACS", "host": "127.0.0.1", "port": 4242}
 ARCHIVE = {
@@ -126,16 +124,6 @@ def test_routing_rules_then_source_then_defaults(tmp_path: Path) -> None:
     assert names("web", ["MR"], ["ct-basic"]) == ["archive"]  # no rule: the source's deliver_to
     assert names("OTHER", ["CT"], ["ct-lung-nodules"]) == ["archive"]
     assert names("OTHER", ["CT"], ["ct-basic"]) == ["pacs"]  # no rule, no source: delivery.to
-
-
-def test_qido_filters_cover_modality_date_window_and_extras() -> None:
-    poll = PollSettings(modality="CT", study_date_days=2, filters={"AccessionNumber": "A*"})
-    assert qido_filters(poll, date(2026, 3, 1)) == {
-        "ModalitiesInStudy": "CT",
-        "StudyDate": "20260227-20260301",
-        "AccessionNumber": "A*",
-    }
-    assert qido_filters(PollSettings(study_date_days=None), date(2026, 3, 1)) == {}
 
 
 class FakeArchive:

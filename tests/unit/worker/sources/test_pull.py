@@ -1,4 +1,4 @@
-"""Pulling studies by WADO-RS and polling by QIDO-RS, against a real Orthanc with DICOMweb.
+"""Pulling studies by WADO-RS into the spool, against a real Orthanc with DICOMweb.
 
 The job store (SQLite), spool and Orthanc are real; only the broker is a list of job ids.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -17,75 +16,16 @@ import yaml
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from scu_scp.spool import Spool
-from tests.support.orthanc import Orthanc, require_orthanc, wait_for
-from tests.support.phantom import make_ct_phantom
+from tests.support.orthanc import Orthanc
 from tests.support.processes import require_binaries
+from tests.unit.worker.sources.conftest import SOURCE, upload_study, world
 from worker.cli import main
-from worker.config import DEFAULT_QUEUE, Settings, load_settings
-from worker.jobs.dispatch import Dispatcher
+from worker.config import DEFAULT_QUEUE, load_settings
 from worker.jobs.store import JobState, JobStore
 from worker.monitor.app import create_monitor_app
 from worker.monitor.auth import hash_secret
 from worker.service.embedded_redis import EmbeddedRedis
-from worker.sources.poll import StudyPoller
 from worker.sources.pull import PullError, pull_study
-
-USERS = {"annotator": "right-password"}
-SOURCE = {"auth": {"type": "basic", "username": "annotator", "password": "right-password"}}
-
-
-@pytest.fixture(scope="module")
-def orthanc() -> Iterator[Orthanc]:
-    require_orthanc()
-    with Orthanc(users=USERS, graceful_stop=False) as server:
-        yield server
-
-
-def upload_study(orthanc: Orthanc, folder: Path, accession: str) -> tuple[str, int]:
-    """A small phantom study with a fresh Study UID; returns (study UID, instance count)."""
-    phantom = make_ct_phantom(slices=6, size=32, study_uid=generate_uid())
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, ds in enumerate(phantom.datasets):
-        ds.AccessionNumber = accession
-        path = folder / f"{i}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        orthanc.upload(path)
-    return str(phantom.datasets[0].StudyInstanceUID), len(phantom.datasets)
-
-
-class World:
-    def __init__(self, settings: Settings, prefix: str) -> None:
-        self.settings = settings
-        self.prefix = prefix  # accession numbers the poll filter matches
-        self.store = JobStore(settings.effective_database_url)
-        self.spool = Spool(settings.spool_dir)
-        self.queued: list[str] = []
-        self.dispatcher = Dispatcher(self.store, self.spool, self.queued.append)
-
-
-def world(tmp_path: Path, orthanc: Orthanc, password: str = "right-password") -> World:
-    prefix = secrets.token_hex(4).upper()
-    settings = load_settings(
-        None,
-        data_dir=tmp_path / "data",
-        destinations={"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 4242}},
-        sources={
-            "web": {
-                "url": orthanc.dicomweb_url,
-                "auth": {"type": "basic", "username": "annotator", "password": password},
-                "deliver_to": ["pacs"],
-                "poll": {
-                    "interval_seconds": 0.2,
-                    "modality": "CT",
-                    "study_date_days": None,
-                    "filters": {"AccessionNumber": f"{prefix}*"},
-                },
-            }
-        },
-    )
-    (tmp_path / "data").mkdir(parents=True)
-    return World(settings, prefix)
 
 
 def test_pull_spools_the_study_and_queues_a_job_from_the_source(
@@ -140,34 +80,6 @@ def test_annotate_command_without_a_broker_records_the_job(
     assert "the service queues it" in capsys.readouterr().out
     [job] = JobStore(w.settings.effective_database_url).list(study_uid=study_uid)
     assert (job.state, job.instance_count) == (JobState.RECEIVED, count)
-
-
-def test_poller_queues_each_matching_study_once(tmp_path: Path, orthanc: Orthanc) -> None:
-    w = world(tmp_path, orthanc)
-    first, _ = upload_study(orthanc, tmp_path / "a", f"{w.prefix}A")
-    upload_study(orthanc, tmp_path / "other", "NOTMINE")  # outside the poll filter
-    poller = StudyPoller(w.settings, w.store, w.spool, w.dispatcher)
-    jobs = poller.poll_once("web")
-    assert [j.study_uid for j in jobs] == [first]
-    assert poller.poll_once("web") == []  # already has a job: not again
-    second, _ = upload_study(orthanc, tmp_path / "b", f"{w.prefix}B")
-    assert [j.study_uid for j in poller.poll_once("web")] == [second]
-    assert len(w.queued) == 2
-
-
-def test_poller_thread_polls_until_stopped(tmp_path: Path, orthanc: Orthanc) -> None:
-    w = world(tmp_path, orthanc)
-    study_uid, _ = upload_study(orthanc, tmp_path / "a", f"{w.prefix}T")
-    poller = StudyPoller(w.settings, w.store, w.spool, w.dispatcher)
-    poller.start()
-    try:
-        wait_for(lambda: w.queued, timeout=60, message="the poller to queue the study")
-        rounds = poller.rounds
-        wait_for(lambda: poller.rounds >= rounds + 3, timeout=60, message="three more polls")
-    finally:
-        poller.stop()
-    assert [j.study_uid for j in w.store.list(study_uid=study_uid)] == [study_uid]
-    assert len(w.queued) == 1
 
 
 def test_annotate_through_the_monitor_api_pulls_and_queues_the_study(
