@@ -12,6 +12,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,23 @@ def completion_reasons(service: RunningService, study_uid: str) -> list[str]:
     return re.findall(rf"study {re.escape(study_uid)} complete \((\w+)\)", service.log())
 
 
+def _log_time(line: str) -> datetime:
+    """The time of a service log line ("2026-01-01 12:00:00,123 INFO ...")."""
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def seconds_from_release_to_completion(service: RunningService, study_uid: str) -> float:
+    """From the last release logged before the study's completion to that completion."""
+    released = None
+    for line in service.log().splitlines():
+        if "association EVT_RELEASED" in line:
+            released = _log_time(line)
+        elif f"study {study_uid} complete (released)" in line:
+            assert released is not None, "completed on release without a release"
+            return (_log_time(line) - released).total_seconds()
+    raise AssertionError(f"study {study_uid} did not complete on release")
+
+
 def upload(orthanc: Orthanc, files: list[Path]) -> str:
     """Put the files into Orthanc; the Orthanc id of their study."""
     for path in files:
@@ -97,6 +115,9 @@ def test_study_from_orthanc_in_one_association_is_done_within_the_grace(
     done_after = time.monotonic() - sent
     print(f"job queued {queued_after:.1f} s, done {done_after:.1f} s after Orthanc's store")
 
+    # From the service's own log: sealed the grace after the release, plus a poll or two.
+    waited = seconds_from_release_to_completion(service, study_uid)
+    assert GRACE <= waited <= GRACE + 2.0, f"complete {waited:.2f} s after the release"
     assert queued_after <= GRACE + SLACK < QUIET, f"job only {queued_after:.1f} s after release"
     assert done["state"] == "done", done["error"]
     assert job["instances"] == len(files)
