@@ -2,14 +2,17 @@
 
 Handlers get their dependencies passed in (no globals) and answer with DIMSE statuses:
 0x0000 only once the instance is on disk, 0xA700 when it is not (the PACS retries),
-0xC210 for data we cannot file (kept in quarantine, never dropped). A poller thread seals
-studies that have been quiet long enough and hands them to ``on_complete``.
+0xC210 for data we cannot file (kept in quarantine, never dropped). Each stored instance
+and each association's end (released, aborted, connection closed) is reported to the
+:class:`CompletionTracker`; a poller thread seals the studies it finds complete and hands
+them to ``on_complete``.
 
 Logs carry UIDs, AE titles and counts only: never patient name, ID or birth date.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 import time
@@ -30,7 +33,7 @@ from scu_scp.admission import (
     refuse_over_limits,
     refused,
 )
-from scu_scp.completion import CompletionTracker
+from scu_scp.completion import AssociationEnd, CompletionTracker
 from scu_scp.models import SpooledStudy
 from scu_scp.security import (
     AllowedCaller,
@@ -41,7 +44,13 @@ from scu_scp.security import (
 )
 from scu_scp.spool import Spool, StudyTooLargeError
 
-__all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "TRANSFER_SYNTAXES", "StorageSCP"]
+__all__ = [
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_OUT_OF_RESOURCES",
+    "TRANSFER_SYNTAXES",
+    "StorageSCP",
+    "release_counts",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -80,6 +89,7 @@ class _Receiver:
     spool: Spool
     tracker: CompletionTracker
     admission: Admission | None = None  # None: no allow-list, no limits
+    quiet_only_aets: tuple[str, ...] = ()  # glob patterns: their release means nothing
     paused: bool = False
     stored: int = 0
     quarantined: int = 0
@@ -89,6 +99,15 @@ class _Receiver:
         with self.lock:
             self.stored += stored
             self.quarantined += quarantined
+
+
+def release_counts(calling_ae: str, quiet_only_aets: Sequence[str]) -> bool:
+    """Whether an association's release may complete ``calling_ae``'s studies.
+
+    ``quiet_only_aets`` are glob patterns (``*``, ``?``, ``[...]``, case-sensitive as AE
+    titles are) of senders whose studies complete only by the quiet period.
+    """
+    return not any(fnmatch.fnmatchcase(calling_ae, pattern) for pattern in quiet_only_aets)
 
 
 def _calling(event: Any) -> tuple[str, str]:
@@ -169,7 +188,8 @@ def handle_store(event: Any, receiver: _Receiver) -> int | Dataset:
     except OSError as exc:
         LOGGER.error("cannot store %s from %s: %s", sop_uid, calling_ae, exc)
         return STATUS_OUT_OF_RESOURCES
-    receiver.tracker.touch(study_uid)
+    carrier = event.assoc if release_counts(calling_ae, receiver.quiet_only_aets) else None
+    receiver.tracker.touch(study_uid, carrier=carrier)
     receiver.count(stored=1)
     LOGGER.debug("stored %s (study %s) from %s", sop_uid, study_uid, calling_ae)
     return STATUS_SUCCESS
@@ -178,6 +198,19 @@ def handle_store(event: Any, receiver: _Receiver) -> int | Dataset:
 def _log_association(event: Any) -> None:
     ae, host = _calling(event)
     LOGGER.info("association %s from %s@%s", event.event.name, ae, host)
+
+
+_ENDS = {
+    evt.EVT_RELEASED.name: AssociationEnd.RELEASED,
+    evt.EVT_ABORTED.name: AssociationEnd.ABORTED,
+    evt.EVT_CONN_CLOSE.name: AssociationEnd.CLOSED,
+}
+
+
+def handle_association_end(event: Any, tracker: CompletionTracker) -> None:
+    """EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE: tell the tracker how the association
+    ended (after its last C-STORE: pynetdicom runs both in the association's thread)."""
+    tracker.association_ended(event.assoc, _ENDS[event.event.name])
 
 
 @dataclass
@@ -199,6 +232,8 @@ class StorageSCP:
         spool: Spool,
         on_complete: Callable[[SpooledStudy], object],
         quiet_seconds: float,
+        release_grace_seconds: float | None = None,
+        quiet_only_aets: Sequence[str] = (),
         poll_interval: float = 0.5,
         max_associations: int = 10,
         retry_initial: float = 1.0,
@@ -206,6 +241,7 @@ class StorageSCP:
         allowed_callers: Sequence[AllowedCaller] = (),
         tls: ServerTls | None = None,
         limits: ScpLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= len(ae_title.strip()) <= 16 or "\\" in ae_title:
             raise ValueError(f"ae_title must be 1-16 characters without backslash: {ae_title!r}")
@@ -225,7 +261,10 @@ class StorageSCP:
         self.poll_interval = poll_interval
         self.retry_initial = retry_initial
         self.retry_max = retry_max
-        self.tracker = CompletionTracker(quiet_seconds)
+        self._clock = clock  # of the completion tracker; tests inject one
+        self.tracker = CompletionTracker(
+            quiet_seconds, clock, release_grace_seconds=release_grace_seconds
+        )
         self.admission = Admission(
             policy=CallerPolicy.of(allowed_callers),
             spool_root=spool.root,
@@ -233,7 +272,12 @@ class StorageSCP:
         )
         # Built now, so a bad certificate or key stops start-up with the file named.
         self._ssl_context = server_ssl_context(tls) if tls is not None else None
-        self._receiver = _Receiver(spool=spool, tracker=self.tracker, admission=self.admission)
+        self._receiver = _Receiver(
+            spool=spool,
+            tracker=self.tracker,
+            admission=self.admission,
+            quiet_only_aets=tuple(quiet_only_aets),
+        )
         self._ae = self._build_ae(max_associations)
         self._server: ThreadedAssociationServer | None = None
         self._poller: threading.Thread | None = None
@@ -284,6 +328,9 @@ class StorageSCP:
             (evt.EVT_ACCEPTED, _log_association),
             (evt.EVT_RELEASED, _log_association),
             (evt.EVT_ABORTED, _log_association),
+            (evt.EVT_RELEASED, handle_association_end, [self.tracker]),
+            (evt.EVT_ABORTED, handle_association_end, [self.tracker]),
+            (evt.EVT_CONN_CLOSE, handle_association_end, [self.tracker]),
         ]
         server = self._ae.make_server(
             (self.host, self._requested_port),
@@ -335,14 +382,17 @@ class StorageSCP:
         )
 
     def force_complete(self, study_uid: str) -> None:
-        """Seal ``study_uid`` at the next poll without waiting for the quiet period."""
+        """Seal ``study_uid`` at the next poll, released or not, quiet or not."""
         self.tracker.force(study_uid)
 
     # -- completion ---------------------------------------------------------------------
 
     def _seed_from_spool(self) -> None:
-        """Count the quiet period from each pending study's last write, across restarts."""
-        now_clock, now_wall = time.monotonic(), time.time()
+        """Count the quiet period from each pending study's last write, across restarts.
+
+        Association state does not survive a restart: these studies complete by the quiet
+        period only (``touch`` without a carrier), even if their sender sends more."""
+        now_clock, now_wall = self._clock(), time.time()
         pending = self.spool.pending()
         for study_uid, mtime in pending.items():
             self.tracker.touch(study_uid, at=now_clock - max(0.0, now_wall - mtime))
@@ -356,7 +406,7 @@ class StorageSCP:
     def poll_once(self) -> None:
         """One step of the completion loop: seal due studies and hand them over; retry
         failed hand-overs with backoff. The loop calls it every ``poll_interval``."""
-        for study_uid in self.tracker.due():
+        for study_uid, reason in self.tracker.due_with_reasons():
             try:
                 study = self.spool.seal(study_uid)
             except OSError as exc:
@@ -365,8 +415,9 @@ class StorageSCP:
                 continue
             if study is not None:
                 LOGGER.info(
-                    "study %s complete: batch %s, %d instances from %s",
+                    "study %s complete (%s): batch %s, %d instances from %s",
                     study.study_uid,
+                    reason.value,
                     study.batch_id,
                     study.instance_count,
                     study.calling_ae,

@@ -64,7 +64,8 @@ def monitored(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Ite
         root / "config.yaml", data_dir=root / "data", port=port, orthanc=orthanc
     )
     config = yaml.safe_load(config_path.read_text())
-    config["completion"] = {"quiet_seconds": 3600}  # only a forced completion seals
+    # Only a forced completion seals: no quiet period, and no sender's release counts.
+    config["completion"] = {"quiet_seconds": 3600, "quiet_only_aets": ["*"]}
     config["monitor"] = {
         "port": monitor_port,
         "password_hash": hash_secret(PASSWORD),

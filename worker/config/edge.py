@@ -58,6 +58,18 @@ class ScpSettings(Section):
 
 
 class CompletionSettings(Section):
-    """When a study counts as complete: no new instance for ``quiet_seconds``."""
+    """When a study counts as complete (``scu_scp/completion.py``).
+
+    ``release_grace_seconds`` after the last association that carried it was released, with
+    no instance since; or, always, after ``quiet_seconds`` with no new instance. Calling AE
+    titles matching ``quiet_only_aets`` (globs; ``"*"``: everyone) get the quiet period only.
+    """
 
     quiet_seconds: float = Field(default=30.0, gt=0, le=86400)
+    release_grace_seconds: float = Field(default=5.0, gt=0, le=86400)
+    quiet_only_aets: tuple[str, ...] = ()
+
+    @field_validator("quiet_only_aets")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_ae_title(pattern) for pattern in value)

@@ -88,6 +88,8 @@ def run_scp(
         spool=spool,
         on_complete=dispatcher.dispatch,
         quiet_seconds=settings.completion.quiet_seconds,
+        release_grace_seconds=settings.completion.release_grace_seconds,
+        quiet_only_aets=settings.completion.quiet_only_aets,
         **edge,
     )
     controls = ControlPoller(OpsStore(store.engine), scp)

@@ -106,6 +106,7 @@ def target(tmp_path: Path) -> Iterator[Target]:
         spool=spool,
         on_complete=lambda study: None,
         quiet_seconds=3600,
+        release_grace_seconds=3600,  # association ends are tracked, nothing completes
         max_associations=50,
     )
     scp.start()

@@ -31,6 +31,8 @@ def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert settings.broker_url == ""
     assert settings.effective_database_url == f"sqlite:///{tmp_path / 'var' / 'jobs.sqlite3'}"
     assert settings.completion.quiet_seconds == 30
+    assert settings.completion.release_grace_seconds == 5
+    assert settings.completion.quiet_only_aets == ()
 
 
 def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -51,6 +53,8 @@ def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ("scp:\n  prot: 104\n", "scp.prot"),
         ("broker_url: amqp://x\n", "broker_url"),
         ("completion:\n  quiet_seconds: 0\n", "completion.quiet_seconds"),
+        ("completion:\n  release_grace_seconds: 0\n", "completion.release_grace_seconds"),
+        ("completion:\n  quiet_only_aets: [ABCDEFGHIJKLMNOPQ]\n", "completion.quiet_only_aets"),
         ("routing:\n  - modality: CT\n    pipelines: [nope]\n", "unknown pipeline 'nope'"),
         ("delivery:\n  to: [missing]\n", "unknown destination 'missing'"),
         (
@@ -79,3 +83,16 @@ def test_monitor_hash_settings_must_be_hashes(tmp_path: Path) -> None:
     path = write(tmp_path, "monitor:\n  password_hash: plain-text-password\n")
     with pytest.raises(SettingsError, match=r"monitor\.password_hash: .*hash-password"):
         load_settings(path)
+
+
+def test_completion_rules_from_the_file_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "completion:\n  quiet_seconds: 60\n  quiet_only_aets: [' SERIES* ']\n")
+    assert load_settings(path).completion.quiet_only_aets == ("SERIES*",)
+    monkeypatch.setenv("PACS_ANNOTATOR_COMPLETION__RELEASE_GRACE_SECONDS", "2.5")
+    monkeypatch.setenv("PACS_ANNOTATOR_COMPLETION__QUIET_ONLY_AETS", '["PACS1", "MOD*"]')
+    completion = load_settings(path).completion
+    assert completion.quiet_seconds == 60  # the existing name, unchanged
+    assert completion.release_grace_seconds == 2.5
+    assert completion.quiet_only_aets == ("PACS1", "MOD*")
