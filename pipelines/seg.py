@@ -35,7 +35,7 @@ _DEIDENTIFICATION_KEYWORDS = (
 )
 
 
-#: Coding schemes whose designator alone does not identify the code (PS3.16 Table 8-1).
+#: The coding schemes for which PixelMed accepts a Coding Scheme Version in a code item.
 _VERSIONED_SCHEMES = frozenset({"BI", "SCPECG", "BARI", "UCUM", "NCDR"})
 
 
@@ -90,7 +90,7 @@ def build_seg(
             segmented_property_type=segment.property_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=identification,
-            tracking_uid=segment_tracking_uid(sop_uid, number),
+            tracking_uid=_tracking_uid(sop_uid, number),
             tracking_id=segment.label,
             display_color=color,
         )
@@ -149,9 +149,9 @@ def copy_required_source_attributes(source: Dataset, target: Dataset) -> None:
     for keyword in _DEIDENTIFICATION_KEYWORDS:
         if keyword in source and keyword not in target:
             setattr(target, keyword, source[keyword].value)
-    # Codes copied from the source (e.g. a scanner's private procedure code) keep their
-    # Coding Scheme Version only where the standard's schemes need one; PixelMed reports
-    # any other as an error, and dropping it loses nothing.
+    # Codes copied from the source (e.g. a scanner's private procedure code, version "0")
+    # keep their Coding Scheme Version only for the schemes PixelMed accepts one for: it
+    # reports any other as an error, and dropping it loses nothing.
     for item in target.get("ProcedureCodeSequence", []):
         if "CodingSchemeVersion" in item and item.CodingSchemeDesignator not in _VERSIONED_SCHEMES:
             del item.CodingSchemeVersion
@@ -161,6 +161,6 @@ def copy_required_source_attributes(source: Dataset, target: Dataset) -> None:
         target.DeidentificationMethod = "unknown (not stated by the source images)"
 
 
-def segment_tracking_uid(sop_uid: str, segment_number: int) -> str:
-    """Stable per segment of a SEG, so a re-run gives the same UIDs (the SR shares them)."""
+def _tracking_uid(sop_uid: str, segment_number: int) -> str:
+    """Stable per segment of a SEG, so a re-run gives the same UIDs (the SR reuses them)."""
     return derive_uid("tracking", sop_uid, str(segment_number))
