@@ -139,6 +139,7 @@ def _too_close(color: RGB, others: Iterable[RGB]) -> bool:
     return any(float(np.linalg.norm(lab - _lab(other))) < MIN_DELTA_E for other in others)
 
 
+@functools.cache
 def _lab(color: RGB) -> npt.NDArray[np.float64]:
     return np.array(hd.color.CIELabColor.from_rgb(*color).lab, dtype=np.float64)
 
