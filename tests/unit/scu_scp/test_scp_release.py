@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -67,6 +68,20 @@ class Sealed:
             return [s for s in self.studies if s.study_uid == study_uid]
 
 
+def _clocked_scp(start_scp: ScpFactory, **options: Any) -> tuple[StorageSCP, FakeClock, Sealed]:
+    """An SCP on a fake clock that only the test polls: quiet 30 s, grace ``GRACE``."""
+    clock, sealed = FakeClock(), Sealed()
+    scp = start_scp(
+        on_complete=sealed,
+        quiet_seconds=30,
+        release_grace_seconds=GRACE,
+        clock=clock,
+        poll_interval=ONLY_THE_TEST_POLLS,
+        **options,
+    )
+    return scp, clock, sealed
+
+
 def storescu(port: int, files: list[Path], calling: str = "PACS") -> None:
     """One storescu run: one association for all ``files``."""
     result = subprocess.run(
@@ -105,16 +120,7 @@ def test_study_in_one_association_completes_grace_after_release(
 def test_one_association_per_series_from_a_quiet_only_ae_is_one_study(
     start_scp: ScpFactory, tmp_path: Path
 ) -> None:
-    clock = FakeClock()
-    sealed = Sealed()
-    scp = start_scp(
-        on_complete=sealed,
-        quiet_seconds=30,
-        release_grace_seconds=GRACE,
-        quiet_only_aets=["SERIES*"],
-        clock=clock,
-        poll_interval=ONLY_THE_TEST_POLLS,
-    )
+    scp, clock, sealed = _clocked_scp(start_scp, quiet_only_aets=["SERIES*"])
     study_uid, series = write_series_study(tmp_path / "study", series=3, slices=4)
 
     for files in series:
@@ -136,15 +142,7 @@ def test_one_association_per_series_within_the_grace_is_one_study(
     start_scp: ScpFactory, tmp_path: Path
 ) -> None:
     """A sender not listed as quiet-only: the next series arriving within the grace joins."""
-    clock = FakeClock()
-    sealed = Sealed()
-    scp = start_scp(
-        on_complete=sealed,
-        quiet_seconds=30,
-        release_grace_seconds=GRACE,
-        clock=clock,
-        poll_interval=ONLY_THE_TEST_POLLS,
-    )
+    scp, clock, sealed = _clocked_scp(start_scp)
     study_uid, series = write_series_study(tmp_path / "study", series=3, slices=4)
 
     for files in series:
@@ -180,15 +178,7 @@ def test_interleaved_associations_never_split_a_study(
     start_scp: ScpFactory, tmp_path: Path
 ) -> None:
     """Two senders, two studies, one of them over both associations at once."""
-    clock = FakeClock()
-    sealed = Sealed()
-    scp = start_scp(
-        on_complete=sealed,
-        quiet_seconds=30,
-        release_grace_seconds=GRACE,
-        clock=clock,
-        poll_interval=ONLY_THE_TEST_POLLS,
-    )
+    scp, clock, sealed = _clocked_scp(start_scp)
     x_uid, (x1, x2) = write_series_study(tmp_path / "x", series=2, slices=3, seed=0)
     y_uid, (y1,) = write_series_study(tmp_path / "y", series=1, slices=4, seed=5)
     a, b = _associate(scp.port, "PACS_A"), _associate(scp.port, "PACS_B")
@@ -250,15 +240,7 @@ def test_two_storescu_senders_interleaving_complete_each_study_whole(
 def test_aborted_association_waits_for_the_quiet_period(
     start_scp: ScpFactory, tmp_path: Path
 ) -> None:
-    clock = FakeClock()
-    sealed = Sealed()
-    scp = start_scp(
-        on_complete=sealed,
-        quiet_seconds=30,
-        release_grace_seconds=GRACE,
-        clock=clock,
-        poll_interval=ONLY_THE_TEST_POLLS,
-    )
+    scp, clock, sealed = _clocked_scp(start_scp)
     study_uid, (files,) = write_series_study(tmp_path / "study", series=1, slices=3)
     assoc = _associate(scp.port, "PACS")
     _store(assoc, files[0])
@@ -275,20 +257,12 @@ def test_aborted_association_waits_for_the_quiet_period(
 
 def test_restart_uses_the_quiet_period(start_scp: ScpFactory, tmp_path: Path) -> None:
     """After a restart there is no association state: pending studies wait for quiet."""
-    clock = FakeClock()
     study_uid, (files,) = write_series_study(tmp_path / "study", series=1, slices=3)
     first = start_scp(quiet_seconds=600, release_grace_seconds=600)
     storescu(first.port, files)  # released, but the SCP stops before the grace is over
     first.stop()
 
-    sealed = Sealed()
-    second = start_scp(
-        on_complete=sealed,
-        quiet_seconds=30,
-        release_grace_seconds=GRACE,
-        clock=clock,
-        poll_interval=ONLY_THE_TEST_POLLS,
-    )
+    second, clock, sealed = _clocked_scp(start_scp)
     assoc = _associate(second.port, "PACS")
     _store(assoc, files[0])  # resent: the study goes on in a released association
     assoc.release()
