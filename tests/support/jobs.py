@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import create_engine, text
@@ -53,12 +54,25 @@ def make_settings(tmp_path: Path, **extra: Any) -> Settings:
     )
 
 
-def spool_study(rt: Runtime, datasets: Sequence[Dataset], calling_ae: str = "ORTHANC") -> str:
-    """Store the datasets as the SCP would, seal the study and record its job; return its id."""
+class FakeRedis:
+    """Queue lengths by key, or a broker that is down (``llen`` is all the monitor asks)."""
+
+    def __init__(self, lists: dict[str, int], *, down: bool = False) -> None:
+        self.lists = lists
+        self.down = down
+
+    def llen(self, key: str) -> int:
+        if self.down:
+            raise redis.ConnectionError("connection refused")
+        return self.lists.get(key, 0)
+
+
+def store_instances(spool: Spool, datasets: Sequence[Dataset], calling_ae: str = "PACS") -> None:
+    """Store the datasets in the spool as the SCP would (still receiving, not sealed)."""
     for ds in datasets:
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-        rt.spool.store(
+        spool.store(
             buf.getvalue(),
             study_uid=ds.StudyInstanceUID,
             series_uid=ds.SeriesInstanceUID,
@@ -66,6 +80,11 @@ def spool_study(rt: Runtime, datasets: Sequence[Dataset], calling_ae: str = "ORT
             calling_ae=calling_ae,
             calling_host="127.0.0.1",
         )
+
+
+def spool_study(rt: Runtime, datasets: Sequence[Dataset], calling_ae: str = "ORTHANC") -> str:
+    """Store the datasets as the SCP would, seal the study and record its job; return its id."""
+    store_instances(rt.spool, datasets, calling_ae)
     study = rt.spool.seal(datasets[0].StudyInstanceUID)
     assert study is not None
     return Dispatcher(rt.store, rt.spool, lambda _id: None).dispatch(study).id

@@ -5,16 +5,15 @@ Real SQLite store and spool with a clock moved by hand; a fake Redis answers LLE
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from scu_scp.spool import Spool
+from tests.support.jobs import FakeRedis, store_instances
 from tests.support.phantom import make_ct_phantom
 from worker.config import load_settings
 from worker.jobs import ops_store
@@ -36,17 +35,6 @@ class Clock:
 
     def at(self, seconds: float) -> None:
         self.now = T0 + timedelta(seconds=seconds)
-
-
-class FakeRedis:
-    def __init__(self, lists: dict[str, int], *, down: bool = False) -> None:
-        self.lists = lists
-        self.down = down
-
-    def llen(self, key: str) -> int:
-        if self.down:
-            raise redis.ConnectionError("connection refused")
-        return self.lists.get(key, 0)
 
 
 @pytest.fixture
@@ -169,17 +157,7 @@ def test_counts_durations_and_stages_come_from_the_job_rows(sources: Sources, cl
 
 
 def test_studies_still_receiving_count_their_instances(sources: Sources) -> None:
-    for ds in make_ct_phantom(slices=3, size=16, pixel_spacing=10.0).datasets:
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        sources.spool.store(
-            buf.getvalue(),
-            study_uid=ds.StudyInstanceUID,
-            series_uid=ds.SeriesInstanceUID,
-            sop_uid=ds.SOPInstanceUID,
-            calling_ae="PACS",
-            calling_host="127.0.0.1",
-        )
+    store_instances(sources.spool, make_ct_phantom(slices=3, size=16, pixel_spacing=10.0).datasets)
     _create(sources.store, "job", 4)
     metrics = scrape(sources)
     assert metrics["pacs_annotator_studies_receiving"][0].value == 1

@@ -7,25 +7,13 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-import redis
 
 from scu_scp.spool import Spool
-from tests.support.jobs import settings_only_bundle
+from tests.support.jobs import FakeRedis, settings_only_bundle
 from worker.config import GIB, MIB, Settings, load_settings
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.store import JobStore
 from worker.monitor.state import Sources, queue_depth, readiness
-
-
-class FakeRedis:
-    def __init__(self, lists: dict[str, int], *, down: bool = False) -> None:
-        self.lists = lists
-        self.down = down
-
-    def llen(self, key: str) -> int:
-        if self.down:
-            raise redis.ConnectionError("connection refused")
-        return self.lists.get(key, 0)
 
 
 def _sources(settings: Settings, client: FakeRedis | None) -> Sources:
