@@ -46,7 +46,7 @@ def image_library(sources: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
     """TID 1600 Image Library: one group per series, sharing modality and frame of reference.
 
     The per-image descriptors (TID 1602) are optional; highdicom's ``ImageLibrary`` writes
-    them for every image at about 20 ms each (6 s for a 300-slice series), so the image
+    them for every image at about 20 ms each (0.9 s for the 41-slice test CT), so the image
     items here carry only their references, as viewers read them.
     """
     library = hd.sr.ContainerContentItem(
