@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from scu_scp.redact import redact_credentials
 from worker import __version__
 from worker.admin.actions import ActionError
 from worker.config import Settings
@@ -158,7 +159,7 @@ def _add_api_routes(app: FastAPI, monitor: Monitor) -> None:
     def sources(_: Actor) -> list[dict[str, Any]]:
         """The configured DICOMweb sources (names and URLs; never credentials)."""
         return [
-            {"name": name, "url": s.url, "polled": s.poll is not None}
+            {"name": name, "url": redact_credentials(s.url), "polled": s.poll is not None}
             for name, s in sorted(src.settings.sources.items())
         ]
 

@@ -44,6 +44,9 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Events:
         def stop(self) -> None:
             ev.log.append(("redis stop",))
 
+        def keep_alive(self) -> bool:
+            return True
+
     def start_child(command: str, config: Path | None, broker_url: str) -> str:
         ev.log.append(("start", command, config, broker_url))
         return f"<{command} process>"
@@ -52,7 +55,11 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Events:
         ev.log.append(("stop", proc, timeout))
 
     def run_scp(
-        settings: Settings, stop: threading.Event, *, children: Sequence[tuple[str, str]] = ()
+        settings: Settings,
+        stop: threading.Event,
+        *,
+        children: Sequence[tuple[str, str]] = (),
+        keep_alive: object = None,
     ) -> int:
         ev.log.append(("scp", tuple(children)))
         ev.scp_settings = settings
