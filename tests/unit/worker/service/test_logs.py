@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -18,7 +16,13 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from tests.support.phantom import make_ct_phantom
-from tests.support.processes import free_port, require_binaries, stop_process, wait_for_port
+from tests.support.processes import (
+    free_port,
+    require_binaries,
+    start_command,
+    stop_process,
+    wait_for_port,
+)
 from tests.support.storescp import wait_for
 from worker.service.embedded_redis import EmbeddedRedis
 from worker.service.logs import FORMAT, SafeFormatter
@@ -85,12 +89,7 @@ def test_scp_process_logs_a_forged_accession_on_one_line_and_keeps_files_private
             )
         )
         log_path = tmp_path / "scp.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "scp", "--config", str(config)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+        proc = start_command("scp", config, log_path)
         try:
             wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
             study_uid = generate_uid()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ import yaml
 
 from scu_scp.admission import ScpLimits
 from tests.support.edge import Pki, dcmtk, pki
-from tests.support.processes import free_port, stop_process, wait_for_port
+from tests.support.processes import free_port, start_command, stop_process, wait_for_port
 from worker.cli import EXIT_USAGE, main
 from worker.config import SettingsError, load_settings
 from worker.delivery.senders import check_destination_tls, destination_node
@@ -154,12 +152,7 @@ def test_scp_command_applies_allow_list_and_tls(pki: Pki, tmp_path: Path) -> Non
             }
         )
     )
-    log = (tmp_path / "scp.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "scp", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_command("scp", config, tmp_path / "scp.log")
     try:
         wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
         client = [
@@ -181,7 +174,6 @@ def test_scp_command_applies_allow_list_and_tls(pki: Pki, tmp_path: Path) -> Non
         )  # plain DICOM on a TLS port
     finally:
         stop_process(proc, timeout=30)
-        log.close()
     text = (tmp_path / "scp.log").read_text()
     assert "INTRUDER@127.0.0.1 rejected" in text
     assert "TLS handshake" in text
