@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from tests.support.processes import free_port, start_command, stop_process, wait
 from worker.cli import EXIT_USAGE, main
 from worker.config import SettingsError, load_settings
 from worker.delivery.senders import check_destination_tls, destination_node
-from worker.service.scp import scp_options
+from worker.service.scp import run_scp, scp_options
 
 __all__ = ["pki"]  # fixture
 
@@ -177,3 +178,17 @@ def test_scp_command_applies_allow_list_and_tls(pki: Pki, tmp_path: Path) -> Non
     text = (tmp_path / "scp.log").read_text()
     assert "INTRUDER@127.0.0.1 rejected" in text
     assert "TLS handshake" in text
+
+
+def test_scp_loop_stops_with_status_1_once_its_broker_cannot_be_kept_alive(
+    tmp_path: Path,
+) -> None:
+    """`up` passes its embedded Redis' keep_alive: False means restarts were exhausted."""
+    settings = load_settings(
+        None,
+        data_dir=tmp_path,
+        broker_url="redis://127.0.0.1:1/0",
+        scp={"host": "127.0.0.1", "port": free_port()},
+    )
+    answers = iter([True, False])
+    assert run_scp(settings, threading.Event(), keep_alive=lambda: next(answers)) == 1
