@@ -112,7 +112,14 @@ def test_embedded_redis_refuses_a_client_without_its_password(up: Up) -> None:
     assert password.encode() not in Path(f"/proc/{up.redis_pid()}/cmdline").read_bytes()
 
 
+def _worker_ready(up: Up) -> bool:
+    lines = up.log.read_text(errors="replace").splitlines()
+    return any("celery.apps.worker" in line and line.endswith(" ready.") for line in lines)
+
+
 def test_after_redis_is_killed_a_study_still_runs_and_secrets_stay_hidden(up: Up) -> None:
+    # The worker is connected and consuming when its broker dies: it must reconnect.
+    assert wait_for(lambda: _worker_ready(up), timeout=180), log_tail(up.log)
     killed = up.redis_pid()
     os.kill(killed, signal.SIGKILL)
     assert wait_for(lambda: up.redis_pid() != killed, timeout=60), log_tail(up.log)
@@ -138,8 +145,9 @@ def test_after_redis_is_killed_a_study_still_runs_and_secrets_stay_hidden(up: Up
     sources = httpx.get(f"{up.monitor}/api/sources", headers=headers, timeout=30)
     assert api.status_code == 200 and sources.status_code == 200
     assert "***@127.0.0.1" in sources.text
+    redis_password = (up.data / "redis" / "password").read_text().strip()
     for text in (api.text, sources.text, up.log.read_text(errors="replace")):
-        assert SECRET not in text and "alice" not in text
+        assert SECRET not in text and "alice" not in text and redis_password not in text
 
     # umask 077 in every process of the service: spool, results, job DB, redis, monitor.
     results = up.data / "results" / job.id
