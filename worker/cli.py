@@ -236,14 +236,16 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         rows = [{k: rec[k] for k in _JOBS_JSON_FIELDS} for rec in map(job_record, jobs)]
         print(json.dumps(rows, indent=2))
         return EXIT_OK
+    from scu_scp.redact import escape_controls  # a received value must not drive the terminal
+
     print(f"{'JOB':<28} {'STATE':<10} {'ACCESSION':<16} {'AE':<16} {'N':>5}  STUDY / ERROR")
     for j in jobs:
         print(
-            f"{j.id:<28} {j.state.value:<10} {j.accession_number[:16]:<16} "
-            f"{j.calling_ae:<16} {j.instance_count:>5}  {j.study_uid}"
+            f"{j.id:<28} {j.state.value:<10} {escape_controls(j.accession_number)[:16]:<16} "
+            f"{escape_controls(j.calling_ae):<16} {j.instance_count:>5}  {j.study_uid}"
         )
         if j.error:
-            print(f"{'':<28} {j.error}")
+            print(f"{'':<28} {escape_controls(j.error)}")
     return EXIT_OK
 
 
