@@ -291,7 +291,9 @@ def test_study_cut_off_by_a_crash_waits_again_and_joins_its_resend(
     second, clock, sealed = _clocked_scp(start_scp)
     second.poll_once()
     assert sealed.studies == [], "the partial study was sealed on restart"
-    clock.advance(29)
+    clock.advance(29)  # just under the quiet period, counted from the restart
+    second.poll_once()
+    assert sealed.studies == []
     storescu(second.port, files)  # the PACS resends the whole study
     clock.advance(30)
     second.poll_once()
