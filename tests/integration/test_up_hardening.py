@@ -156,3 +156,34 @@ def test_after_redis_is_killed_a_study_still_runs_and_secrets_stay_hidden(up: Up
         mode = stat.S_IMODE(path.lstat().st_mode)
         if not path.is_symlink():
             assert mode == (0o700 if path.is_dir() else 0o600), f"{path} is {oct(mode)}"
+
+
+def test_up_exits_non_zero_when_its_redis_cannot_be_restarted(tmp_path: Path) -> None:
+    """A redis-server that dies and cannot start again: `up` stops, for systemd to restart."""
+    require_binaries("redis-server")
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "scp": {"ae_title": "ANNOTATOR", "host": "127.0.0.1", "port": port},
+                "monitor": {"enabled": False},
+            }
+        )
+    )
+    log = tmp_path / "up.log"
+    proc = start_command("up", config, log)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=120, proc=proc)
+        redis_dir = tmp_path / "data" / "redis"
+        # Unreadable append-only file: every restart of redis-server fails at once.
+        (redis_dir / "appendonlydir" / "appendonly.aof.manifest").write_text("garbage\n")
+        os.kill(int((redis_dir / "redis.pid").read_text()), signal.SIGKILL)
+        status = proc.wait(timeout=180)
+    finally:
+        stop_process(proc, timeout=60)
+    text = log.read_text(errors="replace")
+    assert status == 1, log_tail(log)
+    assert "embedded redis-server died 6 times" in text and "giving up" in text, log_tail(log)
+    assert "the embedded broker cannot be kept running; stopping" in text
