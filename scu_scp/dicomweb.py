@@ -21,6 +21,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from scu_scp.models import DeliveryError, DeliveryResult, InstanceResult
+from scu_scp.redact import redact_credentials
 
 __all__ = [
     "QIDO_PAGE_SIZE",
@@ -108,6 +109,11 @@ def _client(endpoint: DicomwebEndpoint) -> DICOMwebClient:
 
 
 def _http_reason(exc: requests.RequestException, endpoint: DicomwebEndpoint) -> str:
+    """Status and URL of a failed request, without credentials a URL may carry."""
+    return redact_credentials(_unredacted_reason(exc, endpoint))
+
+
+def _unredacted_reason(exc: requests.RequestException, endpoint: DicomwebEndpoint) -> str:
     response = exc.response
     if response is not None:
         try:
@@ -210,8 +216,9 @@ def store_datasets(
         raise DeliveryError(f"STOW-RS: {_http_reason(exc, endpoint)}") from exc
     results = tuple(stow_results(datasets, response))
     failed = sum(not r.ok for r in results)
-    LOGGER.info("STOW-RS of %d instances to %s: %d failed", len(results), endpoint.url, failed)
-    return DeliveryResult(destination=endpoint.url, instances=results)
+    shown = redact_credentials(endpoint.url)
+    LOGGER.info("STOW-RS of %d instances to %s: %d failed", len(results), shown, failed)
+    return DeliveryResult(destination=shown, instances=results)
 
 
 # -- QIDO-RS / WADO-RS -----------------------------------------------------------------------
@@ -284,4 +291,6 @@ def fetch_study(
     except requests.RequestException as exc:
         raise FetchError(f"WADO-RS of study {study_uid}: {_http_reason(exc, endpoint)}") from exc
     if count == 0:
-        raise FetchError(f"WADO-RS of study {study_uid}: no instances at {endpoint.url}")
+        raise FetchError(
+            f"WADO-RS of study {study_uid}: no instances at {redact_credentials(endpoint.url)}"
+        )

@@ -388,14 +388,16 @@ class StorageSCP:
     # -- completion ---------------------------------------------------------------------
 
     def _seed_from_spool(self) -> None:
-        """Count the quiet period from each pending study's last write, across restarts.
+        """Start each pending study's quiet period again, from now.
 
-        Association state does not survive a restart: these studies complete by the quiet
-        period only (``touch`` without a carrier), even if their sender sends more."""
-        now_clock, now_wall = self._clock(), time.time()
+        A study cut off by a crash or a stop is likely partial, and its sender resends it
+        once we answer again: counting from its last write would seal the part at once
+        after a long downtime, and the resend would become a second job. Association
+        state does not survive a restart: these studies complete by the quiet period only
+        (``touch`` without a carrier), even if their sender sends more."""
         pending = self.spool.pending()
-        for study_uid, mtime in pending.items():
-            self.tracker.touch(study_uid, at=now_clock - max(0.0, now_wall - mtime))
+        for study_uid in pending:
+            self.tracker.touch(study_uid)
         if pending:
             LOGGER.info("resuming %d incoming studies from the spool", len(pending))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,13 @@ def shared_data_path(*parts: str) -> Path:
 def ct_series_dir() -> Path:
     """The real 41-slice contrast CT (TCIA CRLM-CT-1004) from ../shared/data."""
     return shared_data_path("ct-abdomen-crlm1004")
+
+
+@pytest.fixture(autouse=True)
+def _keep_umask() -> Iterator[None]:
+    """Tests that call ``worker.cli.main`` set the service's umask 077 in this process;
+    restore the one pytest started with, so no test depends on another's order."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)

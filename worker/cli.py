@@ -45,11 +45,9 @@ _JOBS_JSON_FIELDS = (
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-        stream=sys.stderr,
-    )
+    from worker.service.logs import configure_logging
+
+    configure_logging(level)  # one line per record: no DICOM value can forge one
     # highdicom logs every attribute it copies; its warnings are enough.
     logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # Alembic narrates every plugin and context it sets up; our migrations log the upgrade.
@@ -131,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pacs-annotator: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _configure_logging(settings.log_level)
+    if args.command not in _WRITES_ONLY_WHERE_TOLD:
+        from worker.service.logs import restrict_new_files
+
+        restrict_new_files()  # data files 0600, folders 0700, in children too
     handler = _COMMANDS[args.command]
     try:
         return handler(settings, args)
@@ -234,14 +236,16 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         rows = [{k: rec[k] for k in _JOBS_JSON_FIELDS} for rec in map(job_record, jobs)]
         print(json.dumps(rows, indent=2))
         return EXIT_OK
+    from scu_scp.redact import escape_controls  # a received value must not drive the terminal
+
     print(f"{'JOB':<28} {'STATE':<10} {'ACCESSION':<16} {'AE':<16} {'N':>5}  STUDY / ERROR")
     for j in jobs:
         print(
-            f"{j.id:<28} {j.state.value:<10} {j.accession_number[:16]:<16} "
-            f"{j.calling_ae:<16} {j.instance_count:>5}  {j.study_uid}"
+            f"{j.id:<28} {j.state.value:<10} {escape_controls(j.accession_number)[:16]:<16} "
+            f"{escape_controls(j.calling_ae):<16} {j.instance_count:>5}  {j.study_uid}"
         )
         if j.error:
-            print(f"{'':<28} {j.error}")
+            print(f"{'':<28} {escape_controls(j.error)}")
     return EXIT_OK
 
 
@@ -338,6 +342,9 @@ def _cmd_annotate(settings: Settings, args: argparse.Namespace) -> int:
         print(f"job {job.id} {job.state.value}: study {job.study_uid}, {job.instance_count} inst.")
     return EXIT_OK
 
+
+#: Commands that write only where the user points them; every other one keeps umask 077.
+_WRITES_ONLY_WHERE_TOLD = frozenset({"send", "run", "hash-password"})
 
 _COMMANDS = {
     "up": _cmd_up,

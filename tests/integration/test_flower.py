@@ -44,6 +44,11 @@ def test_flower_finds_the_embedded_broker_and_serves_its_ui(tmp_path: Path) -> N
         try:
             page = wait_for(answers, timeout=120, interval=0.5, message="Flower to answer")
             assert page.status_code == 200 and "Flower" in page.text
-            assert server.url.split("//")[1] in log_path.read_text(errors="replace")
+            log = log_path.read_text(errors="replace")
+            assert f"Connected to redis://:**@127.0.0.1:{server.port}/0" in log, log
+            # The broker password travels in Flower's environment, not on its command line.
+            password = (data / "redis" / "password").read_text().strip()
+            assert password not in log
+            assert password.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         finally:
             stop_process(proc, timeout=30)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support.processes import free_port, log_tail, require_binaries, stop_process
+from tests.support.processes import (
+    free_port,
+    log_tail,
+    require_binaries,
+    start_command,
+    stop_process,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +37,7 @@ def test_up_exits_non_zero_when_its_monitor_cannot_run(tmp_path: Path) -> None:
         )
     )
     log_path = tmp_path / "up.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "up", "--config", str(config)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_command("up", config, log_path)
     try:
         status = proc.wait(timeout=120)
     except subprocess.TimeoutExpired:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from scu_scp.models import DeliveryError, DeliveryResult, DicomNode, InstanceRes
 from scu_scp.spool import Spool
 from worker.config import Settings, load_settings
 from worker.jobs.dispatch import Dispatcher
+from worker.jobs.store import Job, JobStore
 from worker.run.processing import Runtime
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -152,3 +154,17 @@ def settings_only_bundle(root: Path) -> Path:
     (root / "models").mkdir()
     (root / "models" / "model.pt").write_bytes(b"")
     return root
+
+
+def create_job(store: JobStore, job_id: str, **fields: Any) -> Job:
+    """A job row as the dispatcher records it, ``fields`` overriding the placeholders."""
+    values: dict[str, Any] = {
+        "study_uid": "1.2.3",
+        "accession_number": "A1",
+        "calling_ae": "PACS",
+        "spool_path": "/nonexistent",
+        "instance_count": 1,
+        "received_at": datetime.now(UTC),
+    }
+    values.update(fields)
+    return store.create(job_id=job_id, **values)

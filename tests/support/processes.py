@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "log_tail",
     "pid_alive",
     "require_binaries",
+    "start_command",
     "stop_process",
     "wait_for_port",
     "wait_for_process_gone",
@@ -153,3 +155,13 @@ def log_tail(path: Path, max_lines: int = 40) -> str:
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
     return "\n".join(lines[-max_lines:])
+
+
+def start_command(command: str, config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``pacs-annotator COMMAND --config CONFIG`` as a process, its output into ``log_path``."""
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", command, "--config", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )

@@ -82,8 +82,9 @@ def _flower(settings: Settings, args: argparse.Namespace) -> int:
     )
     extra = [a for a in args.flower_args if a != "--"]
     argv = [
-        sys.executable, "-m", "celery", f"--broker={broker_url}", "flower",
+        sys.executable, "-m", "celery", "flower",
         f"--port={args.port}", f"--address={args.address}", *extra,
     ]  # fmt: skip
-    os.execv(sys.executable, argv)
+    # In the environment, not on the command line that `ps` shows: the URL has a password.
+    os.execve(sys.executable, argv, dict(os.environ, CELERY_BROKER_URL=broker_url))
     return EXIT_FAILED  # not reached: execv replaces this process

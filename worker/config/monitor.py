@@ -26,7 +26,9 @@ class MonitorSettings(Section):
     refresh_seconds: int = Field(default=10, ge=0, le=3600)
     worker_stale_seconds: float = Field(default=60.0, gt=0)
     # The key stays in MB (admins script it); the code compares bytes, as scp.* does.
-    min_free_disk_mb: int = Field(default=1024, ge=0)
+    # /readyz always fails when the SCP refuses for disk (scp.min_free_disk_bytes); this
+    # only raises that threshold, to warn before the SCP refuses. 0: the SCP's alone.
+    min_free_disk_mb: int = Field(default=0, ge=0)
 
     @field_validator("password_hash", "token_hash")
     @classmethod

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from scu_scp.redact import redact_credentials
 from worker import __version__
 from worker.admin.actions import ActionError
 from worker.config import Settings
@@ -20,7 +21,7 @@ from worker.monitor.auth import resolve_credentials
 from worker.monitor.context import HERE, LoginRequiredError, Monitor
 from worker.monitor.metrics import render_metrics
 from worker.monitor.pages import add_page_routes
-from worker.monitor.state import readiness
+from worker.monitor.state import readiness, ready_min_free_bytes
 from worker.monitor.views import job_detail_dict, job_dict, worker_dict
 from worker.run.timings import read_timings
 from worker.sources.pull import PullError, annotate_from_source
@@ -72,10 +73,10 @@ def _add_open_routes(app: FastAPI, monitor: Monitor) -> None:
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
-        """Redis, the database and spool disk space; 503 when any fails."""
+        """Redis, the database and spool disk space (the SCP's own check); 503 when any fails."""
         src = monitor.sources
         checks = readiness(
-            src.store, src.redis, src.settings.spool_dir, src.settings.monitor.min_free_disk_bytes
+            src.store, src.redis, src.settings.spool_dir, ready_min_free_bytes(src.settings)
         )
         ok = all(c.ok for c in checks)
         body = {
@@ -158,7 +159,7 @@ def _add_api_routes(app: FastAPI, monitor: Monitor) -> None:
     def sources(_: Actor) -> list[dict[str, Any]]:
         """The configured DICOMweb sources (names and URLs; never credentials)."""
         return [
-            {"name": name, "url": s.url, "polled": s.poll is not None}
+            {"name": name, "url": redact_credentials(s.url), "polled": s.poll is not None}
             for name, s in sorted(src.settings.sources.items())
         ]
 

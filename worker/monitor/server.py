@@ -32,6 +32,7 @@ def serve(settings: Settings) -> int:
         port=settings.monitor.port,
         log_level=settings.log_level.lower(),
         access_log=False,  # URLs carry study UIDs and search terms; keep the log to our lines
+        log_config=None,  # uvicorn's records go through the service's one-line log format
     )
     uvicorn.Server(config).run()
     return 0

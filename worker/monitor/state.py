@@ -7,7 +7,6 @@ between requests, so every number is the same whichever process serves it.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,8 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from scu_scp.admission import Admission, ScpLimits, free_disk_bytes
+from scu_scp.security import CallerPolicy
 from scu_scp.spool import Spool
 from worker.config import MIB, Settings
 from worker.jobs.broker import queue_depths
@@ -70,14 +71,26 @@ def readiness(
         checks.append(Check("database", True, store.engine.dialect.name))
     except SQLAlchemyError as exc:
         checks.append(Check("database", False, f"{type(exc).__name__}: {exc}"))
-    probe = spool_dir if spool_dir.exists() else spool_dir.parent
-    try:
-        free = shutil.disk_usage(probe).free
-        detail = f"{free // MIB} MB free (need {min_free_bytes // MIB})"
-        checks.append(Check("spool_disk", free >= min_free_bytes, detail))
-    except OSError as exc:
-        checks.append(Check("spool_disk", False, str(exc)))
+    checks.append(spool_disk_check(spool_dir, min_free_bytes))
     return checks
+
+
+def ready_min_free_bytes(settings: Settings) -> int:
+    """Free spool space /readyz needs: the SCP's own threshold, so /readyz fails whenever the
+    SCP refuses for disk; ``monitor.min_free_disk_mb`` only raises it, to warn earlier."""
+    return max(settings.scp.min_free_disk_bytes, settings.monitor.min_free_disk_bytes)
+
+
+def spool_disk_check(spool_dir: Path, min_free_bytes: int) -> Check:
+    """The SCP's admission check (``Admission.disk_too_full``) on the spool's file system."""
+    probe = spool_dir if spool_dir.exists() else spool_dir.parent
+    admission = Admission(CallerPolicy.of(()), probe, ScpLimits(min_free_disk_bytes=min_free_bytes))
+    try:
+        free = free_disk_bytes(probe)
+    except OSError as exc:
+        return Check("spool_disk", False, str(exc))
+    detail = f"{free // MIB} MB free (need {min_free_bytes // MIB})"
+    return Check("spool_disk", admission.disk_too_full() is None, detail)
 
 
 @dataclass(frozen=True)

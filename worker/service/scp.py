@@ -10,7 +10,7 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -68,12 +68,14 @@ def run_scp(
     stop: threading.Event,
     *,
     children: Sequence[tuple[str, subprocess.Popen[bytes]]] = (),
+    keep_alive: Callable[[], bool] = lambda: True,
 ) -> int:
     """Receive studies and queue a job for each completed one until ``stop`` is set.
 
     ``children`` are the processes ``up`` started (the worker, the monitor), by name: if one
     dies, so does the service, so a supervisor (systemd) restarts everything instead of
-    leaving jobs to pile up unseen or the admin without a dashboard.
+    leaving jobs to pile up unseen or the admin without a dashboard. ``keep_alive`` is asked
+    every second too (``up``'s embedded Redis restarts itself there); False stops the service.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     edge = scp_options(settings)  # loads TLS files first: a bad one stops start-up
@@ -113,6 +115,10 @@ def run_scp(
             if dead:
                 name, proc = dead[0]
                 log.error("%s process exited with status %s; stopping", name, proc.returncode)
+                status = 1
+                break
+            if not keep_alive():
+                log.error("the embedded broker cannot be kept running; stopping")
                 status = 1
                 break
             stop.wait(1.0)

@@ -20,7 +20,10 @@ def announce_monitor(settings: Settings) -> None:
 
 
 def run_up(settings: Settings, config: Path | None, stop: threading.Event) -> int:
-    """SCP + dispatcher here, one Celery worker process, and a private Redis if none is set."""
+    """SCP + dispatcher here, one Celery worker process, and a private Redis if none is set.
+
+    The private Redis is restarted if it dies; if it keeps dying, ``up`` stops with status 1.
+    """
     embedded: EmbeddedRedis | None = None
     if not settings.broker_url:
         embedded = EmbeddedRedis(settings.redis_dir)
@@ -30,7 +33,9 @@ def run_up(settings: Settings, config: Path | None, stop: threading.Event) -> in
         children.append(("monitor", start_child("monitor", config, settings.broker_url)))
         announce_monitor(settings)
     try:
-        return run_scp(settings, stop, children=children)
+        if embedded is None:
+            return run_scp(settings, stop, children=children)
+        return run_scp(settings, stop, children=children, keep_alive=embedded.keep_alive)
     finally:
         for _name, proc in reversed(children):
             stop_process(proc, timeout=30)

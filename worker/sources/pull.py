@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from scu_scp.dicomweb import FetchError, fetch_study
 from scu_scp.models import SpooledStudy
+from scu_scp.redact import redact_credentials
 from scu_scp.spool import Spool, validate_uid
 from worker.config import Settings
 from worker.delivery.senders import web_endpoint
@@ -72,8 +73,8 @@ def fetch_into_spool(
         for instance in fetch_study(where, study_uid):
             if instance.study_uid != study_uid:
                 raise PullError(
-                    f"{where.url} answered study {study_uid} with an instance of study "
-                    f"{instance.study_uid!r} ({instance.sop_uid})"
+                    f"{redact_credentials(where.url)} answered study {study_uid} with an "
+                    f"instance of study {instance.study_uid!r} ({instance.sop_uid})"
                 )
             staging.store(
                 instance.data,

@@ -7,6 +7,7 @@ never split. Where the test decides when time passes, the SCP runs on an injecte
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -273,6 +274,32 @@ def test_restart_uses_the_quiet_period(start_scp: ScpFactory, tmp_path: Path) ->
     clock.advance(30)
     assert second.tracker.due_with_reasons() == [(study_uid, Reason.QUIET)]
     assert sealed.studies == []
+
+
+def test_study_cut_off_by_a_crash_waits_again_and_joins_its_resend(
+    start_scp: ScpFactory, tmp_path: Path
+) -> None:
+    """A partial study left incoming long ago is not sealed at restart; the resend joins it."""
+    study_uid, (files,) = write_series_study(tmp_path / "study", series=1, slices=6)
+    first = start_scp(quiet_seconds=600, release_grace_seconds=600)
+    storescu(first.port, files[:3])  # the SCP dies before the rest arrives
+    first.stop()
+    an_hour_ago = time.time() - 3600  # downtime far longer than the quiet period
+    for path in (tmp_path / "spool" / "incoming").rglob("*"):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+
+    second, clock, sealed = _clocked_scp(start_scp)
+    second.poll_once()
+    assert sealed.studies == [], "the partial study was sealed on restart"
+    clock.advance(29)  # just under the quiet period, counted from the restart
+    second.poll_once()
+    assert sealed.studies == []
+    storescu(second.port, files)  # the PACS resends the whole study
+    clock.advance(30)
+    second.poll_once()
+    (study,) = sealed.of(study_uid)
+    assert study.instance_count == 6
+    assert {p.stem for p in Spool.instance_paths(study)} == sop_uids(files)
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from tests.support.jobs import create_job
 from tests.support.phantom import make_ct_phantom
 from worker.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from worker.config import load_settings
+from worker.jobs.store import JobStore
 
 
 def test_invalid_config_exits_2_naming_the_setting(
@@ -68,3 +71,19 @@ def test_scp_and_worker_refuse_without_broker(
     assert main(["scp"]) == EXIT_USAGE
     assert "broker_url is empty" in capsys.readouterr().err
     assert main(["worker"]) == EXIT_USAGE
+
+
+def test_jobs_table_shows_control_characters_of_received_values_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AccessionNumber with a newline or an ANSI escape cannot drive the admin's terminal."""
+    monkeypatch.chdir(tmp_path)
+    store = JobStore(load_settings(None).effective_database_url)
+    create_job(store, "job-1", accession_number="A\x1b[2J\nB")
+    store.mark_failed("job-1", "bad value 'X\x1b]0;owned\x07'\nforged line")
+    store.close()
+    assert main(["jobs"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "A\\x1b[2J\\nB" in out and "\\nforged line" in out
+    assert len(out.splitlines()) == 3  # header, the job, its error

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,11 @@ import yaml
 
 from scu_scp.admission import ScpLimits
 from tests.support.edge import Pki, dcmtk, pki
-from tests.support.processes import free_port, stop_process, wait_for_port
+from tests.support.processes import free_port, start_command, stop_process, wait_for_port
 from worker.cli import EXIT_USAGE, main
 from worker.config import SettingsError, load_settings
 from worker.delivery.senders import check_destination_tls, destination_node
-from worker.service.scp import scp_options
+from worker.service.scp import run_scp, scp_options
 
 __all__ = ["pki"]  # fixture
 
@@ -154,12 +153,7 @@ def test_scp_command_applies_allow_list_and_tls(pki: Pki, tmp_path: Path) -> Non
             }
         )
     )
-    log = (tmp_path / "scp.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "scp", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_command("scp", config, tmp_path / "scp.log")
     try:
         wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
         client = [
@@ -181,7 +175,20 @@ def test_scp_command_applies_allow_list_and_tls(pki: Pki, tmp_path: Path) -> Non
         )  # plain DICOM on a TLS port
     finally:
         stop_process(proc, timeout=30)
-        log.close()
     text = (tmp_path / "scp.log").read_text()
     assert "INTRUDER@127.0.0.1 rejected" in text
     assert "TLS handshake" in text
+
+
+def test_scp_loop_stops_with_status_1_once_its_broker_cannot_be_kept_alive(
+    tmp_path: Path,
+) -> None:
+    """`up` passes its embedded Redis' keep_alive: False means restarts were exhausted."""
+    settings = load_settings(
+        None,
+        data_dir=tmp_path,
+        broker_url="redis://127.0.0.1:1/0",
+        scp={"host": "127.0.0.1", "port": free_port()},
+    )
+    answers = iter([True, False])
+    assert run_scp(settings, threading.Event(), keep_alive=lambda: next(answers)) == 1

@@ -27,6 +27,7 @@ class Events:
         self.log: list[tuple[Any, ...]] = []
         self.scp_settings: Settings | None = None
         self.scp_error: Exception | None = None
+        self.keep_alive: object = None
 
 
 @pytest.fixture
@@ -44,6 +45,10 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Events:
         def stop(self) -> None:
             ev.log.append(("redis stop",))
 
+        def keep_alive(self) -> bool:
+            ev.log.append(("redis keep_alive",))
+            return False
+
     def start_child(command: str, config: Path | None, broker_url: str) -> str:
         ev.log.append(("start", command, config, broker_url))
         return f"<{command} process>"
@@ -52,10 +57,15 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Events:
         ev.log.append(("stop", proc, timeout))
 
     def run_scp(
-        settings: Settings, stop: threading.Event, *, children: Sequence[tuple[str, str]] = ()
+        settings: Settings,
+        stop: threading.Event,
+        *,
+        children: Sequence[tuple[str, str]] = (),
+        keep_alive: object = None,
     ) -> int:
         ev.log.append(("scp", tuple(children)))
         ev.scp_settings = settings
+        ev.keep_alive = keep_alive
         if ev.scp_error is not None:
             raise ev.scp_error
         return 3
@@ -109,3 +119,22 @@ def test_children_and_redis_stop_when_the_scp_fails(tmp_path: Path, events: Even
     with pytest.raises(OSError, match="Address already in use"):
         run_up(settings, None, threading.Event())
     assert events.log[-2:] == [("stop", "<worker process>", 30), ("redis stop",)]
+
+
+def test_the_scp_loop_keeps_the_embedded_redis_alive(tmp_path: Path, events: Events) -> None:
+    settings = load_settings(None, data_dir=tmp_path, monitor={"enabled": False})
+    run_up(settings, None, threading.Event())
+    assert callable(events.keep_alive)
+    assert events.keep_alive() is False  # the embedded server's answer reaches the loop
+    assert events.log[-1] == ("redis keep_alive",)
+
+
+def test_with_a_broker_nothing_is_kept_alive_by_up(tmp_path: Path, events: Events) -> None:
+    settings = load_settings(
+        None,
+        data_dir=tmp_path,
+        broker_url="redis://redis.example:6379/2",
+        monitor={"enabled": False},
+    )
+    run_up(settings, None, threading.Event())
+    assert events.keep_alive is None
