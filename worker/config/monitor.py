@@ -27,6 +27,21 @@ class MonitorSettings(Section):
     worker_stale_seconds: float = Field(default=60.0, gt=0)
     # The key stays in MB (admins script it); the code compares bytes, as scp.* does.
     min_free_disk_mb: int = Field(default=1024, ge=0)
+    # Hardening (issue 13): login back-off, origins allowed to post, preview bounds.
+    login_free_attempts: int = Field(default=5, ge=1)
+    login_max_backoff_seconds: float = Field(default=900.0, gt=0)
+    trusted_origins: list[str] = Field(default_factory=list)
+    preview_max_pixels: int = Field(default=4096 * 4096, ge=1)
+    preview_cache_entries: int = Field(default=64, ge=1)
+
+    @field_validator("trusted_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            scheme, _, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(f"{origin!r} is not an origin like https://monitor.example:443")
+        return value
 
     @field_validator("password_hash", "token_hash")
     @classmethod

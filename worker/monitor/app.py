@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from worker import __version__
 from worker.admin.actions import ActionError
@@ -20,6 +21,7 @@ from worker.monitor.auth import resolve_credentials
 from worker.monitor.context import HERE, LoginRequiredError, Monitor
 from worker.monitor.metrics import render_metrics
 from worker.monitor.pages import add_page_routes
+from worker.monitor.security import CrossSiteRequestError, add_security_headers
 from worker.monitor.state import readiness
 from worker.monitor.views import job_detail_dict, job_dict, worker_dict
 from worker.run.timings import read_timings
@@ -41,10 +43,26 @@ def create_monitor_app(settings: Settings) -> FastAPI:
         title="pacs-annotator monitor",
         version=__version__,
         description="Queue, jobs, workers and admin actions of pacs-annotator.",
+        docs_url=None,  # served below from the pinned local Swagger UI, never a CDN
+        redoc_url=None,
     )
     app.state.monitor = monitor
     app.state.generated_password = generated
+    add_security_headers(app)
+    # Mounted before /static so that its assets are not looked for in our own folder.
+    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> Response:
+        return monitor.templates.TemplateResponse(
+            request, "docs.html", {"openapi_url": app.openapi_url}
+        )
+
+    @app.exception_handler(CrossSiteRequestError)
+    def _cross_site(_request: Request, exc: CrossSiteRequestError) -> JSONResponse:
+        detail = f"refused {exc.args[0]}: the request did not come from a page of this monitor"
+        return JSONResponse({"detail": detail}, status_code=403)
 
     @app.exception_handler(LoginRequiredError)
     def _to_login(request: Request, _exc: LoginRequiredError) -> RedirectResponse:

@@ -17,8 +17,10 @@ from worker.admin.actions import Admin
 from worker.config import Settings
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.store import JobStore, utc_now
-from worker.monitor.auth import Credentials, TokenChecker, check_session
+from worker.monitor.auth import Credentials, TokenChecker
 from worker.monitor.preview import render_preview
+from worker.monitor.security import SAFE_METHODS, CrossSiteRequestError, same_origin
+from worker.monitor.sessions import LoginThrottle, Session, SessionStore
 from worker.monitor.state import Sources, pending_studies, queue_depth
 from worker.monitor.views import worker_dict
 from worker.run.celery_app import job_enqueuer
@@ -41,19 +43,36 @@ class Monitor:
         self.sources = Sources(settings, store, OpsStore(store.engine), spool, client)
         self.admin = Admin(store, self.sources.ops, spool, job_enqueuer(settings, spool))
         self.credentials = credentials
-        self.session_hours = settings.monitor.session_hours
+        config = settings.monitor
+        self.session_hours = config.session_hours
+        self.sessions = SessionStore(
+            settings.monitor_dir / "sessions", credentials, int(config.session_hours * 3600)
+        )
+        self.throttle = LoginThrottle(config.login_free_attempts, config.login_max_backoff_seconds)
+        self.trusted_origins = tuple(config.trusted_origins)
         self.tokens = TokenChecker(credentials)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
+    def session(self, request: Request) -> Session | None:
+        """The live server-side session of the request's cookie, if any."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        return self.sessions.find(cookie) if cookie else None
+
     def actor(self, request: Request) -> str | None:
-        """Who is asking: a bearer token, or the user of a valid session cookie."""
+        """Who is asking: a bearer token, or the user of a live session cookie.
+
+        A cookie-authenticated change (POST...) must come from our own origin: the cookie is
+        sent by the browser whatever page made the request.
+        """
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             return self.tokens.check(header[7:].strip())
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if not cookie:
+        session = self.session(request)
+        if session is None:
             return None
-        return check_session(self.credentials, cookie, int(self.session_hours * 3600))
+        if request.method not in SAFE_METHODS and not same_origin(request, self.trusted_origins):
+            raise CrossSiteRequestError(request.url.path)
+        return session.user
 
     def summary(self) -> dict[str, Any]:
         src = self.sources

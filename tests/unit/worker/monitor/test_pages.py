@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.jobs import spool_study
 from tests.support.phantom import make_ct_phantom
-from tests.unit.worker.monitor.conftest import PASSWORD, Env, broken_series
+from tests.unit.worker.monitor.conftest import OWN_ORIGIN, PASSWORD, Env, broken_series, login
 from worker.config import load_settings
 from worker.jobs.store import JobState
 from worker.monitor.app import create_monitor_app
@@ -17,12 +17,8 @@ from worker.monitor.auth import verify_secret
 from worker.run.processing import process_job
 
 
-def _login(client: TestClient, password: str = PASSWORD) -> None:
-    response = client.post(
-        "/login", data={"user": "admin", "password": password, "next": "/"}, follow_redirects=False
-    )
-    assert response.status_code == 303, response.text
-    assert "pacs_annotator_session" in response.cookies
+def _login(client: TestClient, password: str = PASSWORD) -> str:
+    return login(client, password)
 
 
 def test_pages_need_login_and_a_wrong_password_is_refused(env: Env) -> None:
@@ -80,22 +76,23 @@ def test_form_actions_redirect_with_a_message_and_are_audited(env: Env) -> None:
     broken = make_ct_phantom(slices=8, size=32, pixel_spacing=9.0, seed=13).datasets
     job_id = process_job(env.runtime, spool_study(env.runtime, broken_series(broken))).id
     with env.app_client() as client:
-        _login(client)
-        response = client.post(f"/jobs/{job_id}/retry", follow_redirects=False)
-        assert response.headers["location"] == f"/jobs/{job_id}?msg=queued%20again"
+        form = {"csrf_token": _login(client)}
+        response = client.post(f"/jobs/{job_id}/retry", data=form, follow_redirects=False)
+        assert response.headers["location"] == f"/jobs/{job_id}?flash=retried"
         assert env.store.get(job_id).state is JobState.QUEUED
         page = client.get(response.headers["location"])
         assert 'id="flash">queued again' in page.text and 'id="cancel"' in page.text
-        refused = client.post(f"/jobs/{job_id}/retry", follow_redirects=False)
-        assert "error=" in refused.headers["location"]
-        client.post(f"/jobs/{job_id}/cancel")
+        refused = client.post(f"/jobs/{job_id}/retry", data=form, follow_redirects=False)
+        assert refused.headers["location"] == f"/jobs/{job_id}?flash=refused"
+        assert 'class="flash err"' in client.get(refused.headers["location"]).text
+        client.post(f"/jobs/{job_id}/cancel", data=form)
         assert env.store.get(job_id).state is JobState.CANCELLED
-        client.post("/intake/pause")
+        client.post("/intake/pause", data=form)
         assert env.ops.intake_paused()
         assert "paused: the SCP answers 0xA700" in client.get("/").text
-        client.post("/intake/resume")
+        client.post("/intake/resume", data=form)
         assert not env.ops.intake_paused()
-        client.post(f"/studies/{env.pending_study}/force-complete")
+        client.post(f"/studies/{env.pending_study}/force-complete", data=form)
         assert env.ops.take_force_complete_requests() == [env.pending_study]
         actions = [(e.actor, e.action) for e in env.ops.audit_entries(6)]
         assert actions[:5] == [
@@ -105,7 +102,7 @@ def test_form_actions_redirect_with_a_message_and_are_audited(env: Env) -> None:
             ("admin", "cancel"),
             ("admin", "retry"),
         ]
-        client.post("/logout")
+        client.post("/logout", data=form)
         assert client.get("/", follow_redirects=False).status_code == 303
     env.redis.delete("pacs-annotator")
 
@@ -122,7 +119,7 @@ def test_first_start_generates_a_private_password_once(env: Env) -> None:
     assert hashed.startswith("scrypt$") and verify_secret(password, hashed)
     again = create_monitor_app(settings)
     assert again.state.generated_password is None  # printed once, then only the file
-    with TestClient(again) as client:
+    with TestClient(again, headers=OWN_ORIGIN) as client:
         _login(client, password)
         assert client.get("/api/summary").status_code == 200
 
