@@ -19,6 +19,7 @@ from worker.jobs.ops_store import OpsStore
 from worker.jobs.store import JobStore, utc_now
 from worker.monitor.auth import Credentials, TokenChecker
 from worker.monitor.preview import render_preview
+from worker.monitor.previews import PreviewCache, preview_version
 from worker.monitor.security import SAFE_METHODS, CrossSiteRequestError, same_origin
 from worker.monitor.sessions import LoginThrottle, Session, SessionStore
 from worker.monitor.state import Sources, pending_studies, queue_depth
@@ -51,6 +52,7 @@ class Monitor:
         self.throttle = LoginThrottle(config.login_free_attempts, config.login_max_backoff_seconds)
         self.trusted_origins = tuple(config.trusted_origins)
         self.tokens = TokenChecker(credentials)
+        self.previews = PreviewCache(config.preview_cache_entries)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     def session(self, request: Request) -> Session | None:
@@ -100,16 +102,29 @@ class Monitor:
             for p in pending_studies(self.sources.spool)
         ]
 
-    def preview(self, job_id: str) -> bytes:
+    def preview_version(self, job_id: str) -> str:
+        """The version of a job's preview that its page links to (see ``previews``)."""
         job = self.sources.store.get(job_id)
-        try:
-            study = self.sources.spool.open_sealed(job.id)
-        except UnknownBatchError as exc:
-            raise HTTPException(404, f"job {job_id}: its study is no longer in the spool") from exc
-        png = render_preview(
-            self.sources.spool.instance_paths(study),
-            self.sources.settings.results_dir / job.id,
-        )
+        return preview_version(job, self.sources.settings.results_dir)
+
+    def preview(self, job_id: str) -> tuple[bytes, str]:
+        """The job's preview PNG and its version, rendered once per version."""
+        job = self.sources.store.get(job_id)
+        settings = self.sources.settings
+        version = preview_version(job, settings.results_dir)
+
+        def render() -> bytes | None:
+            try:
+                study = self.sources.spool.open_sealed(job.id)
+            except UnknownBatchError:
+                return None
+            return render_preview(
+                self.sources.spool.instance_paths(study),
+                settings.results_dir / job.id,
+                max_pixels=settings.monitor.preview_max_pixels,
+            )
+
+        png = self.previews.get((job.id, version), render)
         if png is None:
-            raise HTTPException(404, f"job {job_id}: no image series to preview")
-        return png
+            raise HTTPException(404, f"job {job_id}: no image series in the spool to preview")
+        return png, version

@@ -160,6 +160,7 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
             steps=read_timings(monitor.sources.settings.results_dir / job.id),
             can_retry=retryable(job),
             can_cancel=cancellable(job),
+            preview_version=monitor.preview_version(job.id),
             audit=audit,
         )
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import stat
+from pathlib import Path
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -12,6 +16,7 @@ from tests.support.phantom import make_ct_phantom
 from tests.unit.worker.monitor.conftest import OWN_ORIGIN, PASSWORD, Env, broken_series, login
 from worker.config import load_settings
 from worker.jobs.store import JobState
+from worker.monitor import context
 from worker.monitor.app import create_monitor_app
 from worker.monitor.auth import verify_secret
 from worker.run.processing import process_job
@@ -64,7 +69,7 @@ def test_job_page_shows_timeline_delivered_preview_and_actions(env: Env) -> None
         assert done.status_code == 200
         job = env.store.get(env.done_job)
         assert job.delivered[0]["sop_instance_uid"] in done.text
-        assert f'src="/api/jobs/{env.done_job}/preview.png"' in done.text
+        assert f'src="/api/jobs/{env.done_job}/preview.png?v=' in done.text
         assert "processing" in done.text and 'id="retry"' not in done.text
         assert 'id="steps"' in done.text and "<th>pipelines</th>" in done.text
         failed = client.get(f"/jobs/{env.failed_job}")
@@ -157,3 +162,32 @@ def test_metrics_parse_and_move_after_a_job(env: Env) -> None:
     assert after[stage] == before[stage] + 1
     assert ("pacs_annotator_queue_depth", (("queue", "pacs-annotator"),)) in after
     assert after[("pacs_annotator_intake_paused", ())] == 0
+
+
+def test_the_preview_renders_once_per_version_and_page_reloads_reuse_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renders: list[Path] = []
+    real = context.render_preview
+
+    def counted(paths: list[Path], results: Path, **kwargs: Any) -> bytes | None:
+        renders.append(results)
+        return real(paths, results, **kwargs)
+
+    monkeypatch.setattr(context, "render_preview", counted)
+    with env.app_client() as client:
+        _login(client)
+        links = set()
+        for _ in range(3):  # the page's auto-refresh
+            page = client.get(f"/jobs/{env.done_job}").text
+            found = re.search(r'id="preview" src="([^"]+)"', page)
+            assert found
+            links.add(found.group(1))
+        (link,) = links  # the same URL each time, so the browser's copy is used
+        for _ in range(3):
+            image = client.get(link)
+            assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+            assert "immutable" in image.headers["cache-control"]
+        assert len(renders) == 1
+        stale = client.get(f"/api/jobs/{env.done_job}/preview.png?v=old")
+        assert stale.headers["cache-control"] == "private, no-cache" and len(renders) == 1
