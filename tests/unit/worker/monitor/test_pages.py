@@ -16,9 +16,9 @@ from tests.support.phantom import make_ct_phantom
 from tests.unit.worker.monitor.conftest import OWN_ORIGIN, PASSWORD, Env, broken_series, login
 from worker.config import load_settings
 from worker.jobs.store import JobState
-from worker.monitor import context
 from worker.monitor.app import create_monitor_app
 from worker.monitor.auth import verify_secret
+from worker.monitor.preview import render_preview
 from worker.run.processing import process_job
 
 
@@ -168,13 +168,12 @@ def test_the_preview_renders_once_per_version_and_page_reloads_reuse_it(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     renders: list[Path] = []
-    real = context.render_preview
 
     def counted(paths: list[Path], results: Path, **kwargs: Any) -> bytes | None:
         renders.append(results)
-        return real(paths, results, **kwargs)
+        return render_preview(paths, results, **kwargs)
 
-    monkeypatch.setattr(context, "render_preview", counted)
+    monkeypatch.setattr("worker.monitor.context.render_preview", counted)
     with env.app_client() as client:
         _login(client)
         links = set()
