@@ -127,7 +127,7 @@ def other_port_page(served: Served) -> Iterator[str]:
     body = _attack_page(served.url, served.failed_job)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
