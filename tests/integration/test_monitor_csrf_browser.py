@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "csrf-test-password"
 TOKEN = "csrf-test-token"
+#: The pages reload themselves this often, as in production (10 s there).
+REFRESH = 2
 
 
 @dataclass
@@ -79,7 +82,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                         "port": port,
                         "password_hash": hash_secret(PASSWORD),
                         "token_hash": hash_secret(TOKEN),
-                        "refresh_seconds": 0,
+                        "refresh_seconds": REFRESH,
                     },
                 }
             )
@@ -200,5 +203,44 @@ def test_swagger_ui_renders_from_local_assets_under_the_csp(served: Served) -> N
             assert page.locator(".opblock").count() >= 13
             assert all(u.startswith(served.url) for u in requested), requested
             assert not [p for p in problems if "Content Security Policy" in p], problems
+        finally:
+            browser.close()
+
+
+def test_the_job_page_reloads_itself_without_asking_for_the_preview_again(
+    served: Served,
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(served.url + "/login?next=/jobs/" + served.failed_job)
+            page.fill("#password", PASSWORD)
+            page.click("#login")
+            expect(page.locator("#job-state")).to_have_text("failed")
+            # What went over the network; the browser's cache answers the rest.
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("Network.enable")
+            cached: set[str] = set()
+            fetched: list[str] = []
+            loads: list[str] = []
+            cdp.on("Network.requestServedFromCache", lambda e: cached.add(e["requestId"]))
+
+            def received(event: dict[str, Any]) -> None:
+                from_disk = event["response"].get("fromDiskCache")
+                if event["requestId"] not in cached and not from_disk:
+                    fetched.append(event["response"]["url"])
+
+            cdp.on("Network.responseReceived", received)
+            page.on("load", lambda: loads.append("load"))
+            page.wait_for_timeout(REFRESH * 1000 * 3.5)  # about three meta refreshes
+            pages = [u for u in fetched if f"/jobs/{served.failed_job}" in u]
+            previews = [u for u in fetched if "preview.png" in u]
+            assert len(pages) >= 2 and len(loads) >= 2, (fetched, loads)
+            assert previews == [], previews
+            width = page.evaluate("document.getElementById('preview').naturalWidth")
+            assert width > 0  # the image is there, from the cache
         finally:
             browser.close()
