@@ -138,8 +138,12 @@ class LoginThrottle:
     The first ``free_attempts`` failures cost nothing; each one after that blocks the pair for
     twice as long as the last (1 s, 2 s, 4 s ... up to ``max_backoff_seconds``). While blocked,
     a login is refused without looking at the password, so a guess that happens to be right
-    does not get in. A success clears the pair. Kept in memory: one monitor process.
+    does not get in. A success clears the pair. An address is also counted over all user
+    names (with ``ADDRESS_FACTOR`` times the free attempts), since an API token typed as the
+    password logs in whatever the user field says. Kept in memory: one monitor process.
     """
+
+    ADDRESS_FACTOR = 4
 
     def __init__(
         self,
@@ -150,22 +154,28 @@ class LoginThrottle:
         self.free_attempts = free_attempts
         self.max_backoff = max_backoff_seconds
         self._clock = clock
-        self._failures: dict[tuple[str, str], _Failures] = {}
+        self._failures: dict[tuple[str | None, str], _Failures] = {}
 
     def wait_seconds(self, user: str, address: str) -> float:
         """How long this pair must still wait before its next try (0: may try now)."""
-        entry = self._failures.get((user, address))
-        return max(0.0, entry.blocked_until - self._clock()) if entry else 0.0
+        now = self._clock()
+        entries = (self._failures.get((user, address)), self._failures.get((None, address)))
+        return max((max(0.0, e.blocked_until - now) for e in entries if e), default=0.0)
+
+    def _count(self, key: tuple[str | None, str], free: int) -> None:
+        entry = self._failures.setdefault(key, _Failures())
+        entry.count += 1
+        over = entry.count - free
+        if over > 0:
+            entry.blocked_until = self._clock() + min(2.0 ** (over - 1), self.max_backoff)
 
     def failed(self, user: str, address: str) -> None:
         if len(self._failures) > 10_000:  # bound memory under a spray of made-up users
             now = self._clock()
             self._failures = {k: v for k, v in self._failures.items() if v.blocked_until > now}
-        entry = self._failures.setdefault((user, address), _Failures())
-        entry.count += 1
-        over = entry.count - self.free_attempts
-        if over > 0:
-            entry.blocked_until = self._clock() + min(2.0 ** (over - 1), self.max_backoff)
+        self._count((user, address), self.free_attempts)
+        self._count((None, address), self.free_attempts * self.ADDRESS_FACTOR)
 
     def succeeded(self, user: str, address: str) -> None:
         self._failures.pop((user, address), None)
+        self._failures.pop((None, address), None)

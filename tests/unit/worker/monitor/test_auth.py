@@ -80,6 +80,16 @@ def test_login_back_off_doubles_and_a_success_clears_it() -> None:
     assert throttle.wait_seconds("admin", "10.0.0.1") == 0  # counting starts again
 
 
+def test_one_address_guessing_under_many_user_names_is_held_back_too() -> None:
+    throttle = LoginThrottle(free_attempts=2, max_backoff_seconds=60, clock=lambda: 0.0)
+    for n in range(2 * LoginThrottle.ADDRESS_FACTOR):  # never more than 2 per name
+        assert throttle.wait_seconds(f"user{n}", "10.0.0.1") == 0
+        throttle.failed(f"user{n}", "10.0.0.1")
+    throttle.failed("yet-another", "10.0.0.1")
+    assert throttle.wait_seconds("admin", "10.0.0.1") > 0  # a name never tried before
+    assert throttle.wait_seconds("admin", "10.0.0.2") == 0
+
+
 def test_an_unknown_user_costs_the_same_scrypt_run_as_a_known_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
