@@ -112,20 +112,13 @@ def render_preview(
     index_of = {str(s.header.SOPInstanceUID): i for i, s in enumerate(slices)}
     if any(pixel_count(s.header) > max_pixels for s in slices):
         segs = []  # the SEG of such a series would be as large: not decoded either
-    overlays = _overlays(segs, [str(s.header.SOPInstanceUID) for s in slices])
-    marks: dict[int, list[_Mark]] = {}
-    drawn: set[str] = set()
-    for report in reports:
-        for group in report.get_planar_roi_measurement_groups():
-            roi, uid = group.roi, str(group.tracking_uid)
-            if not isinstance(roi, hd.sr.ImageRegion) or uid in drawn:
-                continue  # a detection's second group repeats its box
-            drawn.add(uid)
-            index = index_of.get(roi.ContentSequence[0].referenced_sop_instance_uid)
-            if index is not None:
-                points = np.asarray(roi.value, dtype=float)
-                label = group.tracking_identifier or ""
-                marks.setdefault(index, []).append(_Mark(roi.graphic_type.value, points, label))
+    try:
+        overlays = _overlays(segs, [str(s.header.SOPInstanceUID) for s in slices])
+        marks = _marks(reports, index_of)
+    except DECODE_ERRORS as exc:
+        log.warning("preview of %s: results not drawable: %s", results_dir.name, exc)
+        overlays, marks = [], {}
+        notes.append("results not drawable: no overlays")
     segmented = sorted(
         {int(i) for _, masks in overlays for i in np.flatnonzero(masks.any(axis=(1, 2)))}
     )
@@ -149,6 +142,26 @@ def render_preview(
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _marks(
+    reports: list[hd.sr.MeasurementReport], index_of: dict[str, int]
+) -> dict[int, list[_Mark]]:
+    """The SR's image regions per slice index of the shown series."""
+    marks: dict[int, list[_Mark]] = {}
+    drawn: set[str] = set()
+    for report in reports:
+        for group in report.get_planar_roi_measurement_groups():
+            roi, uid = group.roi, str(group.tracking_uid)
+            if not isinstance(roi, hd.sr.ImageRegion) or uid in drawn:
+                continue  # a detection's second group repeats its box
+            drawn.add(uid)
+            index = index_of.get(roi.ContentSequence[0].referenced_sop_instance_uid)
+            if index is not None:
+                points = np.asarray(roi.value, dtype=float)
+                label = group.tracking_identifier or ""
+                marks.setdefault(index, []).append(_Mark(roi.graphic_type.value, points, label))
+    return marks
 
 
 def _read_series(paths: list[Path]) -> dict[str, list[_Slice]]:

@@ -7,6 +7,7 @@ test_api.py; here there are none, so only the choice and the order of slices sho
 from __future__ import annotations
 
 import io
+import json
 import tracemalloc
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import SegmentationStorage, generate_uid
 
 from tests.support.phantom import make_ct_phantom
 from worker.monitor.preview import NOTE, TILE, render_preview
@@ -116,4 +117,16 @@ def test_an_undecodable_instance_gets_a_note_and_the_rest_still_show(tmp_path: P
         ds.PixelData = ds.PixelData[:100]  # truncated: pydicom cannot shape it
         ds.save_as(path, enforce_file_format=True)
     png = render_preview(paths, tmp_path / "results")
+    assert size_of(png) == (4 * TILE, TILE) and _orange(png) > 0
+
+
+def test_unreadable_results_leave_the_images_with_a_note(tmp_path: Path) -> None:
+    paths = write_series(tmp_path / "series", slices=6, seed=7, study_uid=generate_uid())
+    results = tmp_path / "results"
+    results.mkdir()
+    seg = pydicom.dcmread(paths[0])  # says it is a SEG, but has none of a SEG's content
+    seg.SOPClassUID = seg.file_meta.MediaStorageSOPClassUID = SegmentationStorage
+    seg.save_as(results / "1.2.3.dcm", enforce_file_format=True)
+    (results / "manifest.json").write_text(json.dumps({"outputs": ["1.2.3"]}))
+    png = render_preview(paths, results)
     assert size_of(png) == (4 * TILE, TILE) and _orange(png) > 0
