@@ -147,15 +147,18 @@ def _add_api_routes(app: FastAPI, monitor: Monitor) -> None:
         return job_detail_dict(job, read_timings(src.settings.results_dir / job.id))
 
     @app.get("/api/jobs/{job_id}/preview.png", tags=["jobs"], response_class=Response)
-    def preview(_: Actor, job_id: str, v: str = "") -> Response:
+    def preview(request: Request, _: Actor, job_id: str, v: str = "") -> Response:
         """A few source slices with the SEG overlaid and detections circled.
 
         Rendered once per version of the job's results. With ``v`` set to the current
         version (the job page's link) the browser may keep it for a day.
         """
-        png, version = monitor.preview(job_id)
+        version = monitor.preview_version(job_id)
         fresh = "private, max-age=86400, immutable" if v == version else "private, no-cache"
         headers = {"Cache-Control": fresh, "ETag": f'"{version}"'}
+        if request.headers.get("if-none-match") == headers["ETag"]:
+            return Response(status_code=304, headers=headers)  # nothing rendered
+        png, _ = monitor.preview(job_id)
         return Response(png, media_type="image/png", headers=headers)
 
     @app.post("/api/jobs/{job_id}/retry", tags=["actions"])

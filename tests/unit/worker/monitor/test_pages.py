@@ -190,3 +190,6 @@ def test_the_preview_renders_once_per_version_and_page_reloads_reuse_it(
         assert len(renders) == 1
         stale = client.get(f"/api/jobs/{env.done_job}/preview.png?v=old")
         assert stale.headers["cache-control"] == "private, no-cache" and len(renders) == 1
+        etag = {"If-None-Match": stale.headers["etag"]}
+        revalidated = client.get(f"/api/jobs/{env.done_job}/preview.png", headers=etag)
+        assert revalidated.status_code == 304 and revalidated.content == b""
