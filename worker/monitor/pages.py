@@ -6,6 +6,7 @@ text from the URL. Every form carries the session's CSRF token.
 """
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -20,6 +21,9 @@ from worker.monitor.security import same_origin
 from worker.run.timings import read_timings
 
 log = logging.getLogger(__name__)
+
+#: A random value set with the login form, so the form can carry a CSRF token too.
+LOGIN_COOKIE = "pacs_annotator_login"
 
 
 def _safe_next(target: str) -> str:
@@ -69,15 +73,32 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
         text, is_error = FLASH.get(request.query_params.get("flash", ""), (None, False))
         context.setdefault("error" if is_error else "msg", text)
         session = monitor.session(request)
-        context["csrf_token"] = monitor.sessions.csrf_token(session) if session else ""
+        context.setdefault("csrf_token", monitor.sessions.csrf_token(session) if session else "")
         return templates.TemplateResponse(request, name, context, status_code=status)
 
-    def refuse_login(request: Request, next: str, status: int, error: str) -> HTMLResponse:
-        return render(request, "login.html", status, next=_safe_next(next), refresh=0, error=error)
+    def login_page(
+        request: Request, next: str, status: int = 200, error: str | None = None
+    ) -> HTMLResponse:
+        """The login form with its token, and the pre-login cookie the token is bound to."""
+        nonce = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(32)
+        token = monitor.sessions.login_token(nonce)
+        context: dict[str, Any] = {"next": _safe_next(next), "refresh": 0, "csrf_token": token}
+        if error:
+            context["error"] = error
+        response = render(request, "login.html", status, **context)
+        response.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            max_age=3600,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> HTMLResponse:
-        return render(request, "login.html", next=_safe_next(next), refresh=0)
+        return login_page(request, next)
 
     @app.post("/login", response_class=HTMLResponse, include_in_schema=False)
     def login(
@@ -85,24 +106,29 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
         user: Annotated[str, Form()] = "",
         password: Annotated[str, Form()] = "",
         next: Annotated[str, Form()] = "/",
+        csrf_token: Annotated[str, Form()] = "",
     ) -> Response:
-        if not same_origin(request, monitor.trusted_origins):
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not same_origin(request, monitor.trusted_origins) or not (
+            monitor.sessions.login_token_ok(nonce, csrf_token)
+        ):
             raise HTTPException(403, "login must come from the monitor's own login page")
         user = user[:64]
         address = request.client.host if request.client else ""
         wait = monitor.throttle.wait_seconds(user, address)
         if wait > 0:
             log.warning("monitor login refused for user %r: backing off %.0f s", user, wait)
-            refused = refuse_login(request, next, 429, "too many failed logins: try again later")
+            refused = login_page(request, next, 429, "too many failed logins: try again later")
             refused.headers["Retry-After"] = str(int(wait) + 1)
             return refused
         actor = check_login(monitor.credentials, monitor.tokens, user, password)
         if actor is None:
             monitor.throttle.failed(user, address)
             log.warning("monitor login refused for user %r", user)
-            return refuse_login(request, next, 401, "wrong user or password")
+            return login_page(request, next, 401, "wrong user or password")
         monitor.throttle.succeeded(user, address)
         response = RedirectResponse(_safe_next(next), status_code=303)
+        response.delete_cookie(LOGIN_COOKIE)
         response.set_cookie(
             SESSION_COOKIE,
             monitor.sessions.open(actor),

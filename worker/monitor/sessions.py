@@ -125,6 +125,13 @@ class SessionStore:
     def csrf_ok(self, session: Session, token: str) -> bool:
         return hmac.compare_digest(self.csrf_token(session), token)
 
+    def login_token(self, nonce: str) -> str:
+        """The login form's CSRF token, bound to a random pre-login cookie (``nonce``)."""
+        return hmac.new(self._secret, b"login\0" + nonce.encode(), "sha256").hexdigest()
+
+    def login_token_ok(self, nonce: str, token: str) -> bool:
+        return bool(nonce) and hmac.compare_digest(self.login_token(nonce), token)
+
 
 @dataclass
 class _Failures:

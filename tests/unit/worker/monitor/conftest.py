@@ -118,10 +118,18 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def login_form(client: TestClient, user: str = "admin", password: str = PASSWORD) -> dict[str, str]:
+    """What the login form posts, with the token of a freshly fetched login page."""
+    page = client.get("/login").text
+    found = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', page)
+    assert found, "the login form has no CSRF token"
+    return {"user": user, "password": password, "next": "/", "csrf_token": found.group(1)}
+
+
 def login(client: TestClient, password: str = PASSWORD, user: str = "admin") -> str:
     """Log in through the form; returns the CSRF token the pages then carry."""
     response = client.post(
-        "/login", data={"user": user, "password": password, "next": "/"}, follow_redirects=False
+        "/login", data=login_form(client, user, password), follow_redirects=False
     )
     assert response.status_code == 303, response.text
     assert "pacs_annotator_session" in response.cookies

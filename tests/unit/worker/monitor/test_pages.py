@@ -13,7 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.jobs import spool_study
 from tests.support.phantom import make_ct_phantom
-from tests.unit.worker.monitor.conftest import OWN_ORIGIN, PASSWORD, Env, broken_series, login
+from tests.unit.worker.monitor.conftest import (
+    OWN_ORIGIN,
+    PASSWORD,
+    Env,
+    broken_series,
+    login,
+    login_form,
+)
 from worker.config import load_settings
 from worker.jobs.store import JobState
 from worker.monitor.app import create_monitor_app
@@ -31,14 +38,14 @@ def test_pages_need_login_and_a_wrong_password_is_refused(env: Env) -> None:
         page = client.get(f"/jobs/{env.done_job}", follow_redirects=False)
         assert page.status_code == 303
         assert page.headers["location"] == f"/login?next=/jobs/{env.done_job}"
-        wrong = client.post("/login", data={"user": "admin", "password": "nope"})
+        wrong = client.post("/login", data=login_form(client, "admin", "nope"))
         assert wrong.status_code == 401 and "wrong user or password" in wrong.text
-        other_user = client.post("/login", data={"user": "root", "password": PASSWORD})
+        other_user = client.post("/login", data=login_form(client, "root"))
         assert other_user.status_code == 401
         assert client.get("/", follow_redirects=False).status_code == 303
         outside = client.post(
             "/login",
-            data={"user": "admin", "password": PASSWORD, "next": "//evil.example/"},
+            data={**login_form(client), "next": "//evil.example/"},
             follow_redirects=False,
         )
         assert outside.headers["location"] == "/"

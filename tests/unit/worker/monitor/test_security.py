@@ -7,7 +7,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.worker.monitor.conftest import PASSWORD, TOKEN, Env, login
+from tests.unit.worker.monitor.conftest import TOKEN, Env, login, login_form
 from worker.jobs.store import JobState
 from worker.monitor.app import create_monitor_app
 from worker.monitor.sessions import LoginThrottle
@@ -91,35 +91,38 @@ def test_repeated_wrong_logins_back_off_even_for_the_right_password(env: Env) ->
         monitor = client.app.state.monitor  # type: ignore[attr-defined]
         monitor.throttle = LoginThrottle(3, 60, clock=lambda: now[0])
         for _ in range(4):
-            wrong = client.post("/login", data={"user": "admin", "password": "guess"})
+            wrong = client.post("/login", data=login_form(client, "admin", "guess"))
             assert wrong.status_code == 401
-        blocked = client.post("/login", data={"user": "admin", "password": PASSWORD})
+        blocked = client.post("/login", data=login_form(client))
         assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
         assert "pacs_annotator_session" not in blocked.cookies
         now[0] += 2
         login(client)  # the wait is over: the right password works, and clears the count
 
 
-def test_login_from_another_origin_is_refused(env: Env) -> None:
+def test_login_from_another_origin_or_without_the_form_token_is_refused(env: Env) -> None:
     with env.app_client() as client:
-        response = client.post(
-            "/login", data={"user": "admin", "password": PASSWORD}, headers=OTHER_PORT
-        )
-        assert response.status_code == 403 and "pacs_annotator_session" not in response.cookies
+        form = login_form(client)
+        for data, headers in (
+            (form, OTHER_PORT),
+            ({**form, "csrf_token": ""}, {}),
+            ({**form, "csrf_token": "0" * 64}, {}),
+        ):
+            response = client.post("/login", data=data, headers=headers)
+            assert response.status_code == 403 and "pacs_annotator_session" not in response.cookies
+        client.cookies.clear()  # the token belongs to the pre-login cookie it came with
+        response = client.post("/login", data=form)
+        assert response.status_code == 403
 
 
 def test_cookie_is_secure_behind_tls(env: Env) -> None:
     with env.app_client() as plain:
-        response = plain.post(
-            "/login", data={"user": "admin", "password": PASSWORD}, follow_redirects=False
-        )
+        response = plain.post("/login", data=login_form(plain), follow_redirects=False)
         assert "secure" not in response.headers["set-cookie"].lower()
     app = create_monitor_app(env.settings)
     tls_origin = {"Origin": "https://testserver"}
     with TestClient(app, base_url="https://testserver", headers=tls_origin) as tls:
-        response = tls.post(
-            "/login", data={"user": "admin", "password": PASSWORD}, follow_redirects=False
-        )
+        response = tls.post("/login", data=login_form(tls), follow_redirects=False)
         assert response.status_code == 303
         cookie = response.headers["set-cookie"].lower()
         assert "; secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
