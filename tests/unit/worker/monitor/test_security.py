@@ -156,3 +156,13 @@ def test_flash_messages_come_from_a_fixed_set_not_the_url(env: Env) -> None:
         assert 'id="flash"' not in unknown.text
         known = client.get("/", params={"flash": "paused"})
         assert 'id="flash">intake paused<' in known.text
+
+
+def test_a_trusted_origin_may_post_with_the_cookie(env: Env) -> None:
+    proxy = {"Origin": "https://monitor.example"}  # a TLS proxy that rewrites Host
+    with env.app_client(trusted_origins=["https://monitor.example"]) as client:
+        login(client)
+        assert client.post("/api/intake/pause", headers=proxy).status_code == 200
+        assert client.post("/api/intake/resume", headers=OTHER_PORT).status_code == 403
+        assert client.post("/api/intake/resume", headers=proxy).status_code == 200
+    assert not env.ops.intake_paused()
