@@ -29,6 +29,21 @@ class MonitorSettings(Section):
     # /readyz always fails when the SCP refuses for disk (scp.min_free_disk_bytes); this
     # only raises that threshold, to warn before the SCP refuses. 0: the SCP's alone.
     min_free_disk_mb: int = Field(default=0, ge=0)
+    # Login back-off, origins allowed to post, preview bounds.
+    login_free_attempts: int = Field(default=5, ge=1)
+    login_max_backoff_seconds: float = Field(default=900.0, gt=0)
+    trusted_origins: list[str] = Field(default_factory=list)
+    preview_max_pixels: int = Field(default=4096 * 4096, ge=1)
+    preview_cache_entries: int = Field(default=64, ge=1)
+
+    @field_validator("trusted_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            scheme, _, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(f"{origin!r} is not an origin like https://monitor.example:443")
+        return value
 
     @field_validator("password_hash", "token_hash")
     @classmethod

@@ -1,15 +1,14 @@
-"""Admin credentials: scrypt hashes, signed session cookies, the first-login password.
+"""Admin credentials: scrypt hashes, the login check, the first-login password.
 
 Passwords and tokens are stored only as salted scrypt hashes (``scrypt$n$r$p$salt$hash``).
-A session cookie is the user signed with a timestamp (itsdangerous): no server-side state,
-so the monitor can restart (or run twice) without logging everyone out, as long as the
-secret is the same.
+Sessions live in ``worker.monitor.sessions``.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -17,8 +16,6 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-
-from itsdangerous import BadSignature, TimestampSigner
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +56,15 @@ def verify_secret(secret: str, stored: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
+def _forget_generated(monitor_dir: Path) -> None:
+    """A hash is configured now: the generated password must not stay readable on disk."""
+    for name in (PASSWORD_FILE, HASH_FILE):
+        path = monitor_dir / name
+        if path.exists():
+            path.unlink()
+            log.info("monitor: a password or token hash is configured; removed %s", path)
+
+
 def _write_private(path: Path, text: str) -> None:
     """Create ``path`` readable by its owner only (0600) from the first byte."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +94,9 @@ def resolve_credentials(
     """
     generated: str | None = None
     password_file: Path | None = None
-    if not password_hash and not token_hash:
+    if password_hash or token_hash:
+        _forget_generated(monitor_dir)
+    else:
         hash_path = monitor_dir / HASH_FILE
         password_file = monitor_dir / PASSWORD_FILE
         if not hash_path.exists():
@@ -110,23 +118,6 @@ def resolve_credentials(
     return creds, generated
 
 
-def _signer(creds: Credentials) -> TimestampSigner:
-    return TimestampSigner(creds.session_secret, salt="pacs-annotator-session")
-
-
-def make_session(creds: Credentials, user: str) -> str:
-    """A session cookie value: the user, signed with a timestamp."""
-    return _signer(creds).sign(user).decode()
-
-
-def check_session(creds: Credentials, cookie: str, max_age_seconds: int) -> str | None:
-    """The user of a cookie signed with our secret less than ``max_age_seconds`` ago."""
-    try:
-        return _signer(creds).unsign(cookie, max_age=max_age_seconds).decode()
-    except BadSignature:  # tampered, foreign or expired (SignatureExpired is a BadSignature)
-        return None
-
-
 class TokenChecker:
     """Checks bearer tokens; remembers digests of good ones so scrypt runs once per token."""
 
@@ -145,3 +136,19 @@ class TokenChecker:
             self._good.add(key)
             return "token"
         return None
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when no password is set, so every login costs the same one scrypt run."""
+    return hash_secret(secrets.token_urlsafe(16))
+
+
+def check_login(creds: Credentials, tokens: TokenChecker, user: str, password: str) -> str | None:
+    """The actor for a login form: the admin with their password, or ``token`` for an API
+    token typed as the password. Runs one scrypt whatever the user, known or not."""
+    password_ok = verify_secret(password, creds.password_hash or _dummy_hash())
+    user_ok = hmac.compare_digest(user.encode(), creds.user.encode())
+    if password_ok and user_ok and creds.password_hash:
+        return user
+    return tokens.check(password)

@@ -17,8 +17,11 @@ from worker.admin.actions import Admin
 from worker.config import Settings
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.store import JobStore, utc_now
-from worker.monitor.auth import Credentials, TokenChecker, check_session
+from worker.monitor.auth import Credentials, TokenChecker
 from worker.monitor.preview import render_preview
+from worker.monitor.previews import PreviewCache, preview_version
+from worker.monitor.security import SAFE_METHODS, CrossSiteRequestError, same_origin
+from worker.monitor.sessions import LoginThrottle, Session, SessionStore
 from worker.monitor.state import Sources, pending_studies, queue_depth
 from worker.monitor.views import worker_dict
 from worker.run.celery_app import job_enqueuer
@@ -41,19 +44,37 @@ class Monitor:
         self.sources = Sources(settings, store, OpsStore(store.engine), spool, client)
         self.admin = Admin(store, self.sources.ops, spool, job_enqueuer(settings, spool))
         self.credentials = credentials
-        self.session_hours = settings.monitor.session_hours
+        config = settings.monitor
+        self.session_hours = config.session_hours
+        self.sessions = SessionStore(
+            settings.monitor_dir / "sessions", credentials, int(config.session_hours * 3600)
+        )
+        self.throttle = LoginThrottle(config.login_free_attempts, config.login_max_backoff_seconds)
+        self.trusted_origins = tuple(config.trusted_origins)
         self.tokens = TokenChecker(credentials)
+        self.previews = PreviewCache(config.preview_cache_entries)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
+    def session(self, request: Request) -> Session | None:
+        """The live server-side session of the request's cookie, if any."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        return self.sessions.find(cookie) if cookie else None
+
     def actor(self, request: Request) -> str | None:
-        """Who is asking: a bearer token, or the user of a valid session cookie."""
+        """Who is asking: a bearer token, or the user of a live session cookie.
+
+        A cookie-authenticated change (POST...) must come from our own origin: the cookie is
+        sent by the browser whatever page made the request.
+        """
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             return self.tokens.check(header[7:].strip())
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if not cookie:
+        session = self.session(request)
+        if session is None:
             return None
-        return check_session(self.credentials, cookie, int(self.session_hours * 3600))
+        if request.method not in SAFE_METHODS and not same_origin(request, self.trusted_origins):
+            raise CrossSiteRequestError(request.url.path)
+        return session.user
 
     def summary(self) -> dict[str, Any]:
         src = self.sources
@@ -81,16 +102,29 @@ class Monitor:
             for p in pending_studies(self.sources.spool)
         ]
 
-    def preview(self, job_id: str) -> bytes:
+    def preview_version(self, job_id: str) -> str:
+        """The version of a job's preview that its page links to (see ``previews``)."""
         job = self.sources.store.get(job_id)
-        try:
-            study = self.sources.spool.open_sealed(job.id)
-        except UnknownBatchError as exc:
-            raise HTTPException(404, f"job {job_id}: its study is no longer in the spool") from exc
-        png = render_preview(
-            self.sources.spool.instance_paths(study),
-            self.sources.settings.results_dir / job.id,
-        )
+        return preview_version(job, self.sources.settings.results_dir)
+
+    def preview(self, job_id: str) -> tuple[bytes, str]:
+        """The job's preview PNG and its version, rendered once per version."""
+        job = self.sources.store.get(job_id)
+        settings = self.sources.settings
+        version = preview_version(job, settings.results_dir)
+
+        def render() -> bytes | None:
+            try:
+                study = self.sources.spool.open_sealed(job.id)
+            except UnknownBatchError:
+                return None
+            return render_preview(
+                self.sources.spool.instance_paths(study),
+                settings.results_dir / job.id,
+                max_pixels=settings.monitor.preview_max_pixels,
+            )
+
+        png = self.previews.get((job.id, version), render)
         if png is None:
-            raise HTTPException(404, f"job {job_id}: no image series to preview")
-        return png
+            raise HTTPException(404, f"job {job_id}: no image series in the spool to preview")
+        return png, version

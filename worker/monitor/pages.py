@@ -1,24 +1,29 @@
 """Server-rendered pages: login, dashboard, job page, and the form posts of the actions.
 
 Plain HTML forms and a meta refresh: no JavaScript build step. Actions redirect back with a
-message, so a reload never repeats them.
+flash key, so a reload never repeats them; the page shows the fixed text of that key, never
+text from the URL. Every form carries the session's CSRF token.
 """
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Annotated, Any
-from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Form, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from worker.admin.actions import ActionError, cancellable, retryable
 from worker.jobs.store import JobState, UnknownJobError, utc_now
-from worker.monitor.auth import make_session, verify_secret
+from worker.monitor.auth import check_login
 from worker.monitor.context import SESSION_COOKIE, LoginRequiredError, Monitor
+from worker.monitor.security import same_origin
 from worker.run.timings import read_timings
 
 log = logging.getLogger(__name__)
+
+#: A random value set with the login form, so the form can carry a CSRF token too.
+LOGIN_COOKIE = "pacs_annotator_login"
 
 
 def _safe_next(target: str) -> str:
@@ -26,9 +31,20 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") else "/"
 
 
-def _back(path: str, message: str, *, error: bool = False) -> RedirectResponse:
-    key = "error" if error else "msg"
-    return RedirectResponse(f"{path}?{key}={quote(message)}", status_code=303)
+#: The only messages a page shows after an action: ``?flash=<key>`` picks one, nothing else.
+FLASH: dict[str, tuple[str, bool]] = {
+    "retried": ("queued again", False),
+    "cancelled": ("cancelled", False),
+    "completing": ("the study will complete within seconds", False),
+    "paused": ("intake paused", False),
+    "resumed": ("intake resumed", False),
+    "refused": ("not done: the job or study is not in a state that allows it", True),
+    "logged-out": ("logged out", False),
+}
+
+
+def _back(path: str, key: str) -> RedirectResponse:
+    return RedirectResponse(f"{path}?flash={key}", status_code=303)
 
 
 def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
@@ -41,17 +57,48 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
             raise LoginRequiredError
         return actor
 
+    def form_actor(request: Request, csrf_token: Annotated[str, Form()] = "") -> str:
+        """The actor of a form post, whose CSRF token must belong to its session."""
+        actor = page_actor(request)
+        session = monitor.session(request)
+        if session is not None and not monitor.sessions.csrf_ok(session, csrf_token):
+            raise HTTPException(403, "missing or wrong CSRF token: reload the page")
+        return actor
+
     Actor = Annotated[str, Depends(page_actor)]  # noqa: N806
+    FormActor = Annotated[str, Depends(form_actor)]  # noqa: N806
 
     def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("refresh", settings.monitor.refresh_seconds)
-        context.setdefault("msg", request.query_params.get("msg"))
-        context.setdefault("error", request.query_params.get("error"))
+        text, is_error = FLASH.get(request.query_params.get("flash", ""), (None, False))
+        context.setdefault("error" if is_error else "msg", text)
+        session = monitor.session(request)
+        context.setdefault("csrf_token", monitor.sessions.csrf_token(session) if session else "")
         return templates.TemplateResponse(request, name, context, status_code=status)
+
+    def login_page(
+        request: Request, next: str, status: int = 200, error: str | None = None
+    ) -> HTMLResponse:
+        """The login form with its token, and the pre-login cookie the token is bound to."""
+        nonce = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(32)
+        token = monitor.sessions.login_token(nonce)
+        context: dict[str, Any] = {"next": _safe_next(next), "refresh": 0, "csrf_token": token}
+        if error:
+            context["error"] = error
+        response = render(request, "login.html", status, **context)
+        response.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            max_age=3600,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> HTMLResponse:
-        return render(request, "login.html", next=_safe_next(next), refresh=0)
+        return login_page(request, next)
 
     @app.post("/login", response_class=HTMLResponse, include_in_schema=False)
     def login(
@@ -59,42 +106,47 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
         user: Annotated[str, Form()] = "",
         password: Annotated[str, Form()] = "",
         next: Annotated[str, Form()] = "/",
+        csrf_token: Annotated[str, Form()] = "",
     ) -> Response:
-        creds = monitor.credentials
-        actor: str | None = None
-        if (
-            creds.password_hash
-            and user == creds.user
-            and verify_secret(password, creds.password_hash)
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not same_origin(request, monitor.trusted_origins) or not (
+            monitor.sessions.login_token_ok(nonce, csrf_token)
         ):
-            actor = user
-        elif monitor.tokens.check(password):
-            actor = "token"
+            raise HTTPException(403, "login must come from the monitor's own login page")
+        user = user[:64]
+        address = request.client.host if request.client else ""
+        wait = monitor.throttle.wait_seconds(user, address)
+        if wait > 0:
+            log.warning("monitor login refused for user %r: backing off %.0f s", user, wait)
+            refused = login_page(request, next, 429, "too many failed logins: try again later")
+            refused.headers["Retry-After"] = str(int(wait) + 1)
+            return refused
+        actor = check_login(monitor.credentials, monitor.tokens, user, password)
         if actor is None:
-            log.warning("monitor login refused for user %r", user[:64])
-            return render(
-                request,
-                "login.html",
-                401,
-                next=_safe_next(next),
-                refresh=0,
-                error="wrong user or password",
-            )
+            monitor.throttle.failed(user, address)
+            log.warning("monitor login refused for user %r", user)
+            return login_page(request, next, 401, "wrong user or password")
+        monitor.throttle.succeeded(user, address)
         response = RedirectResponse(_safe_next(next), status_code=303)
-        cookie = make_session(creds, actor)
+        response.delete_cookie(LOGIN_COOKIE)
         response.set_cookie(
             SESSION_COOKIE,
-            cookie,
+            monitor.sessions.open(actor),
             max_age=int(settings.monitor.session_hours * 3600),
             httponly=True,
             samesite="strict",
+            secure=request.url.scheme == "https",  # behind TLS (uvicorn's or a proxy's)
         )
         monitor.sources.ops.audit(actor, "login", "monitor")
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout() -> RedirectResponse:
-        response = RedirectResponse("/login", status_code=303)
+    def logout(request: Request, _: FormActor) -> RedirectResponse:
+        """Ends the session on the server: a copy of the cookie stops working too."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            monitor.sessions.close(cookie)
+        response = RedirectResponse("/login?flash=logged-out", status_code=303)
         response.delete_cookie(SESSION_COOKIE)
         return response
 
@@ -134,6 +186,7 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
             steps=read_timings(monitor.sources.settings.results_dir / job.id),
             can_retry=retryable(job),
             can_cancel=cancellable(job),
+            preview_version=monitor.preview_version(job.id),
             audit=audit,
         )
 
@@ -142,28 +195,25 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
         try:
             action()
         except ActionError as exc:
-            return _back(back, str(exc), error=True)
+            log.info("monitor action refused: %s", exc)  # UIDs and job ids only
+            return _back(back, "refused")
         return _back(back, done)
 
     @app.post("/jobs/{job_id}/retry", include_in_schema=False)
-    def retry(actor: Actor, job_id: str) -> RedirectResponse:
-        return act(f"/jobs/{job_id}", lambda: monitor.admin.retry(job_id, actor), "queued again")
+    def retry(actor: FormActor, job_id: str) -> RedirectResponse:
+        return act(f"/jobs/{job_id}", lambda: monitor.admin.retry(job_id, actor), "retried")
 
     @app.post("/jobs/{job_id}/cancel", include_in_schema=False)
-    def cancel(actor: Actor, job_id: str) -> RedirectResponse:
+    def cancel(actor: FormActor, job_id: str) -> RedirectResponse:
         return act(f"/jobs/{job_id}", lambda: monitor.admin.cancel(job_id, actor), "cancelled")
 
     @app.post("/studies/{study_uid}/force-complete", include_in_schema=False)
-    def force_complete(actor: Actor, study_uid: str) -> RedirectResponse:
-        return act(
-            "/",
-            lambda: monitor.admin.force_complete(study_uid, actor),
-            f"study {study_uid} will complete within seconds",
-        )
+    def force_complete(actor: FormActor, study_uid: str) -> RedirectResponse:
+        return act("/", lambda: monitor.admin.force_complete(study_uid, actor), "completing")
 
     @app.post("/intake/{action}", include_in_schema=False)
-    def intake(actor: Actor, action: str) -> RedirectResponse:
+    def intake(actor: FormActor, action: str) -> RedirectResponse:
         if action not in ("pause", "resume"):
-            return _back("/", f"unknown intake action {action!r}", error=True)
+            return _back("/", "refused")
         monitor.admin.set_intake_paused(action == "pause", actor)
-        return _back("/", "intake paused" if action == "pause" else "intake resumed")
+        return _back("/", "paused" if action == "pause" else "resumed")

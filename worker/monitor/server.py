@@ -16,13 +16,12 @@ def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT (uvicorn handles both)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_monitor_app(settings)
-    generated = app.state.generated_password
-    if generated:
+    if app.state.generated_password:
         path = settings.monitor_dir / "admin-password"
-        # Shown once, on the admin's terminal, never in the log.
+        # Under `up` this line lands in the service log: say where the password is, not what.
         print(
-            f"monitor first login: user {settings.monitor.admin_user!r}, password {generated} "
-            f"(also in {path}, mode 0600; set monitor.password_hash to replace it)",
+            f"monitor first login: user {settings.monitor.admin_user!r}, password in {path} "
+            "(mode 0600; set monitor.password_hash to replace it, and the file is removed)",
             flush=True,
         )
     print(f"monitor listening on {settings.monitor.url}", flush=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from worker.config import MIB, MonitorSettings
 
 
@@ -13,3 +16,11 @@ def test_a_wildcard_address_is_shown_as_loopback() -> None:
 
 def test_the_disk_floor_keeps_its_megabyte_key_and_is_compared_in_bytes() -> None:
     assert MonitorSettings(min_free_disk_mb=5).min_free_disk_bytes == 5 * MIB
+
+
+def test_trusted_origins_must_be_bare_origins() -> None:
+    ok = MonitorSettings(trusted_origins=["https://monitor.example", "http://10.0.0.5:8080"])
+    assert ok.trusted_origins == ["https://monitor.example", "http://10.0.0.5:8080"]
+    for bad in ("monitor.example", "https://monitor.example/", "ftp://x", "https://"):
+        with pytest.raises(ValidationError, match="is not an origin"):
+            MonitorSettings(trusted_origins=[bad])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from worker.service.embedded_redis import EmbeddedRedis
 
 PASSWORD = "correct horse battery"
 TOKEN = "api-token-0123456789"
+#: What a browser sends with a post from the monitor's own pages (TestClient's host).
+OWN_ORIGIN = {"Origin": "http://testserver"}
 
 
 @dataclass
@@ -46,7 +49,7 @@ class Env:
         if monitor:
             merged = {**settings.monitor.model_dump(), **monitor}
             settings = settings.model_copy(update={"monitor": type(settings.monitor)(**merged)})
-        return TestClient(create_monitor_app(settings))
+        return TestClient(create_monitor_app(settings), headers=OWN_ORIGIN)
 
 
 def broken_series(datasets: list[Dataset]) -> list[Dataset]:
@@ -107,9 +110,29 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 @pytest.fixture(scope="module")
 def client(env: Env) -> Iterator[TestClient]:
-    with TestClient(create_monitor_app(env.settings)) as c:
+    with TestClient(create_monitor_app(env.settings), headers=OWN_ORIGIN) as c:
         yield c
 
 
 def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def login_form(client: TestClient, user: str = "admin", password: str = PASSWORD) -> dict[str, str]:
+    """What the login form posts, with the token of a freshly fetched login page."""
+    page = client.get("/login").text
+    found = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', page)
+    assert found, "the login form has no CSRF token"
+    return {"user": user, "password": password, "next": "/", "csrf_token": found.group(1)}
+
+
+def login(client: TestClient, password: str = PASSWORD, user: str = "admin") -> str:
+    """Log in through the form; returns the CSRF token the pages then carry."""
+    response = client.post(
+        "/login", data=login_form(client, user, password), follow_redirects=False
+    )
+    assert response.status_code == 303, response.text
+    assert "pacs_annotator_session" in response.cookies
+    found = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', client.get("/").text)
+    assert found, "the dashboard has no CSRF token in its forms"
+    return found.group(1)

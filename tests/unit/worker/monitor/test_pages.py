@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import re
 import stat
+from pathlib import Path
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.jobs import spool_study
 from tests.support.phantom import make_ct_phantom
-from tests.unit.worker.monitor.conftest import PASSWORD, Env, broken_series
+from tests.unit.worker.monitor.conftest import (
+    OWN_ORIGIN,
+    PASSWORD,
+    Env,
+    broken_series,
+    login,
+    login_form,
+)
 from worker.config import load_settings
 from worker.jobs.store import JobState
 from worker.monitor.app import create_monitor_app
 from worker.monitor.auth import verify_secret
+from worker.monitor.preview import render_preview
 from worker.run.processing import process_job
 
 
-def _login(client: TestClient, password: str = PASSWORD) -> None:
-    response = client.post(
-        "/login", data={"user": "admin", "password": password, "next": "/"}, follow_redirects=False
-    )
-    assert response.status_code == 303, response.text
-    assert "pacs_annotator_session" in response.cookies
+def _login(client: TestClient, password: str = PASSWORD) -> str:
+    return login(client, password)
 
 
 def test_pages_need_login_and_a_wrong_password_is_refused(env: Env) -> None:
@@ -30,14 +38,14 @@ def test_pages_need_login_and_a_wrong_password_is_refused(env: Env) -> None:
         page = client.get(f"/jobs/{env.done_job}", follow_redirects=False)
         assert page.status_code == 303
         assert page.headers["location"] == f"/login?next=/jobs/{env.done_job}"
-        wrong = client.post("/login", data={"user": "admin", "password": "nope"})
+        wrong = client.post("/login", data=login_form(client, "admin", "nope"))
         assert wrong.status_code == 401 and "wrong user or password" in wrong.text
-        other_user = client.post("/login", data={"user": "root", "password": PASSWORD})
+        other_user = client.post("/login", data=login_form(client, "root"))
         assert other_user.status_code == 401
         assert client.get("/", follow_redirects=False).status_code == 303
         outside = client.post(
             "/login",
-            data={"user": "admin", "password": PASSWORD, "next": "//evil.example/"},
+            data={**login_form(client), "next": "//evil.example/"},
             follow_redirects=False,
         )
         assert outside.headers["location"] == "/"
@@ -68,7 +76,7 @@ def test_job_page_shows_timeline_delivered_preview_and_actions(env: Env) -> None
         assert done.status_code == 200
         job = env.store.get(env.done_job)
         assert job.delivered[0]["sop_instance_uid"] in done.text
-        assert f'src="/api/jobs/{env.done_job}/preview.png"' in done.text
+        assert f'src="/api/jobs/{env.done_job}/preview.png?v=' in done.text
         assert "processing" in done.text and 'id="retry"' not in done.text
         assert 'id="steps"' in done.text and "<th>pipelines</th>" in done.text
         failed = client.get(f"/jobs/{env.failed_job}")
@@ -80,22 +88,23 @@ def test_form_actions_redirect_with_a_message_and_are_audited(env: Env) -> None:
     broken = make_ct_phantom(slices=8, size=32, pixel_spacing=9.0, seed=13).datasets
     job_id = process_job(env.runtime, spool_study(env.runtime, broken_series(broken))).id
     with env.app_client() as client:
-        _login(client)
-        response = client.post(f"/jobs/{job_id}/retry", follow_redirects=False)
-        assert response.headers["location"] == f"/jobs/{job_id}?msg=queued%20again"
+        form = {"csrf_token": _login(client)}
+        response = client.post(f"/jobs/{job_id}/retry", data=form, follow_redirects=False)
+        assert response.headers["location"] == f"/jobs/{job_id}?flash=retried"
         assert env.store.get(job_id).state is JobState.QUEUED
         page = client.get(response.headers["location"])
         assert 'id="flash">queued again' in page.text and 'id="cancel"' in page.text
-        refused = client.post(f"/jobs/{job_id}/retry", follow_redirects=False)
-        assert "error=" in refused.headers["location"]
-        client.post(f"/jobs/{job_id}/cancel")
+        refused = client.post(f"/jobs/{job_id}/retry", data=form, follow_redirects=False)
+        assert refused.headers["location"] == f"/jobs/{job_id}?flash=refused"
+        assert 'class="flash err"' in client.get(refused.headers["location"]).text
+        client.post(f"/jobs/{job_id}/cancel", data=form)
         assert env.store.get(job_id).state is JobState.CANCELLED
-        client.post("/intake/pause")
+        client.post("/intake/pause", data=form)
         assert env.ops.intake_paused()
         assert "paused: the SCP answers 0xA700" in client.get("/").text
-        client.post("/intake/resume")
+        client.post("/intake/resume", data=form)
         assert not env.ops.intake_paused()
-        client.post(f"/studies/{env.pending_study}/force-complete")
+        client.post(f"/studies/{env.pending_study}/force-complete", data=form)
         assert env.ops.take_force_complete_requests() == [env.pending_study]
         actions = [(e.actor, e.action) for e in env.ops.audit_entries(6)]
         assert actions[:5] == [
@@ -105,7 +114,7 @@ def test_form_actions_redirect_with_a_message_and_are_audited(env: Env) -> None:
             ("admin", "cancel"),
             ("admin", "retry"),
         ]
-        client.post("/logout")
+        client.post("/logout", data=form)
         assert client.get("/", follow_redirects=False).status_code == 303
     env.redis.delete("pacs-annotator")
 
@@ -122,7 +131,7 @@ def test_first_start_generates_a_private_password_once(env: Env) -> None:
     assert hashed.startswith("scrypt$") and verify_secret(password, hashed)
     again = create_monitor_app(settings)
     assert again.state.generated_password is None  # printed once, then only the file
-    with TestClient(again) as client:
+    with TestClient(again, headers=OWN_ORIGIN) as client:
         _login(client, password)
         assert client.get("/api/summary").status_code == 200
 
@@ -160,3 +169,34 @@ def test_metrics_parse_and_move_after_a_job(env: Env) -> None:
     assert after[stage] == before[stage] + 1
     assert ("pacs_annotator_queue_depth", (("queue", "pacs-annotator"),)) in after
     assert after[("pacs_annotator_intake_paused", ())] == 0
+
+
+def test_the_preview_renders_once_per_version_and_page_reloads_reuse_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renders: list[Path] = []
+
+    def counted(paths: list[Path], results: Path, **kwargs: Any) -> bytes | None:
+        renders.append(results)
+        return render_preview(paths, results, **kwargs)
+
+    monkeypatch.setattr("worker.monitor.context.render_preview", counted)
+    with env.app_client() as client:
+        _login(client)
+        links = set()
+        for _ in range(3):  # the page's auto-refresh
+            page = client.get(f"/jobs/{env.done_job}").text
+            found = re.search(r'id="preview" src="([^"]+)"', page)
+            assert found
+            links.add(found.group(1))
+        (link,) = links  # the same URL each time, so the browser's copy is used
+        for _ in range(3):
+            image = client.get(link)
+            assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+            assert "immutable" in image.headers["cache-control"]
+        assert len(renders) == 1
+        stale = client.get(f"/api/jobs/{env.done_job}/preview.png?v=old")
+        assert stale.headers["cache-control"] == "private, no-cache" and len(renders) == 1
+        etag = {"If-None-Match": stale.headers["etag"]}
+        revalidated = client.get(f"/api/jobs/{env.done_job}/preview.png", headers=etag)
+        assert revalidated.status_code == 304 and revalidated.content == b""

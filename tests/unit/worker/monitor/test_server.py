@@ -28,7 +28,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[uvicorn.Config]:
     return configs
 
 
-def test_the_first_start_prints_a_generated_password_once_and_never_logs_it(
+def test_the_first_start_says_where_the_password_is_and_never_prints_it(
     tmp_path: Path,
     served: list[uvicorn.Config],
     capsys: pytest.CaptureFixture[str],
@@ -39,7 +39,9 @@ def test_the_first_start_prints_a_generated_password_once_and_never_logs_it(
     assert serve(settings) == 0
     out = capsys.readouterr().out
     password = (settings.monitor_dir / "admin-password").read_text().strip()
-    assert f"monitor first login: user 'admin', password {password} " in out
+    # Under `up` stdout is the service log: the path is shown, the password is not.
+    assert f"monitor first login: user 'admin', password in {settings.monitor_dir}" in out
+    assert password not in out
     assert "monitor listening on http://127.0.0.1:8181/" in out
     assert password not in caplog.text
     (config,) = served
@@ -51,13 +53,17 @@ def test_the_first_start_prints_a_generated_password_once_and_never_logs_it(
     assert (settings.monitor_dir / "admin-password").read_text().strip() == password
 
 
-def test_with_a_configured_password_nothing_is_generated(
+def test_with_a_configured_password_nothing_is_generated_and_the_old_file_goes(
     tmp_path: Path, served: list[uvicorn.Config], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    serve(load_settings(None, data_dir=tmp_path / "data"))  # a first start, without a hash
+    capsys.readouterr()
     settings = load_settings(
         None, data_dir=tmp_path / "data", monitor={"password_hash": hash_secret("s3cret")}
     )
+    assert (settings.monitor_dir / "admin-password").exists()
     serve(settings)
     assert "first login" not in capsys.readouterr().out
     assert not (settings.monitor_dir / "admin-password").exists()
-    assert len(served) == 1
+    assert not (settings.monitor_dir / "admin-password.hash").exists()
+    assert len(served) == 2
