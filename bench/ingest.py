@@ -2,10 +2,14 @@
 
 1. Ingest: the same CT series is sent with dcmtk ``storescu`` (one association) to
    (a) our StorageSCP with the durable spool (fsync per instance), (b) dcmtk ``storescp``,
-   (c) Orthanc; every receiver runs as its own process with ``TCP_NODELAY=1``. One warm-up
-   send each, then ``--repeats`` timed sends; the median is reported.
+   (c) Orthanc; every receiver runs as its own process with ``TCP_NODELAY=1``, all three
+   at once. One warm-up send each, then ``--repeats`` interleaved rounds (one timed send
+   to each receiver per round); the median is reported. Beside them, the fsync floor:
+   each file of the series written, fsynced, renamed and its folder fsynced, no network:
+   what one instance's durability costs on this disk.
 2. Concurrency: N simultaneous ``storescu`` senders (each its own copy of the series with
-   new UIDs) into a fresh StorageSCP; afterwards every instance must be in the spool.
+   new UIDs) into a fresh StorageSCP and, in the same round, a fresh ``storescp``;
+   afterwards every instance must be in our spool.
 
 Run: .venv/bin/python bench/ingest.py [--series DIR] [--repeats 5] [--senders 1,4,16]
 """
@@ -23,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,20 +159,47 @@ class Rate:
         return self.megabytes / self.seconds
 
 
+def fsync_floor(files: list[Path], work: Path) -> float:
+    """Seconds to write, fsync, rename and fsync the folder of each file: no network."""
+    folder = work / "floor"
+    folder.mkdir()
+    datas = [p.read_bytes() for p in files]
+    start = time.perf_counter()
+    for n, data in enumerate(datas):
+        tmp = folder / f"{n}.part"
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.rename(folder / f"{n}.dcm")
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+        os.close(fd)
+    return time.perf_counter() - start
+
+
 def ingest(files: list[Path], repeats: int, work: Path) -> list[Rate]:
     megabytes = sum(p.stat().st_size for p in files) / 1e6
-    receivers = {
+    starters = {
         "pacs-annotator SCP (durable spool)": lambda: our_scp(work / "spool"),
         "dcmtk storescp": lambda: storescp(work / "storescp"),
         "Orthanc": orthanc,
     }
-    rates = []
-    for name, start in receivers.items():
-        with start() as (aet, port):
+    times: dict[str, list[float]] = {name: [] for name in starters}
+    floor: list[float] = []
+    with ExitStack() as stack:
+        receivers = {name: stack.enter_context(start()) for name, start in starters.items()}
+        for aet, port in receivers.values():
             send(aet, port, files)  # warm-up
-            times = [send(aet, port, files) for _ in range(repeats)]
-        rates.append(Rate(name, statistics.median(times), len(files), megabytes))
-        print(f"  {name}: median {statistics.median(times):.3f} s of {times}", flush=True)
+        for _ in range(repeats):  # interleaved: load from others hits every receiver alike
+            for name, (aet, port) in receivers.items():
+                times[name].append(send(aet, port, files))
+            floor.append(fsync_floor(files, Path(tempfile.mkdtemp(dir=work))))
+    times["fsync floor (no network, not a receiver)"] = floor
+    rates = []
+    for name, seconds in times.items():
+        rates.append(Rate(name, statistics.median(seconds), len(files), megabytes))
+        print(f"  {name}: median {statistics.median(seconds):.3f} s of {seconds}", flush=True)
     stored = list((work / "spool" / "incoming").rglob("*.dcm"))
     if len(stored) != len(files):
         raise SystemExit(f"our spool holds {len(stored)} instances, expected {len(files)}")
@@ -181,48 +212,65 @@ def copies(files: list[Path], count: int, work: Path) -> list[list[Path]]:
     return [write_copy(datasets, work / f"copy{n:02d}")[1] for n in range(count)]
 
 
-def concurrency(files: list[Path], senders: Sequence[int], work: Path) -> list[tuple[int, Rate]]:
+def _senders(aet: str, port: int, sets: list[list[Path]]) -> float:
+    """Seconds until every one of ``len(sets)`` simultaneous storescu senders is done."""
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                dcmtk("storescu"),
+                "-aet",
+                f"SENDER{i}",
+                "-aec",
+                aet,
+                "127.0.0.1",
+                str(port),
+                *map(str, files),
+            ],
+            env=NODELAY,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i, files in enumerate(sets)
+    ]
+    failures = [p.wait() for p in procs]
+    elapsed = time.perf_counter() - start
+    if any(failures):
+        raise SystemExit(f"{aet}: {sum(1 for f in failures if f)} of {len(sets)} senders failed")
+    return elapsed
+
+
+def concurrency(
+    files: list[Path], senders: Sequence[int], work: Path
+) -> list[tuple[int, Rate, Rate]]:
     sets = copies(files, max(senders), work / "copies")
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     rows = []
     for n in senders:
         spool = work / f"spool-n{n}"
         with our_scp(spool) as (aet, port):
-            start = time.perf_counter()
-            procs = [
-                subprocess.Popen(
-                    [
-                        dcmtk("storescu"),
-                        "-aet",
-                        f"SENDER{i}",
-                        "-aec",
-                        aet,
-                        "127.0.0.1",
-                        str(port),
-                        *map(str, sets[i]),
-                    ],
-                    env=NODELAY,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
-                for i in range(n)
-            ]
-            failures = [p.wait() for p in procs]
-            elapsed = time.perf_counter() - start
-        if any(failures):
-            raise SystemExit(f"N={n}: {sum(1 for f in failures if f)} senders failed")
+            ours = _senders(aet, port, sets[:n])
+        with storescp(work / f"storescp-n{n}") as (aet, port):
+            theirs = _senders(aet, port, sets[:n])
         stored = {p.stem for p in (spool / "incoming").rglob("*.dcm")}
         expected = {
             pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for s in sets[:n] for p in s
         }
         lost = expected - stored
         print(
-            f"  N={n}: {len(stored)} of {len(expected)} stored, {len(lost)} lost, {elapsed:.2f} s",
+            f"  N={n}: {len(stored)} of {len(expected)} stored, {len(lost)} lost, "
+            f"{ours:.2f} s (storescp {theirs:.2f} s)",
             flush=True,
         )
         if lost:
             raise SystemExit(f"N={n}: {len(lost)} acknowledged instances missing from the spool")
-        rows.append((n, Rate(f"N={n}", elapsed, n * len(files), n * megabytes)))
+        rows.append(
+            (
+                n,
+                Rate(f"N={n}", ours, n * len(files), n * megabytes),
+                Rate(f"storescp N={n}", theirs, n * len(files), n * megabytes),
+            )
+        )
     return rows
 
 
@@ -257,13 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {r.name} | {r.seconds:.3f} | {r.per_second:.0f} | {r.mb_per_second:.0f} | "
             f"{ours.per_second / r.per_second:.2f}x |"
         )
-    print("\n| senders N | instances | s | instances/s | MB/s | vs N=1 |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| senders N | instances | s | instances/s | MB/s | vs N=1 "
+        "| storescp instances/s | ours relative to storescp |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     base = rows[0][1].per_second
-    for n, r in rows:
+    for n, r, peer in rows:
         print(
             f"| {n} | {r.instances} | {r.seconds:.2f} | {r.per_second:.0f} | "
-            f"{r.mb_per_second:.0f} | {r.per_second / base:.2f}x |"
+            f"{r.mb_per_second:.0f} | {r.per_second / base:.2f}x | {peer.per_second:.0f} | "
+            f"{r.per_second / peer.per_second:.2f}x |"
         )
     return 0
 

@@ -288,20 +288,14 @@ class Spool:
 
     def quarantine(self, data: bytes, reason: str, *, calling_ae: str) -> Path:
         """Keep data that cannot be filed, with why, so nothing received is dropped."""
-        now = _utcnow()
-        name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
-        target = self.quarantine_dir / f"{name}.dcm"
-        self._write_json(
-            self.quarantine_dir / f"{name}.reason.json",
-            {"reason": reason, "calling_ae": calling_ae, "received": now.isoformat()},
-        )
-        tmp = self._write_tmp(data)
-        tmp.replace(target)
-        _fsync_dir(self.quarantine_dir)
-        return target
+        return self._quarantine_from(BytesIO(data), reason, calling_ae)
 
     def quarantine_file(self, received: Path, reason: str, *, calling_ae: str) -> Path:
         """``quarantine`` for a received file, copied in chunks (it may be large)."""
+        with received.open("rb") as fh:
+            return self._quarantine_from(fh, reason, calling_ae)
+
+    def _quarantine_from(self, source: BinaryIO, reason: str, calling_ae: str) -> Path:
         now = _utcnow()
         name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
         target = self.quarantine_dir / f"{name}.dcm"
@@ -309,8 +303,7 @@ class Spool:
             self.quarantine_dir / f"{name}.reason.json",
             {"reason": reason, "calling_ae": calling_ae, "received": now.isoformat()},
         )
-        with received.open("rb") as fh:
-            tmp = self._write_tmp_from(fh)
+        tmp = self._write_tmp_from(source)
         tmp.replace(target)
         _fsync_dir(self.quarantine_dir)
         return target
