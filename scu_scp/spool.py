@@ -171,6 +171,7 @@ class Spool:
         ):
             _mkdir_private(directory)
             directory.chmod(DIR_MODE)  # also folders made by an older version
+        self._device = self.tmp.stat().st_dev  # a received file elsewhere is copied in
         self._discard_partial_writes()
 
     # -- writing -------------------------------------------------------------------------
@@ -231,7 +232,7 @@ class Spool:
         validate_uid(series_uid, "SeriesInstanceUID")
         validate_uid(sop_uid, "SOPInstanceUID")
         source = received
-        if received.stat().st_dev == self.tmp.stat().st_dev:
+        if received.stat().st_dev == self._device:
             _fsync_file_private(received)
         else:
             with received.open("rb") as fh:
@@ -261,12 +262,18 @@ class Spool:
                 if resent:
                     self._supersede(target, study_uid, series_uid, sop_uid)
                 source.replace(target)
-                _fsync_dir(series_dir)
                 self._incoming_bytes[study_uid] = size
+                # The folder's fsync runs outside the lock, so associations overlap their
+                # fsyncs; the descriptor follows the folder even if a seal moves it now.
+                series_fd = os.open(series_dir, os.O_RDONLY | os.O_DIRECTORY)
         except BaseException:
             if source != received:
                 source.unlink(missing_ok=True)
             raise
+        try:
+            os.fsync(series_fd)
+        finally:
+            os.close(series_fd)
         return target
 
     def _supersede(self, target: Path, study_uid: str, series_uid: str, sop_uid: str) -> None:
