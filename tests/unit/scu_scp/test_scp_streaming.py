@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from scu_scp.models import DicomNode
 from scu_scp.scu import send_files
 from tests.support.big_instances import peak_rss_bytes, scp_process, write_big_ct
 from tests.support.edge import AE_TITLE, ScpFactory, ct_files, dcmtk, spooled, start_scp
+from tests.support.processes import stop_process
+from tests.support.storescp import dcmtk_tool, wait_for
 
 __all__ = ["start_scp"]  # fixture
 
@@ -183,3 +186,26 @@ def test_spool_files_are_0600_and_folders_0700_whatever_the_umask(
     assert len(list((tmp_path / "spool" / "studies").rglob("*.dcm"))) == 2
     assert file_modes == {0o600}
     assert dir_modes == {0o700}
+
+
+def test_a_dataset_cut_off_by_a_dropped_connection_leaves_no_file(tmp_path: Path) -> None:
+    big = tmp_path / "big.dcm"
+    write_big_ct(big, 200 * MIB)
+    with scp_process(tmp_path / "spool", 0) as scp:  # no limit: only the drop stops it
+        sender = subprocess.Popen(
+            [dcmtk_tool("storescu"), "-aec", AE_TITLE, "127.0.0.1", str(scp.port), str(big)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            arriving = wait_for(lambda: _bytes_in(scp.tmpdir) > MIB, timeout=60)
+        finally:
+            stop_process(sender, timeout=0)  # SIGKILL: the connection drops mid-dataset
+        assert arriving, "the dataset was never written to a file while arriving"
+        assert wait_for(lambda: not any(scp.tmpdir.iterdir()), timeout=60)
+        assert spooled(tmp_path / "spool") == []
+        assert dcmtk("echoscu", "-aec", AE_TITLE, "127.0.0.1", str(scp.port)).returncode == 0
+
+
+def _bytes_in(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
