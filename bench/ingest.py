@@ -4,9 +4,10 @@
    (a) our StorageSCP with the durable spool (fsync per instance), (b) dcmtk ``storescp``,
    (c) Orthanc; every receiver runs as its own process with ``TCP_NODELAY=1``, all three
    at once. One warm-up send each, then ``--repeats`` interleaved rounds (one timed send
-   to each receiver per round); the median is reported. Beside them, the fsync floor:
-   each file of the series written, fsynced, renamed and its folder fsynced, no network:
-   what one instance's durability costs on this disk.
+   to each receiver per round); the median is reported. Beside them, (d) pynetdicom alone
+   as our SCP runs it, storing nothing (the ceiling for a pynetdicom receiver), and the
+   fsync floor: each file of the series written, fsynced, renamed and its folder fsynced,
+   no network: what one instance's durability costs on this disk.
 2. Concurrency: N simultaneous ``storescu`` senders (each its own copy of the series with
    new UIDs) into a fresh StorageSCP and, in the same round, a fresh ``storescp``;
    afterwards every instance must be in our spool.
@@ -76,6 +77,30 @@ def serve_scp(spool_dir: Path, port: int) -> None:
     scp.stop()
 
 
+def serve_bare(port: int) -> None:
+    """Child mode: pynetdicom alone, as our SCP runs it, answering 0x0000 and keeping
+    nothing: the ceiling for any receiver built on pynetdicom."""
+    from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+
+    from scu_scp.scp import MAXIMUM_PDU_SIZE, TRANSFER_SYNTAXES
+
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    ae = AE(ae_title="BARE")
+    ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
+    ae.maximum_associations = 64
+    ae.add_supported_context("1.2.840.10008.1.1")
+    for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0x0000)]
+    )
+    stop.wait()
+    ae.shutdown()
+
+
 def wait_echo(aet: str, port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,6 +124,17 @@ def our_scp(spool_dir: Path) -> Iterator[tuple[str, int]]:
     try:
         wait_echo("ANNOTATOR", port)
         yield "ANNOTATOR", port
+    finally:
+        stop_process(proc, timeout=30)
+
+
+@contextmanager
+def bare_pynetdicom() -> Iterator[tuple[str, int]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port)], env=NODELAY)
+    try:
+        wait_echo("BARE", port)
+        yield "BARE", port
     finally:
         stop_process(proc, timeout=30)
 
@@ -184,6 +220,7 @@ def ingest(files: list[Path], repeats: int, work: Path) -> list[Rate]:
         "pacs-annotator SCP (durable spool)": lambda: our_scp(work / "spool"),
         "dcmtk storescp": lambda: storescp(work / "storescp"),
         "Orthanc": orthanc,
+        "bare pynetdicom (stores nothing: the ceiling)": bare_pynetdicom,
     }
     times: dict[str, list[float]] = {name: [] for name in starters}
     floor: list[float] = []
@@ -280,9 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--senders", default="1,4,16")
     parser.add_argument("--serve-scp", nargs=2, metavar=("SPOOL", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_scp:
         serve_scp(Path(args.serve_scp[0]), int(args.serve_scp[1]))
+        return 0
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
         return 0
     files = sorted(args.series.glob("*.dcm"))
     if not files:
