@@ -27,9 +27,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,10 +57,18 @@ def dcmtk(name: str) -> str:
     raise SystemExit(f"dcmtk {name} not found (Debian package dcmtk)")
 
 
-def serve_scp(spool_dir: Path, port: int) -> None:
-    """Child mode: our SCP alone in this process until SIGTERM."""
+def serve_scp(spool_dir: Path, port: int, source: Path | None = None) -> None:
+    """Child mode: our SCP alone in this process until SIGTERM; ``source`` holds another
+    revision's ``scu_scp`` package (``--baseline``)."""
+    if source is not None:
+        if "scu_scp" in sys.modules:
+            raise SystemExit("scu_scp already imported: cannot run the baseline")
+        sys.path.insert(0, str(source))
     from scu_scp.scp import StorageSCP
     from scu_scp.spool import Spool
+
+    if source is not None and not StorageSCP.__module__.startswith("scu_scp"):
+        raise SystemExit("baseline scu_scp not loaded")
 
     scp = StorageSCP(
         ae_title="ANNOTATOR",
@@ -116,10 +125,11 @@ def wait_echo(aet: str, port: int, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def our_scp(spool_dir: Path) -> Iterator[tuple[str, int]]:
+def our_scp(spool_dir: Path, source: Path | None = None) -> Iterator[tuple[str, int]]:
     port = free_port()
+    extra = [] if source is None else ["--scp-source", str(source)]
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-scp", str(spool_dir), str(port)], env=NODELAY
+        [sys.executable, __file__, "--serve-scp", str(spool_dir), str(port), *extra], env=NODELAY
     )
     try:
         wait_echo("ANNOTATOR", port)
@@ -214,11 +224,20 @@ def fsync_floor(files: list[Path], work: Path) -> float:
     return time.perf_counter() - start
 
 
-def ingest(files: list[Path], repeats: int, work: Path) -> list[Rate]:
+OURS = "pacs-annotator SCP (durable spool)"
+BEFORE = "pacs-annotator SCP before (--baseline)"
+STORESCP = "dcmtk storescp"
+
+
+def ingest(files: list[Path], repeats: int, work: Path, baseline: Path | None) -> list[Rate]:
     megabytes = sum(p.stat().st_size for p in files) / 1e6
-    starters = {
-        "pacs-annotator SCP (durable spool)": lambda: our_scp(work / "spool"),
-        "dcmtk storescp": lambda: storescp(work / "storescp"),
+    starters: dict[str, Callable[[], AbstractContextManager[tuple[str, int]]]] = {
+        OURS: lambda: our_scp(work / "spool"),
+    }
+    if baseline is not None:
+        starters[BEFORE] = lambda: our_scp(work / "spool-before", baseline)
+    starters |= {
+        STORESCP: lambda: storescp(work / "storescp"),
         "Orthanc": orthanc,
         "bare pynetdicom (stores nothing: the ceiling)": bare_pynetdicom,
     }
@@ -278,36 +297,34 @@ def _senders(aet: str, port: int, sets: list[list[Path]]) -> float:
 
 
 def concurrency(
-    files: list[Path], senders: Sequence[int], work: Path
-) -> list[tuple[int, Rate, Rate]]:
+    files: list[Path], senders: Sequence[int], work: Path, baseline: Path | None
+) -> list[tuple[int, dict[str, Rate]]]:
     sets = copies(files, max(senders), work / "copies")
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     rows = []
     for n in senders:
-        spool = work / f"spool-n{n}"
-        with our_scp(spool) as (aet, port):
-            ours = _senders(aet, port, sets[:n])
-        with storescp(work / f"storescp-n{n}") as (aet, port):
-            theirs = _senders(aet, port, sets[:n])
-        stored = {p.stem for p in (spool / "incoming").rglob("*.dcm")}
+        starters: dict[str, Callable[[], AbstractContextManager[tuple[str, int]]]] = {
+            OURS: partial(our_scp, work / f"spool-n{n}"),
+        }
+        if baseline is not None:
+            starters[BEFORE] = partial(our_scp, work / f"spool-before-n{n}", baseline)
+        starters[STORESCP] = partial(storescp, work / f"storescp-n{n}")
+        rates = {}
+        for name, start in starters.items():
+            with start() as (aet, port):
+                rates[name] = Rate(
+                    name, _senders(aet, port, sets[:n]), n * len(files), n * megabytes
+                )
+        stored = {p.stem for p in (work / f"spool-n{n}" / "incoming").rglob("*.dcm")}
         expected = {
             pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for s in sets[:n] for p in s
         }
         lost = expected - stored
-        print(
-            f"  N={n}: {len(stored)} of {len(expected)} stored, {len(lost)} lost, "
-            f"{ours:.2f} s (storescp {theirs:.2f} s)",
-            flush=True,
-        )
+        seconds = ", ".join(f"{name} {r.seconds:.2f} s" for name, r in rates.items())
+        print(f"  N={n}: {len(stored)} of {len(expected)} stored, {len(lost)} lost; {seconds}")
         if lost:
             raise SystemExit(f"N={n}: {len(lost)} acknowledged instances missing from the spool")
-        rows.append(
-            (
-                n,
-                Rate(f"N={n}", ours, n * len(files), n * megabytes),
-                Rate(f"storescp N={n}", theirs, n * len(files), n * megabytes),
-            )
-        )
+        rows.append((n, rates))
     return rows
 
 
@@ -318,9 +335,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--senders", default="1,4,16")
     parser.add_argument("--serve-scp", nargs=2, metavar=("SPOOL", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--scp-source", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the SCP of this git revision in the same rounds (before/after)",
+    )
     args = parser.parse_args(argv)
     if args.serve_scp:
-        serve_scp(Path(args.serve_scp[0]), int(args.serve_scp[1]))
+        serve_scp(Path(args.serve_scp[0]), int(args.serve_scp[1]), args.scp_source)
         return 0
     if args.serve_bare:
         serve_bare(args.serve_bare)
@@ -332,9 +355,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
         print(f"ingest: {len(files)} instances, {args.repeats} repeats", flush=True)
-        rates = ingest(files, args.repeats, work)
+        baseline = None
+        if args.baseline:
+            baseline = work / "baseline"
+            baseline.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", args.baseline, "scu_scp"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        rates = ingest(files, args.repeats, work, baseline)
         print(f"concurrency: N = {senders}", flush=True)
-        rows = concurrency(files, senders, work)
+        rows = concurrency(files, senders, work, baseline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -346,18 +379,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {r.name} | {r.seconds:.3f} | {r.per_second:.0f} | {r.mb_per_second:.0f} | "
             f"{ours.per_second / r.per_second:.2f}x |"
         )
+    names = list(rows[0][1])
     print(
-        "\n| senders N | instances | s | instances/s | MB/s | vs N=1 "
-        "| storescp instances/s | ours relative to storescp |"
+        "\n| senders N | instances | "
+        + " | ".join(f"{name}: instances/s (vs its N=1)" for name in names)
+        + " | ours relative to storescp |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    base = rows[0][1].per_second
-    for n, r, peer in rows:
-        print(
-            f"| {n} | {r.instances} | {r.seconds:.2f} | {r.per_second:.0f} | "
-            f"{r.mb_per_second:.0f} | {r.per_second / base:.2f}x | {peer.per_second:.0f} | "
-            f"{r.per_second / peer.per_second:.2f}x |"
-        )
+    print("| --- | --- | " + " | ".join("---" for _ in names) + " | --- |")
+    for n, by_name in rows:
+        cells = [
+            f"{r.per_second:.0f} ({r.per_second / rows[0][1][name].per_second:.2f}x)"
+            for name, r in by_name.items()
+        ]
+        ratio = by_name[OURS].per_second / by_name[STORESCP].per_second
+        print(f"| {n} | {by_name[OURS].instances} | {' | '.join(cells)} | {ratio:.2f}x |")
     return 0
 
 
