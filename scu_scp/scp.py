@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom import uid
@@ -346,6 +348,7 @@ class StorageSCP:
         # Process-wide: every C-STORE dataset goes to a file as it arrives instead of
         # memory; this process runs no other C-STORE SCP (pinned in the contract tests).
         _config.STORE_RECV_CHUNKED_DATASET = True
+        self._check_receive_folder()
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [self.admission]),
             (evt.EVT_REJECTED, _log_association),
@@ -389,6 +392,18 @@ class StorageSCP:
             self.port,
             " (TLS)" if self._ssl_context is not None else "",
         )
+
+    def _check_receive_folder(self) -> None:
+        """Say so when pynetdicom's files cannot be renamed into the spool, only copied."""
+        folder = Path(tempfile.gettempdir())
+        if folder.stat().st_dev != self.spool.tmp.stat().st_dev:
+            LOGGER.warning(
+                "C-STORE datasets arrive in %s, on another file system than the spool %s: "
+                "each instance is copied once more; set TMPDIR to a folder on the spool's "
+                "file system",
+                folder,
+                self.spool.root,
+            )
 
     def stop(self) -> None:
         """Stop accepting, then stop sealing; unsealed studies stay in the spool."""

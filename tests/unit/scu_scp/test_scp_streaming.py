@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,3 +211,33 @@ def test_a_dataset_cut_off_by_a_dropped_connection_leaves_no_file(tmp_path: Path
 
 def _bytes_in(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def test_datasets_arriving_on_another_file_system_are_copied_in_with_a_warning(
+    start_scp: ScpFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's tmp_path")
+    arriving = Path(tempfile.mkdtemp(dir=shm, prefix="pacs-annotator-test-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(arriving))  # where pynetdicom writes
+    caplog.set_level(logging.WARNING)
+    try:
+        scp = start_scp()
+        files = ct_files(tmp_path / "ct", count=2)
+        assert send_files(DicomNode(AE_TITLE, "127.0.0.1", scp.port), files, calling_ae="PACS").ok
+        assert list(arriving.iterdir()) == []
+    finally:
+        shutil.rmtree(arriving, ignore_errors=True)
+
+    stored = {p.name: p for p in spooled(tmp_path / "spool")}
+    for sent in files:
+        header = dcmread(sent, stop_before_pixels=True)
+        copy = stored[f"{header.SOPInstanceUID}.dcm"]
+        assert dcmread(copy).PixelData == dcmread(sent).PixelData
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+    assert any("TMPDIR" in r.getMessage() for r in caplog.records)
