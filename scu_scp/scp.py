@@ -349,6 +349,9 @@ class StorageSCP:
         # memory; this process runs no other C-STORE SCP (pinned in the contract tests).
         _config.STORE_RECV_CHUNKED_DATASET = True
         self._check_receive_folder()
+        discarded = self.spool.discard_unfinished_receives()
+        if discarded:
+            LOGGER.warning("deleted %d datasets cut off when the SCP last stopped", discarded)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [self.admission]),
             (evt.EVT_REJECTED, _log_association),

@@ -10,6 +10,8 @@ Layout under ``root``::
                                                     earlier copies of an instance re-sent
                                                     with different content
     tmp/                                            partial writes (never read)
+    receiving/                                      datasets still arriving at the SCP
+                                                    (pynetdicom's files; see receiving)
 
 An instance is fsynced, renamed into place and its directory fsynced (one file and one
 directory fsync per instance), so a success status is only returned to the PACS for data
@@ -158,6 +160,10 @@ class Spool:
         self.quarantine_dir = self.root / "quarantine"
         self.superseded = self.root / "superseded"
         self.tmp = self.root / "tmp"
+        # Where the SCP process has pynetdicom write datasets as they arrive (tempfile's
+        # folder, set by worker/service/scp.py): on the spool's file system, so a
+        # received file is renamed in, not copied; emptied when an SCP starts.
+        self.receiving = self.root / "receiving"
         self._lock = threading.Lock()
         self._incoming_bytes: dict[str, int] = {}  # study UID -> bytes, filled lazily
         self.root.mkdir(parents=True, exist_ok=True)
@@ -168,6 +174,7 @@ class Spool:
             self.quarantine_dir,
             self.superseded,
             self.tmp,
+            self.receiving,
         ):
             _mkdir_private(directory)
             directory.chmod(DIR_MODE)  # also folders made by an older version
@@ -484,6 +491,19 @@ class Spool:
             LOGGER.warning("unreadable spool metadata %s; using defaults", path)
             return {}
         return value if isinstance(value, dict) else {}
+
+    def discard_unfinished_receives(self) -> int:
+        """Delete datasets a previous SCP process was receiving when it died.
+
+        Only the SCP process receives, so at its start nothing in ``receiving/`` is in
+        flight; none of it was acknowledged to a sender. Returns how many were deleted.
+        """
+        count = 0
+        for leftover in self.receiving.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                count += 1
+        return count
 
     def _discard_partial_writes(self) -> None:
         """Drop partial files a crash left in tmp/: never acknowledged to any sender.
