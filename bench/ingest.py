@@ -67,14 +67,19 @@ def serve_scp(spool_dir: Path, port: int, source: Path | None = None) -> None:
     from scu_scp.scp import StorageSCP
     from scu_scp.spool import Spool
 
-    if source is not None and not StorageSCP.__module__.startswith("scu_scp"):
-        raise SystemExit("baseline scu_scp not loaded")
+    loaded = Path(str(sys.modules["scu_scp"].__file__))
+    if source is not None and not loaded.is_relative_to(source):
+        raise SystemExit(f"baseline scu_scp not loaded: {loaded}")
 
+    spool = Spool(spool_dir)
+    receiving = getattr(spool, "receiving", None)  # as worker/service/scp.py (not in baseline)
+    if receiving is not None:
+        tempfile.tempdir = str(receiving)
     scp = StorageSCP(
         ae_title="ANNOTATOR",
         host="127.0.0.1",
         port=port,
-        spool=Spool(spool_dir),
+        spool=spool,
         on_complete=lambda study: None,
         quiet_seconds=86400,  # no sealing during the run: measure receiving only
         max_associations=64,
