@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -98,6 +99,16 @@ def _mkdir_private(path: Path) -> None:
     except FileExistsError:
         return
     path.chmod(DIR_MODE)
+
+
+def _make_private(directory: Path) -> None:
+    """Tighten an existing folder to 0700; a process that does not own it says so."""
+    if stat.S_IMODE(directory.stat().st_mode) == DIR_MODE:
+        return
+    try:
+        directory.chmod(DIR_MODE)
+    except PermissionError:
+        LOGGER.warning("cannot make spool folder %s private (mode 0700): not its owner", directory)
 
 
 def _makedirs_durable(path: Path, stop: Path) -> None:
@@ -177,7 +188,7 @@ class Spool:
             self.receiving,
         ):
             _mkdir_private(directory)
-            directory.chmod(DIR_MODE)  # also folders made by an older version
+            _make_private(directory)  # also folders made by an older version
         self._device = self.tmp.stat().st_dev  # a received file elsewhere is copied in
         self._discard_partial_writes()
 
