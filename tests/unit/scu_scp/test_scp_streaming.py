@@ -64,6 +64,8 @@ def chunked_send(monkeypatch: pytest.MonkeyPatch) -> None:
 def warm_scp(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
     """(pid, port, TMPDIR) of an SCP process with max_instance_bytes 10 MiB that has
     already received one small instance, so its code paths are loaded."""
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux /proc to read the SCP process's peak RSS (VmHWM)")
     with scp_process(tmp_path / "spool", LIMIT) as scp:
         small = ct_files(tmp_path / "small", count=1)
         assert send_files(DicomNode(AE_TITLE, "127.0.0.1", scp.port), small, calling_ae="PACS").ok
