@@ -2,10 +2,15 @@
 
 1. Ingest: the same CT series is sent with dcmtk ``storescu`` (one association) to
    (a) our StorageSCP with the durable spool (fsync per instance), (b) dcmtk ``storescp``,
-   (c) Orthanc; every receiver runs as its own process with ``TCP_NODELAY=1``. One warm-up
-   send each, then ``--repeats`` timed sends; the median is reported.
+   (c) Orthanc; every receiver runs as its own process with ``TCP_NODELAY=1``, all three
+   at once. One warm-up send each, then ``--repeats`` interleaved rounds (one timed send
+   to each receiver per round); the median is reported. Beside them, (d) pynetdicom alone
+   as our SCP runs it, storing nothing (the ceiling for a pynetdicom receiver), and the
+   fsync floor: each file of the series written, fsynced, renamed and its folder fsynced,
+   no network: what one instance's durability costs on this disk.
 2. Concurrency: N simultaneous ``storescu`` senders (each its own copy of the series with
-   new UIDs) into a fresh StorageSCP; afterwards every instance must be in the spool.
+   new UIDs) into a fresh StorageSCP and, in the same round, a fresh ``storescp``;
+   afterwards every instance must be in our spool.
 
 Run: .venv/bin/python bench/ingest.py [--series DIR] [--repeats 5] [--senders 1,4,16]
 """
@@ -22,9 +27,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,16 +57,29 @@ def dcmtk(name: str) -> str:
     raise SystemExit(f"dcmtk {name} not found (Debian package dcmtk)")
 
 
-def serve_scp(spool_dir: Path, port: int) -> None:
-    """Child mode: our SCP alone in this process until SIGTERM."""
+def serve_scp(spool_dir: Path, port: int, source: Path | None = None) -> None:
+    """Child mode: our SCP alone in this process until SIGTERM; ``source`` holds another
+    revision's ``scu_scp`` package (``--baseline``)."""
+    if source is not None:
+        if "scu_scp" in sys.modules:
+            raise SystemExit("scu_scp already imported: cannot run the baseline")
+        sys.path.insert(0, str(source))
     from scu_scp.scp import StorageSCP
     from scu_scp.spool import Spool
 
+    loaded = Path(str(sys.modules["scu_scp"].__file__))
+    if source is not None and not loaded.is_relative_to(source):
+        raise SystemExit(f"baseline scu_scp not loaded: {loaded}")
+
+    spool = Spool(spool_dir)
+    receiving = getattr(spool, "receiving", None)  # as worker/service/scp.py (not in baseline)
+    if receiving is not None:
+        tempfile.tempdir = str(receiving)
     scp = StorageSCP(
         ae_title="ANNOTATOR",
         host="127.0.0.1",
         port=port,
-        spool=Spool(spool_dir),
+        spool=spool,
         on_complete=lambda study: None,
         quiet_seconds=86400,  # no sealing during the run: measure receiving only
         max_associations=64,
@@ -70,6 +89,30 @@ def serve_scp(spool_dir: Path, port: int) -> None:
     scp.start()
     stop.wait()
     scp.stop()
+
+
+def serve_bare(port: int) -> None:
+    """Child mode: pynetdicom alone, as our SCP runs it, answering 0x0000 and keeping
+    nothing: the ceiling for any receiver built on pynetdicom."""
+    from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+
+    from scu_scp.scp import MAXIMUM_PDU_SIZE, TRANSFER_SYNTAXES
+
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    ae = AE(ae_title="BARE")
+    ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
+    ae.maximum_associations = 64
+    ae.add_supported_context("1.2.840.10008.1.1")
+    for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0x0000)]
+    )
+    stop.wait()
+    ae.shutdown()
 
 
 def wait_echo(aet: str, port: int, timeout: float = 60.0) -> None:
@@ -87,14 +130,26 @@ def wait_echo(aet: str, port: int, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def our_scp(spool_dir: Path) -> Iterator[tuple[str, int]]:
+def our_scp(spool_dir: Path, source: Path | None = None) -> Iterator[tuple[str, int]]:
     port = free_port()
+    extra = [] if source is None else ["--scp-source", str(source)]
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-scp", str(spool_dir), str(port)], env=NODELAY
+        [sys.executable, __file__, "--serve-scp", str(spool_dir), str(port), *extra], env=NODELAY
     )
     try:
         wait_echo("ANNOTATOR", port)
         yield "ANNOTATOR", port
+    finally:
+        stop_process(proc, timeout=30)
+
+
+@contextmanager
+def bare_pynetdicom() -> Iterator[tuple[str, int]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port)], env=NODELAY)
+    try:
+        wait_echo("BARE", port)
+        yield "BARE", port
     finally:
         stop_process(proc, timeout=30)
 
@@ -155,20 +210,57 @@ class Rate:
         return self.megabytes / self.seconds
 
 
-def ingest(files: list[Path], repeats: int, work: Path) -> list[Rate]:
+def fsync_floor(files: list[Path], work: Path) -> float:
+    """Seconds to write, fsync, rename and fsync the folder of each file: no network."""
+    folder = work / "floor"
+    folder.mkdir()
+    datas = [p.read_bytes() for p in files]
+    start = time.perf_counter()
+    for n, data in enumerate(datas):
+        tmp = folder / f"{n}.part"
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.rename(folder / f"{n}.dcm")
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+OURS = "pacs-annotator SCP (durable spool)"
+BEFORE = "pacs-annotator SCP before (--baseline)"
+STORESCP = "dcmtk storescp"
+
+
+def ingest(files: list[Path], repeats: int, work: Path, baseline: Path | None) -> list[Rate]:
     megabytes = sum(p.stat().st_size for p in files) / 1e6
-    receivers = {
-        "pacs-annotator SCP (durable spool)": lambda: our_scp(work / "spool"),
-        "dcmtk storescp": lambda: storescp(work / "storescp"),
-        "Orthanc": orthanc,
+    starters: dict[str, Callable[[], AbstractContextManager[tuple[str, int]]]] = {
+        OURS: lambda: our_scp(work / "spool"),
     }
-    rates = []
-    for name, start in receivers.items():
-        with start() as (aet, port):
+    if baseline is not None:
+        starters[BEFORE] = lambda: our_scp(work / "spool-before", baseline)
+    starters |= {
+        STORESCP: lambda: storescp(work / "storescp"),
+        "Orthanc": orthanc,
+        "bare pynetdicom (stores nothing: the ceiling)": bare_pynetdicom,
+    }
+    times: dict[str, list[float]] = {name: [] for name in starters}
+    floor: list[float] = []
+    with ExitStack() as stack:
+        receivers = {name: stack.enter_context(start()) for name, start in starters.items()}
+        for aet, port in receivers.values():
             send(aet, port, files)  # warm-up
-            times = [send(aet, port, files) for _ in range(repeats)]
-        rates.append(Rate(name, statistics.median(times), len(files), megabytes))
-        print(f"  {name}: median {statistics.median(times):.3f} s of {times}", flush=True)
+        for _ in range(repeats):  # interleaved: load from others hits every receiver alike
+            for name, (aet, port) in receivers.items():
+                times[name].append(send(aet, port, files))
+            floor.append(fsync_floor(files, Path(tempfile.mkdtemp(dir=work))))
+    times["fsync floor (no network, not a receiver)"] = floor
+    rates = []
+    for name, seconds in times.items():
+        rates.append(Rate(name, statistics.median(seconds), len(files), megabytes))
+        print(f"  {name}: median {statistics.median(seconds):.3f} s of {seconds}", flush=True)
     stored = list((work / "spool" / "incoming").rglob("*.dcm"))
     if len(stored) != len(files):
         raise SystemExit(f"our spool holds {len(stored)} instances, expected {len(files)}")
@@ -181,48 +273,63 @@ def copies(files: list[Path], count: int, work: Path) -> list[list[Path]]:
     return [write_copy(datasets, work / f"copy{n:02d}")[1] for n in range(count)]
 
 
-def concurrency(files: list[Path], senders: Sequence[int], work: Path) -> list[tuple[int, Rate]]:
+def _senders(aet: str, port: int, sets: list[list[Path]]) -> float:
+    """Seconds until every one of ``len(sets)`` simultaneous storescu senders is done."""
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                dcmtk("storescu"),
+                "-aet",
+                f"SENDER{i}",
+                "-aec",
+                aet,
+                "127.0.0.1",
+                str(port),
+                *map(str, files),
+            ],
+            env=NODELAY,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i, files in enumerate(sets)
+    ]
+    failures = [p.wait() for p in procs]
+    elapsed = time.perf_counter() - start
+    if any(failures):
+        raise SystemExit(f"{aet}: {sum(1 for f in failures if f)} of {len(sets)} senders failed")
+    return elapsed
+
+
+def concurrency(
+    files: list[Path], senders: Sequence[int], work: Path, baseline: Path | None
+) -> list[tuple[int, dict[str, Rate]]]:
     sets = copies(files, max(senders), work / "copies")
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     rows = []
     for n in senders:
-        spool = work / f"spool-n{n}"
-        with our_scp(spool) as (aet, port):
-            start = time.perf_counter()
-            procs = [
-                subprocess.Popen(
-                    [
-                        dcmtk("storescu"),
-                        "-aet",
-                        f"SENDER{i}",
-                        "-aec",
-                        aet,
-                        "127.0.0.1",
-                        str(port),
-                        *map(str, sets[i]),
-                    ],
-                    env=NODELAY,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
+        starters: dict[str, Callable[[], AbstractContextManager[tuple[str, int]]]] = {
+            OURS: partial(our_scp, work / f"spool-n{n}"),
+        }
+        if baseline is not None:
+            starters[BEFORE] = partial(our_scp, work / f"spool-before-n{n}", baseline)
+        starters[STORESCP] = partial(storescp, work / f"storescp-n{n}")
+        rates = {}
+        for name, start in starters.items():
+            with start() as (aet, port):
+                rates[name] = Rate(
+                    name, _senders(aet, port, sets[:n]), n * len(files), n * megabytes
                 )
-                for i in range(n)
-            ]
-            failures = [p.wait() for p in procs]
-            elapsed = time.perf_counter() - start
-        if any(failures):
-            raise SystemExit(f"N={n}: {sum(1 for f in failures if f)} senders failed")
-        stored = {p.stem for p in (spool / "incoming").rglob("*.dcm")}
+        stored = {p.stem for p in (work / f"spool-n{n}" / "incoming").rglob("*.dcm")}
         expected = {
             pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for s in sets[:n] for p in s
         }
         lost = expected - stored
-        print(
-            f"  N={n}: {len(stored)} of {len(expected)} stored, {len(lost)} lost, {elapsed:.2f} s",
-            flush=True,
-        )
+        seconds = ", ".join(f"{name} {r.seconds:.2f} s" for name, r in rates.items())
+        print(f"  N={n}: {len(stored)} of {len(expected)} stored, {len(lost)} lost; {seconds}")
         if lost:
             raise SystemExit(f"N={n}: {len(lost)} acknowledged instances missing from the spool")
-        rows.append((n, Rate(f"N={n}", elapsed, n * len(files), n * megabytes)))
+        rows.append((n, rates))
     return rows
 
 
@@ -232,9 +339,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--senders", default="1,4,16")
     parser.add_argument("--serve-scp", nargs=2, metavar=("SPOOL", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--scp-source", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the SCP of this git revision in the same rounds (before/after)",
+    )
     args = parser.parse_args(argv)
     if args.serve_scp:
-        serve_scp(Path(args.serve_scp[0]), int(args.serve_scp[1]))
+        serve_scp(Path(args.serve_scp[0]), int(args.serve_scp[1]), args.scp_source)
+        return 0
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
         return 0
     files = sorted(args.series.glob("*.dcm"))
     if not files:
@@ -243,9 +360,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
         print(f"ingest: {len(files)} instances, {args.repeats} repeats", flush=True)
-        rates = ingest(files, args.repeats, work)
+        baseline = None
+        if args.baseline:
+            baseline = work / "baseline"
+            baseline.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", args.baseline, "scu_scp"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        rates = ingest(files, args.repeats, work, baseline)
         print(f"concurrency: N = {senders}", flush=True)
-        rows = concurrency(files, senders, work)
+        rows = concurrency(files, senders, work, baseline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -257,14 +384,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {r.name} | {r.seconds:.3f} | {r.per_second:.0f} | {r.mb_per_second:.0f} | "
             f"{ours.per_second / r.per_second:.2f}x |"
         )
-    print("\n| senders N | instances | s | instances/s | MB/s | vs N=1 |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    base = rows[0][1].per_second
-    for n, r in rows:
-        print(
-            f"| {n} | {r.instances} | {r.seconds:.2f} | {r.per_second:.0f} | "
-            f"{r.mb_per_second:.0f} | {r.per_second / base:.2f}x |"
-        )
+    names = list(rows[0][1])
+    print(
+        "\n| senders N | instances | "
+        + " | ".join(f"{name}: instances/s (vs its N=1)" for name in names)
+        + " | ours relative to storescp |"
+    )
+    print("| --- | --- | " + " | ".join("---" for _ in names) + " | --- |")
+    for n, by_name in rows:
+        cells = [
+            f"{r.per_second:.0f} ({r.per_second / rows[0][1][name].per_second:.2f}x)"
+            for name, r in by_name.items()
+        ]
+        ratio = by_name[OURS].per_second / by_name[STORESCP].per_second
+        print(f"| {n} | {by_name[OURS].instances} | {' | '.join(cells)} | {ratio:.2f}x |")
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -118,32 +117,24 @@ def refused(comment: str) -> Dataset:
     return status
 
 
-def _encoded_size(event: Any) -> int:
-    data = event.request.DataSet
-    if isinstance(data, BytesIO):
-        with data.getbuffer() as view:
-            return int(view.nbytes)
-    return len(event.encoded_dataset())
-
-
-def refuse_over_limits(event: Any, admission: Admission | None, calling_ae: str) -> Dataset | None:
+def refuse_over_limits(size: int, admission: Admission | None, calling_ae: str) -> Dataset | None:
     """C-STORE: a refusal when the instance is too large or the spool disk too full, else None.
 
-    pynetdicom has already received the whole dataset into memory when this runs.
+    ``size`` is the dataset's size as it decodes (inflated, if deflated); an instance
+    passing ``max_instance_bytes`` while still arriving has been stopped before (see
+    ``scu_scp.received.SizeGuard``).
     """
     if admission is None:
         return None
     limits = admission.limits
-    if limits.max_instance_bytes:
-        size = _encoded_size(event)
-        if size > limits.max_instance_bytes:
-            LOGGER.warning(
-                "C-STORE from %s refused: %d bytes exceed scp.max_instance_bytes (%d)",
-                calling_ae,
-                size,
-                limits.max_instance_bytes,
-            )
-            return refused(f"instance {size} B over scp.max_instance_bytes")
+    if limits.max_instance_bytes and size > limits.max_instance_bytes:
+        LOGGER.warning(
+            "C-STORE from %s refused: %d bytes exceed scp.max_instance_bytes (%d)",
+            calling_ae,
+            size,
+            limits.max_instance_bytes,
+        )
+        return refused(f"instance {size} B over scp.max_instance_bytes")
     if admission.disk_too_full() is not None:
         LOGGER.error(
             "C-STORE from %s refused: spool disk below scp.min_free_disk_bytes", calling_ae

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom import uid
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -35,6 +37,7 @@ from scu_scp.admission import (
 )
 from scu_scp.completion import AssociationEnd, CompletionTracker
 from scu_scp.models import SpooledStudy
+from scu_scp.received import SizeGuard, TooLargeError, discard_partial_dataset, read_received
 from scu_scp.security import (
     AllowedCaller,
     CallerPolicy,
@@ -125,11 +128,10 @@ def handle_echo(event: Any) -> int:
 def _quarantine(
     receiver: _Receiver, event: Any, reason: str, calling_ae: str, log_reason: str | None = None
 ) -> int:
-    """Keep the raw bytes with ``reason``; ``log_reason`` is a PHI-free version for the log."""
+    """Keep the received file with ``reason``; ``log_reason`` is a PHI-free version for the log."""
     summary = reason if log_reason is None else log_reason
     try:
-        data = event.encoded_dataset()
-        path = receiver.spool.quarantine(data, reason, calling_ae=calling_ae)
+        path = receiver.spool.quarantine_file(event.dataset_path, reason, calling_ae=calling_ae)
     except OSError as exc:
         LOGGER.error("cannot quarantine instance from %s (%s): %s", calling_ae, summary, exc)
         return STATUS_OUT_OF_RESOURCES
@@ -138,18 +140,32 @@ def _quarantine(
     return STATUS_CANNOT_UNDERSTAND
 
 
+def _instance_limit(receiver: _Receiver) -> int:
+    return receiver.admission.limits.max_instance_bytes if receiver.admission else 0
+
+
 def handle_store(event: Any, receiver: _Receiver) -> int | Dataset:
-    """C-STORE: file the instance durably, then answer."""
+    """C-STORE: file the instance durably, then answer.
+
+    pynetdicom has written the dataset to ``event.dataset_path`` as it arrived
+    (``STORE_RECV_CHUNKED_DATASET``); only its size and UIDs are read here, and the file
+    itself is moved into the spool. pynetdicom deletes it after we return if it is
+    still there (refused, or an identical resend).
+    """
     calling_ae, calling_host = _calling(event)
     if receiver.paused:
         LOGGER.info("C-STORE from %s refused: receiver paused", calling_ae)
         return STATUS_OUT_OF_RESOURCES
-    refusal = refuse_over_limits(event, receiver.admission, calling_ae)
-    if refusal is not None:
-        return refusal
+    limit = _instance_limit(receiver)
     try:
-        ds = event.dataset
-        uids = [ds.get(keyword) for keyword in _UID_KEYWORDS]
+        received = read_received(event.dataset_path, event.context.transfer_syntax, limit)
+    except TooLargeError:
+        LOGGER.warning(
+            "C-STORE from %s refused: dataset (inflated) exceeds scp.max_instance_bytes (%d)",
+            calling_ae,
+            limit,
+        )
+        return refused("instance over scp.max_instance_bytes")
     except Exception as exc:  # noqa: BLE001 - any decode error; pynetdicom would hide it
         # The message may quote element values: it goes to the reason file, not the log.
         return _quarantine(
@@ -159,14 +175,18 @@ def handle_store(event: Any, receiver: _Receiver) -> int | Dataset:
             calling_ae,
             log_reason=f"cannot decode dataset ({type(exc).__name__})",
         )
+    refusal = refuse_over_limits(received.dataset_bytes, receiver.admission, calling_ae)
+    if refusal is not None:
+        return refusal
+    uids = (received.study_uid, received.series_uid, received.sop_uid)
     missing = [name for name, uid in zip(_UID_KEYWORDS, uids, strict=True) if not uid]
     if missing:
         return _quarantine(receiver, event, f"missing {', '.join(missing)}", calling_ae)
     study_uid, series_uid, sop_uid = (str(uid) for uid in uids)
     max_study_bytes = receiver.admission.limits.max_study_bytes if receiver.admission else 0
     try:
-        receiver.spool.store(
-            event.encoded_dataset(),
+        receiver.spool.store_file(
+            received.path,
             study_uid=study_uid,
             series_uid=series_uid,
             sop_uid=sop_uid,
@@ -211,6 +231,11 @@ def handle_association_end(event: Any, tracker: CompletionTracker) -> None:
     """EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE: tell the tracker how the association
     ended (after its last C-STORE: pynetdicom runs both in the association's thread)."""
     tracker.association_ended(event.assoc, _ENDS[event.event.name])
+
+
+def handle_cut_off(event: Any) -> None:
+    """EVT_ABORTED / EVT_CONN_CLOSE: delete the file of a dataset cut off mid-transfer."""
+    discard_partial_dataset(event.assoc)
 
 
 @dataclass
@@ -320,6 +345,13 @@ class StorageSCP:
         if self._server is not None:
             raise RuntimeError("StorageSCP already started")
         self._seed_from_spool()
+        # Process-wide: every C-STORE dataset goes to a file as it arrives instead of
+        # memory; this process runs no other C-STORE SCP (pinned in the contract tests).
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        self._check_receive_folder()
+        discarded = self.spool.discard_unfinished_receives()
+        if discarded:
+            LOGGER.warning("deleted %d datasets cut off when the SCP last stopped", discarded)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [self.admission]),
             (evt.EVT_REJECTED, _log_association),
@@ -331,7 +363,12 @@ class StorageSCP:
             (evt.EVT_RELEASED, handle_association_end, [self.tracker]),
             (evt.EVT_ABORTED, handle_association_end, [self.tracker]),
             (evt.EVT_CONN_CLOSE, handle_association_end, [self.tracker]),
+            (evt.EVT_ABORTED, handle_cut_off),
+            (evt.EVT_CONN_CLOSE, handle_cut_off),
         ]
+        if self.admission.limits.max_instance_bytes:
+            guard = SizeGuard(self.admission.limits.max_instance_bytes)
+            handlers.append((evt.EVT_DATA_RECV, guard.on_data))
         server = self._ae.make_server(
             (self.host, self._requested_port),
             ssl_context=self._ssl_context,
@@ -358,6 +395,18 @@ class StorageSCP:
             self.port,
             " (TLS)" if self._ssl_context is not None else "",
         )
+
+    def _check_receive_folder(self) -> None:
+        """Say so when pynetdicom's files cannot be renamed into the spool, only copied."""
+        folder = Path(tempfile.gettempdir())
+        if folder.stat().st_dev != self.spool.tmp.stat().st_dev:
+            LOGGER.warning(
+                "C-STORE datasets arrive in %s, on another file system than the spool %s: "
+                "each instance is copied once more; set TMPDIR to a folder on the spool's "
+                "file system",
+                folder,
+                self.spool.root,
+            )
 
     def stop(self) -> None:
         """Stop accepting, then stop sealing; unsealed studies stay in the spool."""

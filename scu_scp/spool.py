@@ -6,10 +6,17 @@ Layout under ``root``::
     incoming/<study_uid>/<series_uid>/<sop_uid>.dcm
     studies/<batch_id>/...                          sealed: same layout, study.json completed
     quarantine/<name>.dcm + <name>.reason.json      data that could not be filed
+    superseded/<study_uid>/<series_uid>/<sop_uid>.<time>-<hex>.dcm
+                                                    earlier copies of an instance re-sent
+                                                    with different content
     tmp/                                            partial writes (never read)
+    receiving/                                      datasets still arriving at the SCP
+                                                    (pynetdicom's files; see receiving)
 
-Every file is written to ``tmp/``, fsynced, renamed into place and its directory fsynced,
-so a success status is only returned to the PACS for data that survives a power cut.
+An instance is fsynced, renamed into place and its directory fsynced (one file and one
+directory fsync per instance), so a success status is only returned to the PACS for data
+that survives a power cut. Files are created 0600 and folders 0700 whatever the umask:
+the spool holds patient data.
 """
 
 from __future__ import annotations
@@ -20,16 +27,21 @@ import logging
 import os
 import re
 import secrets
+import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from scu_scp.models import SpooledStudy
 
 __all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
     "METADATA_NAME",
     "STALE_PARTIAL_SECONDS",
     "Spool",
@@ -45,6 +57,9 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UID_MAX_LEN = 64
 STALE_PARTIAL_SECONDS = 3600.0
 _BATCH_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+_COMPARE_CHUNK = 1 << 20
 
 
 class UnknownBatchError(LookupError):
@@ -77,6 +92,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _mkdir_private(path: Path) -> None:
+    """``mkdir`` with mode 0700 whatever the umask (an existing folder is left alone)."""
+    try:
+        path.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        return
+    path.chmod(DIR_MODE)
+
+
+def _make_private(directory: Path) -> None:
+    """Tighten an existing folder to 0700; a process that does not own it says so."""
+    if stat.S_IMODE(directory.stat().st_mode) == DIR_MODE:
+        return
+    try:
+        directory.chmod(DIR_MODE)
+    except PermissionError:
+        LOGGER.warning("cannot make spool folder %s private (mode 0700): not its owner", directory)
+
+
 def _makedirs_durable(path: Path, stop: Path) -> None:
     """Create ``path`` and fsync every parent whose entry list changed (up to ``stop``)."""
     missing: list[Path] = []
@@ -85,8 +119,31 @@ def _makedirs_durable(path: Path, stop: Path) -> None:
         missing.append(current)
         current = current.parent
     for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
+        _mkdir_private(directory)
         _fsync_dir(directory.parent)
+
+
+def _fsync_file_private(path: Path) -> None:
+    """fsync a file written by someone else (pynetdicom) and make it 0600."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (compared in chunks: they may be large)."""
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            chunk = fa.read(_COMPARE_CHUNK)
+            if chunk != fb.read(_COMPARE_CHUNK):
+                return False
+            if not chunk:
+                return True
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -112,11 +169,27 @@ class Spool:
         self.incoming = self.root / "incoming"
         self.studies = self.root / "studies"
         self.quarantine_dir = self.root / "quarantine"
+        self.superseded = self.root / "superseded"
         self.tmp = self.root / "tmp"
+        # Where the SCP process has pynetdicom write datasets as they arrive (tempfile's
+        # folder, set by worker/service/scp.py): on the spool's file system, so a
+        # received file is renamed in, not copied; emptied when an SCP starts.
+        self.receiving = self.root / "receiving"
         self._lock = threading.Lock()
         self._incoming_bytes: dict[str, int] = {}  # study UID -> bytes, filled lazily
-        for directory in (self.incoming, self.studies, self.quarantine_dir, self.tmp):
-            directory.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for directory in (
+            self.root,
+            self.incoming,
+            self.studies,
+            self.quarantine_dir,
+            self.superseded,
+            self.tmp,
+            self.receiving,
+        ):
+            _mkdir_private(directory)
+            _make_private(directory)  # also folders made by an older version
+        self._device = self.tmp.stat().st_dev  # a received file elsewhere is copied in
         self._discard_partial_writes()
 
     # -- writing -------------------------------------------------------------------------
@@ -132,23 +205,67 @@ class Spool:
         calling_host: str,
         max_study_bytes: int = 0,
     ) -> Path:
-        """Durably file one instance; a repeat of the same SOP instance overwrites it.
-
-        Raises ``ValueError`` for a UID unsafe to use as a path (quarantine the data),
-        ``OSError`` when the disk write fails (answer 0xA700 so the sender retries) and
-        ``StudyTooLargeError`` when the incoming study would exceed ``max_study_bytes``
-        (0: no limit); the data is then not stored.
-        """
+        """Durably file one instance given as bytes (see ``store_file``)."""
         validate_uid(study_uid, "StudyInstanceUID")
         validate_uid(series_uid, "SeriesInstanceUID")
         validate_uid(sop_uid, "SOPInstanceUID")
         tmp = self._write_tmp(data)
         try:
+            return self.store_file(
+                tmp,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_uid=sop_uid,
+                calling_ae=calling_ae,
+                calling_host=calling_host,
+                max_study_bytes=max_study_bytes,
+            )
+        finally:
+            tmp.unlink(missing_ok=True)  # already renamed away unless it failed
+
+    def store_file(
+        self,
+        received: Path,
+        *,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        calling_ae: str,
+        calling_host: str,
+        max_study_bytes: int = 0,
+    ) -> Path:
+        """Durably file the Part 10 file ``received`` by moving it, not copying it.
+
+        The file is fsynced and renamed into place and its folder fsynced: one fsync of
+        each per instance. A file on another file system is copied into ``tmp/`` first.
+        A repeat of an instance already held with the same bytes keeps one copy; with
+        different bytes the new one is filed and the old one moved to ``superseded/``.
+
+        Raises ``ValueError`` for a UID unsafe to use as a path (quarantine the data),
+        ``OSError`` when the disk write fails (answer 0xA700 so the sender retries) and
+        ``StudyTooLargeError`` when the incoming study would exceed ``max_study_bytes``
+        (0: no limit); the data is then not stored and ``received`` is left in place.
+        """
+        validate_uid(study_uid, "StudyInstanceUID")
+        validate_uid(series_uid, "SeriesInstanceUID")
+        validate_uid(sop_uid, "SOPInstanceUID")
+        source = received
+        if received.stat().st_dev == self._device:
+            _fsync_file_private(received)
+        else:
+            with received.open("rb") as fh:
+                source = self._write_tmp_from(fh)
+        try:
+            added = source.stat().st_size
             with self._lock:
                 study_dir = self.incoming / study_uid
                 series_dir = study_dir / series_uid
                 target = series_dir / f"{sop_uid}.dcm"
-                size = self._study_size_after(study_uid, target, len(data), max_study_bytes)
+                resent = target.exists()
+                if resent and _same_content(source, target):
+                    source.unlink()  # identical resend: keep the copy already filed
+                    return target
+                size = self._study_size_after(study_uid, target, added, max_study_bytes)
                 if not (study_dir / METADATA_NAME).exists():
                     _makedirs_durable(study_dir, self.root)
                     meta = {
@@ -160,16 +277,50 @@ class Spool:
                     self._write_json(study_dir / METADATA_NAME, meta)
                 if not series_dir.is_dir():
                     _makedirs_durable(series_dir, self.root)
-                tmp.replace(target)
-                _fsync_dir(series_dir)
+                if resent:
+                    self._supersede(target, study_uid, series_uid, sop_uid)
+                source.replace(target)
                 self._incoming_bytes[study_uid] = size
+                # The folder's fsync runs outside the lock, so associations overlap their
+                # fsyncs; the descriptor follows the folder even if a seal moves it now.
+                series_fd = os.open(series_dir, os.O_RDONLY | os.O_DIRECTORY)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            if source != received:
+                source.unlink(missing_ok=True)
             raise
+        try:
+            os.fsync(series_fd)
+        finally:
+            os.close(series_fd)
         return target
+
+    def _supersede(self, target: Path, study_uid: str, series_uid: str, sop_uid: str) -> None:
+        """Move the filed copy of a re-sent instance aside, so neither copy is lost."""
+        folder = self.superseded / study_uid / series_uid
+        _makedirs_durable(folder, self.root)
+        stamp = f"{_utcnow().strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
+        aside = folder / f"{sop_uid}.{stamp}.dcm"
+        target.replace(aside)
+        _fsync_dir(folder)
+        LOGGER.warning(
+            "instance %s (study %s, series %s) re-sent with different content: "
+            "filed the new copy, kept the earlier one as %s",
+            sop_uid,
+            study_uid,
+            series_uid,
+            aside.relative_to(self.root),
+        )
 
     def quarantine(self, data: bytes, reason: str, *, calling_ae: str) -> Path:
         """Keep data that cannot be filed, with why, so nothing received is dropped."""
+        return self._quarantine_from(BytesIO(data), reason, calling_ae)
+
+    def quarantine_file(self, received: Path, reason: str, *, calling_ae: str) -> Path:
+        """``quarantine`` for a received file, copied in chunks (it may be large)."""
+        with received.open("rb") as fh:
+            return self._quarantine_from(fh, reason, calling_ae)
+
+    def _quarantine_from(self, source: BinaryIO, reason: str, calling_ae: str) -> Path:
         now = _utcnow()
         name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
         target = self.quarantine_dir / f"{name}.dcm"
@@ -177,7 +328,7 @@ class Spool:
             self.quarantine_dir / f"{name}.reason.json",
             {"reason": reason, "calling_ae": calling_ae, "received": now.isoformat()},
         )
-        tmp = self._write_tmp(data)
+        tmp = self._write_tmp_from(source)
         tmp.replace(target)
         _fsync_dir(self.quarantine_dir)
         return target
@@ -319,10 +470,16 @@ class Spool:
         return study_dir.glob("*/*.dcm")
 
     def _write_tmp(self, data: bytes) -> Path:
+        return self._write_tmp_from(BytesIO(data))
+
+    def _write_tmp_from(self, source: BinaryIO) -> Path:
+        """Copy ``source`` to a new fsynced 0600 file in ``tmp/``."""
         tmp = self.tmp / f"{secrets.token_hex(8)}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
-            with tmp.open("xb") as fh:
-                fh.write(data)
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), FILE_MODE)  # umask may have taken bits off
+                shutil.copyfileobj(source, fh, _COMPARE_CHUNK)
                 fh.flush()
                 os.fsync(fh.fileno())
         except BaseException:
@@ -345,6 +502,19 @@ class Spool:
             LOGGER.warning("unreadable spool metadata %s; using defaults", path)
             return {}
         return value if isinstance(value, dict) else {}
+
+    def discard_unfinished_receives(self) -> int:
+        """Delete datasets a previous SCP process was receiving when it died.
+
+        Only the SCP process receives, so at its start nothing in ``receiving/`` is in
+        flight; none of it was acknowledged to a sender. Returns how many were deleted.
+        """
+        count = 0
+        for leftover in self.receiving.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                count += 1
+        return count
 
     def _discard_partial_writes(self) -> None:
         """Drop partial files a crash left in tmp/: never acknowledged to any sender.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +82,9 @@ def run_scp(
     edge = scp_options(settings)  # loads TLS files first: a bad one stops start-up
     store = JobStore(settings.effective_database_url)
     spool = Spool(settings.spool_dir)
+    # pynetdicom writes each arriving C-STORE dataset in tempfile's folder: keep it in
+    # the spool, renamed in when complete and emptied at the next start after a crash.
+    tempfile.tempdir = str(spool.receiving)
     enqueue = job_enqueuer(settings, spool)
     dispatcher = Dispatcher(store, spool, enqueue)
     scp = StorageSCP(

@@ -3,7 +3,8 @@
 ``TlsHandshakeServer`` takes over the TLS wrap from ``get_request`` and does the handshake
 in the connection thread, and ``StorageSCP.start`` registers its server in the AE's
 private list as ``AE.start_server`` does (the server's ``shutdown`` removes it from there).
-If a pynetdicom release moves either, these fail before the receiver breaks.
+The SCP also receives datasets to files (``STORE_RECV_CHUNKED_DATASET``, below). If a
+pynetdicom release moves any of this, these fail before the receiver breaks.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from __future__ import annotations
 import inspect
 import socketserver
 
-from pynetdicom import AE
+from pynetdicom import AE, _config, evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.events import Event
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
 from scu_scp.security import TlsHandshakeServer
@@ -40,3 +46,49 @@ def test_a_server_registers_in_the_ae_list_that_its_shutdown_empties() -> None:
     assert "_servers.append" in inspect.getsource(AE.start_server)
     assert "_servers.remove" in inspect.getsource(AssociationServer.shutdown)
     assert AE(ae_title="PROBE")._servers == []
+
+
+# -- receiving C-STORE datasets to a file (STORE_RECV_CHUNKED_DATASET) ------------------
+# scu_scp.scp turns it on, process-wide, in StorageSCP.start; scu_scp.received and the
+# handler rely on what follows.
+
+
+def test_chunked_receive_writes_each_fragment_to_a_file_as_it_arrives() -> None:
+    assert _config.STORE_RECV_CHUNKED_DATASET in (False, True)
+    source = inspect.getsource(DIMSEMessage.decode_msg)
+    assert "_config.STORE_RECV_CHUNKED_DATASET" in source
+    assert "NamedTemporaryFile(delete=False" in source  # in TMPDIR, mode 0600 (mkstemp)
+    assert "write_file_meta_info" in source  # a Part 10 file: preamble and meta first
+    assert "self._data_set_file.write(data[1:])" in source
+    assert ".flush()" in source  # written through, so our fsync of another fd covers it
+
+
+def test_chunked_receive_deletes_the_file_after_the_handler_forgiving_a_moved_one() -> None:
+    source = inspect.getsource(StorageServiceClass.SCP)
+    handler_at = source.index("evt.EVT_C_STORE")
+    unlink_at = source.index("os.unlink(req._dataset_file.name)")
+    assert handler_at < unlink_at
+    assert "except OSError" in source[unlink_at:]  # our rename away is not an error
+
+
+def test_an_unfinished_dataset_stays_on_the_dimse_providers_message() -> None:
+    # scu_scp.received.discard_partial_dataset deletes it after an abort or a drop.
+    source = inspect.getsource(DIMSEServiceProvider.receive_primitive)
+    assert "self.message = DIMSEMessage()" in source
+    assert "self.message._data_set_path = None" in source  # reset only once complete
+
+
+def test_event_dataset_still_decodes_in_chunked_mode_but_encoded_dataset_does_not() -> None:
+    # Handlers must read event.dataset_path: encoded_dataset() returns the (empty)
+    # in-memory DataSet when datasets go to a file.
+    assert "dcmread(self.dataset_path)" in inspect.getsource(Event.__dict__["dataset"].fget)
+    assert "request.DataSet" in inspect.getsource(Event.encoded_dataset)
+    assert isinstance(Event.__dict__["dataset_path"], property)
+
+
+def test_data_recv_is_triggered_with_each_raw_pdu_before_decoding() -> None:
+    # scu_scp.received.SizeGuard counts dataset bytes from it; notification handlers
+    # get the non-blocking abort, so aborting from one cannot deadlock the DUL thread.
+    source = inspect.getsource(DULServiceProvider._decode_pdu)
+    assert source.index("EVT_DATA_RECV") < source.index("pdu.decode(")
+    assert "_abort_nonblocking" in inspect.getsource(evt.trigger)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import pytest
 import yaml
 
 from scu_scp.admission import ScpLimits
+from tests.support.big_instances import write_big_ct
 from tests.support.edge import Pki, dcmtk, pki
 from tests.support.processes import free_port, start_command, stop_process, wait_for_port
+from tests.support.storescp import dcmtk_tool, wait_for
 from worker.cli import EXIT_USAGE, main
 from worker.config import SettingsError, load_settings
 from worker.delivery.senders import check_destination_tls, destination_node
@@ -192,3 +195,48 @@ def test_scp_loop_stops_with_status_1_once_its_broker_cannot_be_kept_alive(
     )
     answers = iter([True, False])
     assert run_scp(settings, threading.Event(), keep_alive=lambda: next(answers)) == 1
+
+
+def test_a_dataset_cut_off_by_an_scp_crash_stays_in_the_spool_until_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """`pacs-annotator scp` receives into data_dir/spool/receiving, not the system's /tmp,
+    and the next start deletes what a killed SCP was receiving (never acknowledged)."""
+    port = free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "broker_url": f"redis://127.0.0.1:{free_port()}/0",  # not needed until a study ends
+                "scp": {"ae_title": "ANNOTATOR", "host": "127.0.0.1", "port": port},
+            }
+        )
+    )
+    receiving = tmp_path / "data" / "spool" / "receiving"
+    big = tmp_path / "big.dcm"
+    write_big_ct(big, 200 * 1024 * 1024)
+    proc = start_command("scp", config, tmp_path / "scp.log")
+    sender = None
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
+        sender = subprocess.Popen(
+            [dcmtk_tool("storescu"), "-aec", "ANNOTATOR", "127.0.0.1", str(port), str(big)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        arrived = wait_for(lambda: receiving.is_dir() and any(receiving.iterdir()), timeout=60)
+        assert arrived, "nothing was written to data_dir/spool/receiving while arriving"
+    finally:
+        stop_process(proc, timeout=0)  # SIGKILL: a crash mid-dataset
+        if sender is not None:
+            stop_process(sender, timeout=0)
+    assert any(receiving.iterdir())  # what the crash left
+
+    again = start_command("scp", config, tmp_path / "scp-again.log")
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60, proc=again)
+        assert list(receiving.iterdir()) == []
+    finally:
+        stop_process(again, timeout=30)
+    assert "cut off when the SCP last stopped" in (tmp_path / "scp-again.log").read_text()
