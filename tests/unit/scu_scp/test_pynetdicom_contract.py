@@ -3,7 +3,9 @@
 ``TlsHandshakeServer`` takes over the TLS wrap from ``get_request`` and does the handshake
 in the connection thread, and ``StorageSCP.start`` registers its server in the AE's
 private list as ``AE.start_server`` does (the server's ``shutdown`` removes it from there).
-If a pynetdicom release moves either, these fail before the receiver breaks.
+The connection guards (``scu_scp/connections.py``) assume how the DUL reads and sends PDUs,
+how the acceptor waits for its A-ASSOCIATE-RQ, and what pynetdicom's own association limit
+counts. If a pynetdicom release moves any of these, these fail before the receiver breaks.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import inspect
 import socketserver
 
 from pynetdicom import AE
-from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationServer, AssociationSocket, ThreadedAssociationServer
 
 from scu_scp.security import TlsHandshakeServer
 
@@ -40,3 +45,28 @@ def test_a_server_registers_in_the_ae_list_that_its_shutdown_empties() -> None:
     assert "_servers.append" in inspect.getsource(AE.start_server)
     assert "_servers.remove" in inspect.getsource(AssociationServer.shutdown)
     assert AE(ae_title="PROBE")._servers == []
+
+
+def test_the_dul_reads_header_then_declared_length_and_drops_on_a_recv_error() -> None:
+    source = inspect.getsource(DULServiceProvider._read_pdu_data)
+    assert "self.socket.recv(6)" in source
+    assert "self.socket.recv(pdu_length)" in source
+    assert source.count("except (OSError, TimeoutError)") == 2  # -> Evt17, connection closed
+
+
+def test_the_association_socket_uses_the_wrapped_sockets_recv_send_and_close() -> None:
+    assert "self.socket.recv(" in inspect.getsource(AssociationSocket.recv)
+    assert "self.socket.send(" in inspect.getsource(AssociationSocket.send)
+    assert "sock.close()" in inspect.getsource(AssociationSocket._shutdown_socket)
+
+
+def test_the_acceptor_waits_for_its_request_for_acse_timeout() -> None:
+    source = inspect.getsource(Association.run_reactor)
+    assert "receive_pdu(wait=True, timeout=self.acse_timeout)" in source
+
+
+def test_pynetdicom_counts_every_acceptor_thread_against_maximum_associations() -> None:
+    """Why StorageSCP sets it out of reach and counts requested associations itself."""
+    source = inspect.getsource(ACSE._negotiate_as_acceptor)
+    assert "active_associations" in source and "maximum_associations" in source
+    assert "evt.EVT_REQUESTED" in inspect.getsource(Association.run_reactor)
