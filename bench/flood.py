@@ -135,7 +135,7 @@ def send_loop(port: int, files: Sequence[Path], seconds: float) -> Sending:
 class Attack:
     opened: dict[str, int] = field(default_factory=dict)
     refused_at_once: int = 0  # the connect itself failed (backlog full)
-    lifetimes: list[float] = field(default_factory=list)  # seconds until the SCP closed it
+    lifetimes: dict[str, list[float]] = field(default_factory=dict)  # s until the SCP closed it
     still_open: int = 0
 
 
@@ -179,7 +179,7 @@ def attack(
             out.refused_at_once += 1
             continue
         if conn is not None:
-            selector.register(conn, selectors.EVENT_READ, time.monotonic())
+            selector.register(conn, selectors.EVENT_READ, (kind, time.monotonic()))
     while selector.get_map() and not stop.is_set():
         for key, _ in selector.select(timeout=0.2):
             _closed(selector, key, out)
@@ -201,7 +201,8 @@ def _closed(selector: selectors.BaseSelector, key: selectors.SelectorKey, out: A
         data = b""
     if data:
         return  # an answer (e.g. an A-ABORT): wait for the close itself
-    out.lifetimes.append(time.monotonic() - key.data)
+    kind, opened = key.data
+    out.lifetimes.setdefault(kind, []).append(time.monotonic() - opened)
     selector.unregister(conn)
     conn.close()
 
@@ -264,7 +265,6 @@ def runs(
 
 def report(quiet: Sending, flooded: Sending, flood: Attack) -> None:
     ratio = flooded.per_second / quiet.per_second if quiet.per_second else 0.0
-    lifetimes = flood.lifetimes or [0.0]
     print("\n| run | associations | failed | instances/s | vs undisturbed |")
     print("| --- | --- | --- | --- | --- |")
     for name, run in (("undisturbed", quiet), ("under flood", flooded)):
@@ -273,10 +273,13 @@ def report(quiet: Sending, flooded: Sending, flood: Attack) -> None:
     print(
         f"\nattacker: {sum(flood.opened.values())} connections "
         f"({', '.join(f'{k}: {v}' for k, v in flood.opened.items())}); "
-        f"{flood.refused_at_once} could not connect; closed by the SCP after "
-        f"median {statistics.median(lifetimes):.2f} s, max {max(lifetimes):.2f} s; "
-        f"{flood.still_open} still open at the end"
+        f"{flood.refused_at_once} could not connect; {flood.still_open} still open at the end"
     )
+    for kind, lifetimes in flood.lifetimes.items():
+        print(
+            f"  {kind}: {len(lifetimes)} closed by the SCP after median "
+            f"{statistics.median(lifetimes):.2f} s, max {max(lifetimes):.2f} s"
+        )
     print(f"ratio under flood: {ratio:.2f}x (goal >= 0.8x)")
 
 
