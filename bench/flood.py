@@ -3,12 +3,13 @@
 Our SCP runs in its own process built as the service builds it (``scp_options`` of the
 default settings: max_associations 10, associate_request_timeout 5 s, pdu_timeout 60 s,
 max_connections_per_address 5). dcmtk ``storescu`` (the PACS, from 127.0.0.1) sends the
-same CT instances over and over, one association per send, for ``--seconds``: once
-undisturbed, then while an attacker (from ``--attacker-addresses`` loopback addresses
-127.0.0.2, 127.0.0.3, ...) opens ``--connections`` connections spread over the same
-time, in turn: connect and send nothing; send 3 bytes of a PDU header; send a header
-declaring 2 GiB and 100 bytes; connect and close at once. Attacker connections stay open
-until the SCP closes them.
+same CT instances over and over, one association per send, in runs of ``--seconds``:
+undisturbed, under flood, undisturbed again (the two undisturbed runs are summed, so a
+load that drifts during the run weighs on both sides). During the flood an attacker (from
+``--attacker-addresses`` loopback addresses 127.0.0.2, 127.0.0.3, ...) opens
+``--connections`` connections spread over the run, in turn: connect and send nothing;
+send 3 bytes of a PDU header; send a header declaring 2 GiB and 100 bytes; connect and
+close at once. Attacker connections stay open until the SCP closes them.
 
 Reported: the sender's instances/s in both runs and their ratio (goal >= 0.8x), how many of
 its associations failed, and how long the SCP let attacker connections live.
@@ -108,6 +109,14 @@ class Sending:
     @property
     def per_second(self) -> float:
         return self.instances / self.seconds if self.seconds else 0.0
+
+    def add(self, other: Sending) -> Sending:
+        return Sending(
+            self.seconds + other.seconds,
+            self.sends + other.sends,
+            self.failed + other.failed,
+            self.instances + other.instances,
+        )
 
 
 def send_loop(port: int, files: Sequence[Path], seconds: float) -> Sending:
@@ -244,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def runs(
     port: int, files: Sequence[Path], args: argparse.Namespace
 ) -> tuple[Sending, Sending, Attack]:
-    """A warm-up send, the undisturbed run, then the run under flood."""
+    """A warm-up send; undisturbed, under flood, undisturbed again (both summed)."""
     send_loop(port, files, 0.0)
     quiet = send_loop(port, files, args.seconds)
     print(f"  undisturbed: {quiet.per_second:.1f} instances/s, {quiet.failed} failed", flush=True)
@@ -260,14 +269,15 @@ def runs(
     attacker.join(timeout=args.seconds + 120)
     stop.set()
     attacker.join()
-    return quiet, flooded, result[0]
+    after = send_loop(port, files, args.seconds)  # undisturbed again: the load may drift
+    return quiet.add(after), flooded, result[0]
 
 
 def report(quiet: Sending, flooded: Sending, flood: Attack) -> None:
     ratio = flooded.per_second / quiet.per_second if quiet.per_second else 0.0
     print("\n| run | associations | failed | instances/s | vs undisturbed |")
     print("| --- | --- | --- | --- | --- |")
-    for name, run in (("undisturbed", quiet), ("under flood", flooded)):
+    for name, run in (("undisturbed (before and after)", quiet), ("under flood", flooded)):
         relative = run.per_second / quiet.per_second if quiet.per_second else 0.0
         print(f"| {name} | {run.sends} | {run.failed} | {run.per_second:.1f} | {relative:.2f}x |")
     print(
