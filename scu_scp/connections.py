@@ -139,6 +139,9 @@ class PduClock:
             self.gone()
             return
         self.received += len(data)
+        if len(data) < self._body_left:  # the common case: more of a large PDU's body
+            self._body_left -= len(data)
+            return
         view = memoryview(data)
         while view:
             if self._body_left == 0:  # inside a header
