@@ -205,18 +205,26 @@ class _Guarded:
             self._timeout_set = seconds
 
     def recv(self, bufsize: int = 1024, flags: int = 0, /) -> bytes:
+        """Bytes read within the PDU's deadline; b"" (end of stream) once the peer is dropped.
+
+        An end of stream, rather than an exception, lets pynetdicom close the connection
+        without logging a traceback per dropped peer; :class:`PduClock` has logged why.
+        """
         clock = self.clock
         if clock is None:
             return super().recv(bufsize, flags)  # type: ignore[misc, no-any-return]
         if clock.dropped:
-            raise ConnectionAbortedError(f"connection from {clock.peer} already dropped")
-        self._retime(clock.recv_timeout())
+            return b""
         try:
+            self._retime(clock.recv_timeout())
             data: bytes = super().recv(bufsize, flags)  # type: ignore[misc]
         except TimeoutError:
             clock.timed_out()
-            raise
-        clock.feed(data)
+            return b""
+        try:
+            clock.feed(data)
+        except PduTooLongError:
+            return b""
         return data
 
     def send(self, data: Any, flags: int = 0) -> int:
