@@ -47,15 +47,20 @@ def test_a_server_registers_in_the_ae_list_that_its_shutdown_empties() -> None:
     assert AE(ae_title="PROBE")._servers == []
 
 
-def test_the_dul_reads_header_then_declared_length_and_drops_on_a_recv_error() -> None:
+def test_the_dul_reads_header_then_declared_length_and_drops_on_a_short_read() -> None:
+    """A dropped peer's socket reads as end of stream: a short header or PDU is Evt17."""
     source = inspect.getsource(DULServiceProvider._read_pdu_data)
     assert "self.socket.recv(6)" in source
     assert "self.socket.recv(pdu_length)" in source
-    assert source.count("except (OSError, TimeoutError)") == 2  # -> Evt17, connection closed
+    assert "except struct.error" in source
+    assert "if len(bytestream) != 6 + pdu_length" in source
+    assert source.count('self.event_queue.put("Evt17")') >= 3
 
 
 def test_the_association_socket_uses_the_wrapped_sockets_recv_send_and_close() -> None:
-    assert "self.socket.recv(" in inspect.getsource(AssociationSocket.recv)
+    recv = inspect.getsource(AssociationSocket.recv)
+    assert "self.socket.recv(" in recv
+    assert "if not bytes_read:" in recv  # end of stream ends the read
     assert "self.socket.send(" in inspect.getsource(AssociationSocket.send)
     assert "sock.close()" in inspect.getsource(AssociationSocket._shutdown_socket)
 
