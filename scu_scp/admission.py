@@ -19,6 +19,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
+from scu_scp.connections import AssociationSlots
 from scu_scp.security import CallerPolicy
 
 __all__ = [
@@ -35,6 +36,7 @@ LOGGER = logging.getLogger(__name__)
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
 REJECT_CONGESTION = (0x02, 0x03, 0x01)  # transient, presentation provider, temporary congestion
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, presentation provider, local limit exceeded
 _OUT_OF_RESOURCES = 0xA700
 
 
@@ -64,6 +66,7 @@ class Admission:
     policy: CallerPolicy
     spool_root: Path
     limits: ScpLimits
+    slots: AssociationSlots | None = None  # scp.max_associations; None: pynetdicom's count
 
     def disk_too_full(self) -> int | None:
         """Free bytes when under ``min_free_disk_bytes`` (or unknown: -1), else None."""
@@ -84,7 +87,8 @@ def _reject(event: Any, rsd: tuple[int, int, int]) -> None:
 
 
 def handle_requested(event: Any, admission: Admission) -> None:
-    """EVT_REQUESTED: reject unknown callers and, while the spool disk is full, everyone."""
+    """EVT_REQUESTED: reject unknown callers, callers over ``scp.max_associations`` and,
+    while the spool disk is full, everyone."""
     assoc = event.assoc
     calling = str(assoc.requestor.primitive.calling_ae_title).strip()
     address = str(assoc.requestor.address)
@@ -95,6 +99,15 @@ def handle_requested(event: Any, admission: Admission) -> None:
             address,
         )
         _reject(event, REJECT_CALLING_AE)
+        return
+    if admission.slots is not None and not admission.slots.take(assoc):
+        LOGGER.warning(
+            "association from %s@%s rejected: %d associations open (scp.max_associations)",
+            calling,
+            address,
+            admission.slots.maximum,
+        )
+        _reject(event, REJECT_LOCAL_LIMIT)
         return
     free = admission.disk_too_full()
     if free is not None:

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from scu_scp.admission import (
     refused,
 )
 from scu_scp.completion import AssociationEnd, CompletionTracker
+from scu_scp.connections import PDU_HEADER_BYTES, AssociationSlots, ConnectionLimits
 from scu_scp.models import SpooledStudy
 from scu_scp.received import SizeGuard, TooLargeError, discard_partial_dataset, read_received
 from scu_scp.security import (
@@ -80,7 +81,9 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
 
 _UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 MAXIMUM_PDU_SIZE = 1_048_576  # fewer, larger PDUs: less per-PDU overhead on big images
-ACSE_TIMEOUT = 30.0
+# pynetdicom's own association count includes connections still waiting for their
+# A-ASSOCIATE-RQ; AssociationSlots enforces max_associations instead (scu_scp/connections.py).
+_PYNETDICOM_MAX_ASSOCIATIONS = 1_000_000
 DIMSE_TIMEOUT = 120.0  # one large instance (multi-frame) may take a while
 NETWORK_TIMEOUT = 300.0  # PACS may keep an idle association open between series
 
@@ -238,6 +241,14 @@ def handle_cut_off(event: Any) -> None:
     discard_partial_dataset(event.assoc)
 
 
+_SLOT_ENDS = (evt.EVT_REJECTED, evt.EVT_RELEASED, evt.EVT_ABORTED, evt.EVT_CONN_CLOSE)
+
+
+def _give_back_slot(event: Any, slots: AssociationSlots) -> None:
+    """The association no longer holds a ``max_associations`` slot."""
+    slots.give_back(event.assoc)
+
+
 @dataclass
 class _Retry:
     study: SpooledStudy
@@ -266,6 +277,7 @@ class StorageSCP:
         allowed_callers: Sequence[AllowedCaller] = (),
         tls: ServerTls | None = None,
         limits: ScpLimits | None = None,
+        connection_limits: ConnectionLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= len(ae_title.strip()) <= 16 or "\\" in ae_title:
@@ -290,10 +302,17 @@ class StorageSCP:
         self.tracker = CompletionTracker(
             quiet_seconds, clock, release_grace_seconds=release_grace_seconds
         )
+        self.slots = AssociationSlots(max_associations)
+        # The longest PDU we accept follows from the maximum we advertise.
+        self.connection_limits = replace(
+            connection_limits or ConnectionLimits(),
+            max_pdu_length=MAXIMUM_PDU_SIZE + PDU_HEADER_BYTES,
+        )
         self.admission = Admission(
             policy=CallerPolicy.of(allowed_callers),
             spool_root=spool.root,
             limits=limits or ScpLimits(),
+            slots=self.slots,
         )
         # Built now, so a bad certificate or key stops start-up with the file named.
         self._ssl_context = server_ssl_context(tls) if tls is not None else None
@@ -303,19 +322,20 @@ class StorageSCP:
             admission=self.admission,
             quiet_only_aets=tuple(quiet_only_aets),
         )
-        self._ae = self._build_ae(max_associations)
+        self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
         self._retries: list[_Retry] = []
 
-    def _build_ae(self, max_associations: int) -> AE:
+    def _build_ae(self) -> AE:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
-        ae.acse_timeout = ACSE_TIMEOUT
+        # The acceptor waits this long for the A-ASSOCIATE-RQ (and ARTIM after a reject).
+        ae.acse_timeout = self.connection_limits.associate_request_timeout
         ae.dimse_timeout = DIMSE_TIMEOUT
         ae.network_timeout = NETWORK_TIMEOUT
-        ae.maximum_associations = max_associations
+        ae.maximum_associations = _PYNETDICOM_MAX_ASSOCIATIONS
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
             if cx.abstract_syntax is not None:
@@ -365,6 +385,7 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, handle_association_end, [self.tracker]),
             (evt.EVT_ABORTED, handle_cut_off),
             (evt.EVT_CONN_CLOSE, handle_cut_off),
+            *((event, _give_back_slot, [self.slots]) for event in _SLOT_ENDS),
         ]
         if self.admission.limits.max_instance_bytes:
             guard = SizeGuard(self.admission.limits.max_instance_bytes)
@@ -374,6 +395,7 @@ class StorageSCP:
             ssl_context=self._ssl_context,
             evt_handlers=handlers,
             server_class=TlsHandshakeServer,
+            connection_limits=self.connection_limits,
         )
         # What AE.start_server(block=False) does, with our server class. Its shutdown()
         # removes it from the AE's private server list, so it is registered there too

@@ -18,6 +18,15 @@ from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
+from scu_scp.connections import (
+    AddressCounts,
+    ConnectionLimits,
+    GuardedSocket,
+    GuardedSSLSocket,
+    PduClock,
+    guard_accepted,
+)
+
 __all__ = [
     "AllowedCaller",
     "CallerPolicy",
@@ -31,7 +40,8 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-#: Seconds a client may take for the TLS handshake before the connection is dropped.
+#: Seconds a TLS handshake may take on a socket without a PduClock (guarded sockets get
+#: what is left of ``scp.associate_request_timeout_seconds``).
 HANDSHAKE_TIMEOUT = 30.0
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -168,11 +178,14 @@ def client_ssl_context(tls: ClientTls, *, what: str = "tls") -> ssl.SSLContext:
 
 
 class TlsHandshakeServer(ThreadedAssociationServer):  # type: ignore[misc]
-    """pynetdicom's threaded server, with the TLS handshake moved into the connection thread.
+    """pynetdicom's threaded server, with every accepted connection guarded and bounded.
 
     pynetdicom wraps the socket in the accept loop, so one client that connects and never
-    finishes its handshake would stall every other caller; here the accept loop only
-    accepts, and each handshake has ``HANDSHAKE_TIMEOUT`` seconds in its own thread. A failed
+    finishes its TLS handshake would stall every other caller; here the accept loop only
+    accepts, and each handshake runs in its connection's thread within the time allowed
+    before the A-ASSOCIATE-RQ. Each accepted socket is guarded (``scu_scp/connections.py``:
+    deadlines per PDU, the declared PDU length checked), and an address already holding
+    ``max_connections_per_address`` connections has the next one closed at once. A failed
     handshake (no or untrusted client certificate) is logged with the peer address only.
     Also a larger listen backlog than socketserver's 5, for PACS that open many
     associations at once.
@@ -180,25 +193,48 @@ class TlsHandshakeServer(ThreadedAssociationServer):  # type: ignore[misc]
 
     request_queue_size = 64
 
+    def __init__(
+        self, *args: Any, connection_limits: ConnectionLimits | None = None, **kwargs: Any
+    ) -> None:
+        self.connection_limits = connection_limits or ConnectionLimits()
+        self.addresses = AddressCounts(self.connection_limits.max_connections_per_address)
+        super().__init__(*args, **kwargs)
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         client, address = self.socket.accept()
-        if self.ssl_context is not None:
-            client = self.ssl_context.wrap_socket(
-                client, server_side=True, do_handshake_on_connect=False
+        return guard_accepted(client, self.ssl_context), address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit the connection unless its address is at ``max_connections_per_address``."""
+        peer = _address(client_address)
+        give_back = self.addresses.take(peer)
+        if give_back is None:
+            LOGGER.warning(
+                "connection from %s refused: %d connections already open from it "
+                "(scp.max_connections_per_address)",
+                peer,
+                self.addresses.limit,
             )
-        return client, address
+            return False
+        if isinstance(request, GuardedSocket | GuardedSSLSocket):
+            request.clock = PduClock(self.connection_limits, peer, give_back)
+        else:
+            give_back()
+        return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket):
+            clock = request.clock if isinstance(request, GuardedSSLSocket) else None
             try:
-                request.settimeout(HANDSHAKE_TIMEOUT)
+                request.settimeout(clock.handshake_timeout() if clock else HANDSHAKE_TIMEOUT)
                 request.do_handshake()
-                request.settimeout(None)
             except (OSError, ssl.SSLError) as exc:
                 LOGGER.warning(
                     "TLS handshake with %s failed: %s", _address(client_address), _reason(exc)
                 )
+                if clock is not None:
+                    clock.dropped = True  # logged here; not "idle" when the socket closes
                 self.shutdown_request(request)
                 return
         super().process_request_thread(request, client_address)

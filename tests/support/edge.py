@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import struct
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trustme
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from scu_scp.models import SpooledStudy
 from scu_scp.scp import StorageSCP
@@ -150,3 +155,40 @@ def storescp_tls(
         yield StoreSCP(port, "STORESCP", out_dir, process)
     finally:
         stop_process(process)
+
+
+def recv_exactly(conn: socket.socket, count: int) -> bytes:
+    """``count`` bytes from ``conn``, or fewer if the peer closes first."""
+    data = b""
+    while len(data) < count:
+        chunk = conn.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def association_rq_bytes(called_ae: str, timeout: float = 5.0) -> bytes:
+    """The A-ASSOCIATE-RQ PDU pynetdicom sends (Verification, CT), captured by a listener.
+
+    For tests that speak raw PDUs to the SCP: a real request, then whatever they send.
+    """
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        ae = AE(ae_title="FUZZER")
+        ae.add_requested_context(Verification)
+        ae.add_requested_context(CTImageStorage)
+        ae.acse_timeout = ae.network_timeout = 2
+        thread = threading.Thread(target=ae.associate, args=("127.0.0.1", port, None, called_ae))
+        thread.start()
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(timeout)
+            header = recv_exactly(conn, 6)
+            (length,) = struct.unpack(">I", header[2:6])
+            body = recv_exactly(conn, length)
+        thread.join(timeout=30)
+    assert header[0] == 0x01
+    return header + body

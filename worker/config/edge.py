@@ -53,6 +53,13 @@ class ScpSettings(Section):
     max_instance_bytes: int = Field(default=2 * GIB, ge=0)
     max_study_bytes: int = Field(default=20 * GIB, ge=0)
     min_free_disk_bytes: int = Field(default=1 * GIB, ge=0)
+    # Connections (scu_scp/connections.py): a connection must bring its A-ASSOCIATE-RQ within
+    # associate_request_timeout_seconds of being accepted, each later PDU must arrive within
+    # pdu_timeout_seconds of its first byte; one address holds at most
+    # max_connections_per_address connections at once (0: no limit).
+    associate_request_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    pdu_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    max_connections_per_address: int = Field(default=5, ge=0, le=1000)
 
     _ae = field_validator("ae_title")(check_ae_title)
 

@@ -17,6 +17,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from scu_scp.admission import ScpLimits
+from scu_scp.connections import ConnectionLimits
 from scu_scp.scp import StorageSCP
 from scu_scp.security import AllowedCaller, ServerTls, TlsConfigError, server_ssl_context
 from scu_scp.spool import Spool
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def scp_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments of StorageSCP for allow-list, TLS and limits.
+    """Keyword arguments of StorageSCP for allow-list, TLS, limits and connection bounds.
 
     The TLS files are loaded here, at start-up, so a wrong path or a key that does not
     match its certificate stops the command with the setting named.
@@ -60,6 +61,11 @@ def scp_options(settings: Settings) -> dict[str, Any]:
             max_instance_bytes=scp.max_instance_bytes,
             max_study_bytes=scp.max_study_bytes,
             min_free_disk_bytes=scp.min_free_disk_bytes,
+        ),
+        "connection_limits": ConnectionLimits(
+            associate_request_timeout=scp.associate_request_timeout_seconds,
+            pdu_timeout=scp.pdu_timeout_seconds,
+            max_connections_per_address=scp.max_connections_per_address,
         ),
     }
 

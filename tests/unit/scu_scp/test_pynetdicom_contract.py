@@ -3,6 +3,9 @@
 ``TlsHandshakeServer`` takes over the TLS wrap from ``get_request`` and does the handshake
 in the connection thread, and ``StorageSCP.start`` registers its server in the AE's
 private list as ``AE.start_server`` does (the server's ``shutdown`` removes it from there).
+The connection guards (``scu_scp/connections.py``) assume how the DUL reads and sends PDUs,
+how the acceptor waits for its A-ASSOCIATE-RQ, and what pynetdicom's own association limit
+counts.
 The SCP also receives datasets to files (``STORE_RECV_CHUNKED_DATASET``, below). If a
 pynetdicom release moves any of this, these fail before the receiver breaks.
 """
@@ -13,12 +16,14 @@ import inspect
 import socketserver
 
 from pynetdicom import AE, _config, evt
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
+from pynetdicom.transport import AssociationServer, AssociationSocket, ThreadedAssociationServer
 
 from scu_scp.security import TlsHandshakeServer
 
@@ -92,3 +97,33 @@ def test_data_recv_is_triggered_with_each_raw_pdu_before_decoding() -> None:
     source = inspect.getsource(DULServiceProvider._decode_pdu)
     assert source.index("EVT_DATA_RECV") < source.index("pdu.decode(")
     assert "_abort_nonblocking" in inspect.getsource(evt.trigger)
+
+
+def test_the_dul_reads_header_then_declared_length_and_drops_on_a_short_read() -> None:
+    """A dropped peer's socket reads as end of stream: a short header or PDU is Evt17."""
+    source = inspect.getsource(DULServiceProvider._read_pdu_data)
+    assert "self.socket.recv(6)" in source
+    assert "self.socket.recv(pdu_length)" in source
+    assert "except struct.error" in source
+    assert "if len(bytestream) != 6 + pdu_length" in source
+    assert source.count('self.event_queue.put("Evt17")') >= 3
+
+
+def test_the_association_socket_uses_the_wrapped_sockets_recv_send_and_close() -> None:
+    recv = inspect.getsource(AssociationSocket.recv)
+    assert "self.socket.recv(" in recv
+    assert "if not bytes_read:" in recv  # end of stream ends the read
+    assert "self.socket.send(" in inspect.getsource(AssociationSocket.send)
+    assert "sock.close()" in inspect.getsource(AssociationSocket._shutdown_socket)
+
+
+def test_the_acceptor_waits_for_its_request_for_acse_timeout() -> None:
+    source = inspect.getsource(Association.run_reactor)
+    assert "receive_pdu(wait=True, timeout=self.acse_timeout)" in source
+
+
+def test_pynetdicom_counts_every_acceptor_thread_against_maximum_associations() -> None:
+    """Why StorageSCP sets it out of reach and counts requested associations itself."""
+    source = inspect.getsource(ACSE._negotiate_as_acceptor)
+    assert "active_associations" in source and "maximum_associations" in source
+    assert "evt.EVT_REQUESTED" in inspect.getsource(Association.run_reactor)

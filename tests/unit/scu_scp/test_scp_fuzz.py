@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
-from tests.support.edge import AE_TITLE, spooled
+from tests.support.edge import AE_TITLE, association_rq_bytes, spooled
 from tests.support.phantom import make_ct_phantom
 from tests.support.storescp import wait_for
 
@@ -57,39 +56,6 @@ class Target:
     cannot_understand: int = 0
 
 
-def _capture_association_rq() -> bytes:
-    """The A-ASSOCIATE-RQ pynetdicom sends, captured by a listening socket."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        port = server.getsockname()[1]
-        ae = AE(ae_title="FUZZER")
-        ae.add_requested_context(Verification)
-        ae.add_requested_context(CTImageStorage)
-        ae.acse_timeout = ae.network_timeout = 2
-        thread = threading.Thread(target=ae.associate, args=("127.0.0.1", port, None, AE_TITLE))
-        thread.start()
-        conn, _ = server.accept()
-        with conn:
-            conn.settimeout(SOCKET_TIMEOUT)
-            header = _recv_exactly(conn, 6)
-            (length,) = struct.unpack(">I", header[2:6])
-            body = _recv_exactly(conn, length)
-        thread.join(timeout=30)
-    assert header[0] == 0x01
-    return header + body
-
-
-def _recv_exactly(conn: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = conn.recv(count - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _ct_dataset() -> Dataset:
     ds = make_ct_phantom(slices=1, size=16).datasets[0]
     ds.SOPInstanceUID = generate_uid()
@@ -112,7 +78,7 @@ def target(tmp_path: Path) -> Iterator[Target]:
     scp.start()
     template = encode(_ct_dataset(), False, True)
     assert template is not None
-    state = Target(scp, spool.root, _capture_association_rq(), template)
+    state = Target(scp, spool.root, association_rq_bytes(AE_TITLE), template)
     try:
         yield state
         _check_nothing_lost(state)  # after every example of the test

@@ -29,6 +29,13 @@ def test_defaults_listen_on_the_dicom_port_with_limits_in_bytes(tmp_path: Path) 
     assert settings.completion.quiet_seconds == 30.0
 
 
+def test_connection_bounds_default_to_seconds_and_five_per_address(tmp_path: Path) -> None:
+    scp = load_settings(None, data_dir=tmp_path).scp
+    assert scp.associate_request_timeout_seconds == 5.0
+    assert scp.pdu_timeout_seconds == 60.0
+    assert scp.max_connections_per_address == 5
+
+
 def test_allowed_callers_take_an_address_or_network_and_strip_the_ae_title(
     tmp_path: Path,
 ) -> None:
@@ -68,6 +75,9 @@ def test_allowed_callers_take_an_address_or_network_and_strip_the_ae_title(
         ({"max_associations": 0}, "scp.max_associations", ""),
         ({"max_associations": 1001}, "scp.max_associations", ""),
         ({"max_study_bytes": -1}, "scp.max_study_bytes", ""),
+        ({"associate_request_timeout_seconds": 0}, "scp.associate_request_timeout_seconds", ""),
+        ({"pdu_timeout_seconds": -1}, "scp.pdu_timeout_seconds", ""),
+        ({"max_connections_per_address": -1}, "scp.max_connections_per_address", ""),
         ({"min_free_disk_bytes": "1 GB"}, "scp.min_free_disk_bytes", "valid integer"),
         (
             {

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from scu_scp.admission import ScpLimits
+from scu_scp.connections import ConnectionLimits
 from tests.support.big_instances import write_big_ct
 from tests.support.edge import Pki, dcmtk, pki
 from tests.support.processes import free_port, start_command, stop_process, wait_for_port
@@ -67,6 +68,9 @@ def test_settings_become_scp_options_and_tls_nodes(pki: Pki) -> None:
             "max_instance_bytes": 1000,
             "max_study_bytes": 5000,
             "min_free_disk_bytes": 7,
+            "associate_request_timeout_seconds": 2,
+            "pdu_timeout_seconds": 20,
+            "max_connections_per_address": 3,
         },
         destinations={
             "pacs": {
@@ -79,6 +83,9 @@ def test_settings_become_scp_options_and_tls_nodes(pki: Pki) -> None:
     )
     options = scp_options(settings)
     assert options["limits"] == ScpLimits(1000, 5000, 7)
+    assert options["connection_limits"] == ConnectionLimits(
+        associate_request_timeout=2, pdu_timeout=20, max_connections_per_address=3
+    )
     assert options["allowed_callers"][0].host == "10.0.0.0/8"
     assert options["tls"].require_client_certificate
     node = destination_node(settings.destinations["pacs"])

@@ -1,0 +1,329 @@
+"""Connections at the DICOM edge: how long a peer may take, and how many it may hold.
+
+pynetdicom gives every accepted connection a thread at once, counts it against
+``maximum_associations`` before it has asked for anything, and reads each PDU with blocking,
+timeout-less ``recv`` calls for as many bytes as its header declares. A peer that connects
+and says nothing, or sends a header and stops, therefore held a slot for 30 s or for ever.
+Here:
+
+- every accepted socket is a :class:`GuardedSocket` (or :class:`GuardedSSLSocket`) that
+  follows the PDU boundaries in what pynetdicom reads: the first PDU (the A-ASSOCIATE-RQ)
+  must be complete ``associate_request_timeout`` after the connection was accepted, every
+  later PDU ``pdu_timeout`` after its first byte, and a header declaring more than
+  ``max_pdu_length`` is refused before its body is read; sends get ``pdu_timeout`` too;
+- :class:`AssociationSlots` counts only associations whose A-ASSOCIATE-RQ has arrived
+  against ``scp.max_associations``;
+- :class:`AddressCounts` caps the connections one address holds open at once.
+
+Logs carry peer addresses only.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "PDU_HEADER_BYTES",
+    "AddressCounts",
+    "AssociationSlots",
+    "ConnectionLimits",
+    "GuardedSSLSocket",
+    "GuardedSocket",
+    "PduClock",
+    "PduTooLongError",
+    "guard_accepted",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+PDU_HEADER_BYTES = 6  # PDU type, reserved, 4-byte length (PS3.8 9.3.1)
+_RETIME_SLACK = 0.05  # seconds a deadline may overrun to save a settimeout per recv
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long an accepted connection may take, and how large a PDU it may declare.
+
+    ``max_connections_per_address`` 0 means no per-address cap.
+    """
+
+    associate_request_timeout: float = 5.0
+    pdu_timeout: float = 60.0
+    max_pdu_length: int = 1_048_576 + PDU_HEADER_BYTES  # StorageSCP sets it from its own
+    max_connections_per_address: int = 0
+
+    def __post_init__(self) -> None:
+        if self.associate_request_timeout <= 0:
+            raise ValueError("associate_request_timeout must be > 0")
+        if self.pdu_timeout <= 0:
+            raise ValueError("pdu_timeout must be > 0")
+        if self.max_pdu_length < PDU_HEADER_BYTES:
+            raise ValueError(f"max_pdu_length must be >= {PDU_HEADER_BYTES}")
+        if self.max_connections_per_address < 0:
+            raise ValueError("max_connections_per_address must be >= 0 (0 = no limit)")
+
+
+class PduTooLongError(ConnectionError):
+    """A PDU header declared more bytes than the receiver accepts; its body is not read."""
+
+
+class PduClock:
+    """Deadlines and the length check for the PDUs read on one accepted connection.
+
+    pynetdicom reads a PDU as its 6-byte header, then exactly the length the header
+    declares, so the bytes ``recv`` returns mark where each PDU begins and ends.
+    """
+
+    def __init__(
+        self, limits: ConnectionLimits, peer: str, on_gone: Callable[[], None] | None = None
+    ) -> None:
+        self.limits = limits
+        self.peer = peer
+        self._on_gone = on_gone  # gives back the address's connection count, once
+        self._deadline = time.monotonic() + limits.associate_request_timeout
+        self._header = bytearray()
+        self._body_left = 0
+        self.pdus = 0
+        self.received = 0
+        self.peer_closed = False
+        self.dropped = False  # we gave up on the peer (timeout, PDU too long): logged
+
+    def handshake_timeout(self) -> float:
+        """Seconds left for a TLS handshake: it is part of the wait for the A-ASSOCIATE-RQ."""
+        return max(0.001, self._deadline - time.monotonic())
+
+    def recv_timeout(self) -> float:
+        """Seconds the next ``recv`` may block; raises TimeoutError once the PDU is overdue."""
+        now = time.monotonic()
+        if self.pdus and not self._header and not self._body_left:
+            self._deadline = now + self.limits.pdu_timeout  # a new PDU starts with this read
+        left = self._deadline - now
+        if left <= 0:
+            self.timed_out()
+            raise TimeoutError(f"PDU from {self.peer} not complete in time")
+        return left
+
+    def timed_out(self) -> None:
+        """Log (once) that the peer did not finish its PDU within the bound."""
+        if self.dropped:
+            return
+        self.dropped = True
+        if self.pdus == 0:
+            LOGGER.warning(
+                "connection from %s dropped: no complete A-ASSOCIATE-RQ within %g s "
+                "(scp.associate_request_timeout_seconds)",
+                self.peer,
+                self.limits.associate_request_timeout,
+            )
+        else:
+            LOGGER.warning(
+                "connection from %s dropped: PDU not complete within %g s "
+                "(scp.pdu_timeout_seconds)",
+                self.peer,
+                self.limits.pdu_timeout,
+            )
+        self.gone()
+
+    def feed(self, data: bytes) -> None:
+        """Account for bytes read; refuse a header that declares too long a PDU."""
+        if not data:
+            self.peer_closed = True
+            self.gone()
+            return
+        self.received += len(data)
+        if len(data) < self._body_left:  # the common case: more of a large PDU's body
+            self._body_left -= len(data)
+            return
+        view = memoryview(data)
+        while view:
+            if self._body_left == 0:  # inside a header
+                take = min(PDU_HEADER_BYTES - len(self._header), len(view))
+                self._header += view[:take]
+                view = view[take:]
+                if len(self._header) < PDU_HEADER_BYTES:
+                    continue
+                length = int.from_bytes(self._header[2:6], "big")
+                self._header.clear()
+                if length > self.limits.max_pdu_length:
+                    self.dropped = True
+                    LOGGER.warning(
+                        "connection from %s dropped: PDU declares %d bytes, over the %d accepted",
+                        self.peer,
+                        length,
+                        self.limits.max_pdu_length,
+                    )
+                    self.gone()
+                    raise PduTooLongError(f"PDU of {length} bytes from {self.peer} refused")
+                self._body_left = length
+                if length == 0:
+                    self.pdus += 1
+            else:
+                take = min(self._body_left, len(view))
+                self._body_left -= take
+                view = view[take:]
+                if self._body_left == 0:
+                    self.pdus += 1
+
+    def closed(self) -> None:
+        """The socket is closed: say why when the peer never sent an A-ASSOCIATE-RQ."""
+        if not self.dropped and self.pdus == 0:
+            if self.peer_closed or self.received:
+                LOGGER.debug("connection from %s closed before associating", self.peer)
+            else:
+                LOGGER.warning(
+                    "connection from %s closed: idle, no A-ASSOCIATE-RQ within %g s "
+                    "(scp.associate_request_timeout_seconds)",
+                    self.peer,
+                    self.limits.associate_request_timeout,
+                )
+        self.gone()
+
+    def gone(self) -> None:
+        on_gone, self._on_gone = self._on_gone, None
+        if on_gone is not None:
+            on_gone()
+
+
+class _Guarded:
+    """recv/send/close of an accepted socket, timed and checked by its :class:`PduClock`."""
+
+    clock: PduClock | None = None
+    _timeout_set: float | None = None
+
+    def _retime(self, seconds: float) -> None:
+        current = self._timeout_set
+        if current is None or abs(current - seconds) > _RETIME_SLACK:
+            self.settimeout(seconds)  # type: ignore[attr-defined]
+            self._timeout_set = seconds
+
+    def recv(self, bufsize: int = 1024, flags: int = 0, /) -> bytes:
+        """Bytes read within the PDU's deadline; b"" (end of stream) once the peer is dropped.
+
+        An end of stream, rather than an exception, lets pynetdicom close the connection
+        without logging a traceback per dropped peer; :class:`PduClock` has logged why.
+        """
+        clock = self.clock
+        if clock is None:
+            return super().recv(bufsize, flags)  # type: ignore[misc, no-any-return]
+        if clock.dropped:
+            return b""
+        try:
+            self._retime(clock.recv_timeout())
+            data: bytes = super().recv(bufsize, flags)  # type: ignore[misc]
+        except TimeoutError:
+            clock.timed_out()
+            return b""
+        try:
+            clock.feed(data)
+        except PduTooLongError:
+            return b""
+        return data
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        clock = self.clock
+        if clock is not None:
+            self._retime(clock.limits.pdu_timeout)
+        return super().send(data, flags)  # type: ignore[misc, no-any-return]
+
+    def close(self) -> None:
+        clock, self.clock = self.clock, None
+        if clock is not None:
+            clock.closed()
+        super().close()  # type: ignore[misc]
+
+
+class GuardedSocket(_Guarded, socket.socket):
+    """An accepted plain-TCP connection under a :class:`PduClock`."""
+
+
+class GuardedSSLSocket(_Guarded, ssl.SSLSocket):
+    """An accepted DICOM TLS connection under a :class:`PduClock` (``sslsocket_class``)."""
+
+
+def guard_accepted(
+    client: socket.socket, ssl_context: ssl.SSLContext | None
+) -> GuardedSocket | GuardedSSLSocket:
+    """The accepted ``client`` as a guarded socket, TLS-wrapped (handshake not yet done).
+
+    Its :class:`PduClock` is attached by the server once the connection is admitted.
+    """
+    plain = GuardedSocket(client.family, client.type, client.proto, fileno=client.detach())
+    if ssl_context is None:
+        return plain
+    ssl_context.sslsocket_class = GuardedSSLSocket
+    wrapped = ssl_context.wrap_socket(plain, server_side=True, do_handshake_on_connect=False)
+    assert isinstance(wrapped, GuardedSSLSocket)
+    return wrapped
+
+
+class AddressCounts:
+    """Connections open per peer address, capped at ``limit`` (0: no cap)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, address: str) -> Callable[[], None] | None:
+        """A callable that gives the connection back, or None when ``address`` is at the cap."""
+        with self._lock:
+            if self.limit and self._open[address] >= self.limit:
+                return None
+            self._open[address] += 1
+        given_back = threading.Event()
+
+        def give_back() -> None:
+            if given_back.is_set():
+                return
+            given_back.set()
+            with self._lock:
+                self._open[address] -= 1
+                if self._open[address] <= 0:
+                    del self._open[address]
+
+        return give_back
+
+    def open_from(self, address: str) -> int:
+        with self._lock:
+            return self._open[address]
+
+
+class AssociationSlots:
+    """Associations whose A-ASSOCIATE-RQ has arrived, capped at ``scp.max_associations``.
+
+    Connections still waiting for their request do not count: they are bounded in time by
+    :class:`PduClock` instead.
+    """
+
+    def __init__(self, maximum: int) -> None:
+        if maximum < 1:
+            raise ValueError(f"max_associations must be >= 1, got {maximum}")
+        self.maximum = maximum
+        self._held: set[Any] = set()
+        self._lock = threading.Lock()
+
+    def take(self, assoc: Any) -> bool:
+        """Count ``assoc`` (an acceptor Association) unless every slot is held."""
+        with self._lock:
+            self._held = {a for a in self._held if a.is_alive()}
+            if len(self._held) >= self.maximum:
+                return False
+            self._held.add(assoc)
+            return True
+
+    def give_back(self, assoc: Any) -> None:
+        """The association ended (released, aborted, connection closed)."""
+        with self._lock:
+            self._held.discard(assoc)
+
+    def held(self) -> int:
+        with self._lock:
+            return sum(1 for a in self._held if a.is_alive())
