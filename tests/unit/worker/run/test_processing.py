@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from pipelines.registry import builtin_pipelines
+from scu_scp.models import DeliveryResult, DicomNode
 from scu_scp.spool import Spool
 from tests.support.jobs import FakePacs, make_settings, spool_study
 from tests.support.phantom import make_ct_phantom
@@ -145,3 +148,22 @@ def test_task_retries_then_fails_with_reason(
     assert job.error and job.error.startswith("delivery failed after 3 attempts")
     assert job.attempts == 3
     assert job.delivery_failures == 3  # each failed attempt counted once, for /metrics
+
+
+def test_the_first_attempt_delivers_the_saved_files(
+    runtime: Runtime, pacs: FakePacs, phantom: list[Dataset]
+) -> None:
+    """What goes to the PACS is what was fsynced, read back, not the objects in memory."""
+    sent: list[Dataset] = []
+
+    def send(node: DicomNode, datasets: Sequence[Dataset]) -> DeliveryResult:
+        sent.extend(datasets)
+        return pacs(node, datasets)
+
+    rt = dataclasses.replace(runtime, send=send)
+    job_id = spool_study(rt, phantom)
+    assert process_job(rt, job_id).state is JobState.DONE
+    folder = rt.settings.results_dir / job_id
+    assert sent
+    for ds in sent:
+        assert ds.filename == str(folder / f"{ds.SOPInstanceUID}.dcm")
