@@ -29,13 +29,16 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -43,7 +46,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pynetdicom import AE, StoragePresentationContexts
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Whose code runs: this checkout, or (the peer of --peer-tree) the tree named there.
+sys.path.insert(0, os.environ.get("PA_BENCH_CODE_TREE") or str(Path(__file__).parents[1]))
 
 from pipelines.base import Pipeline
 from pipelines.findings import Algorithm, Detection, Findings, Segment
@@ -58,6 +62,7 @@ from worker.run.processing import Runtime, process_job
 from worker.run.tasks import build_runtime
 from worker.run.timings import read_timings
 
+CODE_TREE = sys.path[0]
 STAGES = ("load", "write", "save", "deliver", "other")
 BASE_SLICES = 24  # phantom slices computed; longer series repeat them along the axis
 SLICE_SPACING_MM = 1.25
@@ -238,28 +243,52 @@ def bench_builtin(slices: int, root: Path) -> dict[str, float]:
             rt.store.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", default="100,300", help="series lengths, comma-separated")
-    parser.add_argument("--repeats", type=int, default=3, help="timed jobs per length (median)")
-    parser.add_argument("--builtin", action="store_true", help="also a built-in pipelines job")
-    parser.add_argument("--builtin-slices", type=int, default=100)
-    args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.slices.split(",")]
-    results: dict[int, dict[str, float]] = {}
+def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Per series length (and "builtin"), the median seconds per stage of this code tree."""
+    sizes = [int(n) for n in args.slices.split(",")]
+    results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="pa-bench-overhead-") as tmp:
         for n in sizes:
             print(f"{n} slices ...", flush=True)
-            results[n] = bench_size(n, args.repeats, Path(tmp) / f"s{n}")
-        builtin = (
-            bench_builtin(args.builtin_slices, Path(tmp) / "builtin") if args.builtin else None
-        )
+            results[str(n)] = bench_size(n, args.repeats, Path(tmp) / f"s{n}")
+        if args.builtin:
+            results["builtin"] = bench_builtin(args.builtin_slices, Path(tmp) / "builtin")
+    return results
 
-    print(f"\ninstant-model job, median of {args.repeats}: ms per slice\n")
+
+def measure_against(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ours and the peer tree's, one job each in turn (same load on both), medians."""
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {"ours": [], "peer": []}
+    with tempfile.TemporaryDirectory(prefix="pa-bench-overhead-") as tmp:
+        for round_ in range(args.repeats):
+            for who, tree in (("peer", args.peer_tree), ("ours", CODE_TREE)):
+                out = Path(tmp) / f"{who}{round_}.json"
+                command = [sys.executable, __file__, "--slices", args.slices, "--repeats", "1"]
+                command += ["--json", str(out), "--builtin-slices", str(args.builtin_slices)]
+                command += ["--builtin"] if args.builtin else []
+                env = {**os.environ, "PA_BENCH_CODE_TREE": str(Path(tree).resolve())}
+                print(f"round {round_ + 1}: {who} ({tree}) ...", flush=True)
+                subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+                runs[who].append(json.loads(out.read_text()))
+
+    def medians(which: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+        return {
+            key: {k: statistics.median(r[key][k] for r in which) for k in which[0][key]}
+            for key in which[0]
+        }
+
+    return medians(runs["ours"]), medians(runs["peer"])
+
+
+def print_tables(results: dict[str, dict[str, float]], title: str) -> None:
+    print(f"\n{title}: ms per slice\n")
     header = ["slices", *STAGES, "overhead", "total (s)"]
     print("| " + " | ".join(header) + " |")
     print("|" + " ---: |" * len(header))
-    for n, r in results.items():
+    for key, r in results.items():
+        if key == "builtin":
+            continue
+        n = int(key)
         cells = [f"{1000 * r[s] / n:.2f}" for s in (*STAGES, "overhead")]
         print(f"| {n} | " + " | ".join(cells) + f" | {r['total']:.2f} |")
 
@@ -269,7 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         header += [stage, f"floor {stage}", "ratio"]
     print("| " + " | ".join(header) + " |")
     print("|" + " ---: |" * len(header))
-    for n, r in results.items():
+    for key, r in results.items():
+        if key == "builtin":
+            continue
         cells = []
         for s in ("load", "save", "deliver"):
             cells += [
@@ -277,16 +308,57 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{1000 * r['floor_' + s]:.0f} ms",
                 f"{r[s] / r['floor_' + s]:.2f}x",
             ]
-        print(f"| {n} | " + " | ".join(cells) + " |")
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    builtin = results.get("builtin")
     if builtin is not None:
         share = builtin["overhead"] / builtin["total"]
         print(
-            f"\nbuilt-in pipelines (ct-basic + ct-lung-nodules), {args.builtin_slices} slices: "
+            f"\nbuilt-in pipelines (ct-basic + ct-lung-nodules): "
             f"job {builtin['total']:.2f} s, pipelines {builtin['pipelines']:.2f} s, "
             f"overhead {builtin['overhead']:.2f} s = {100 * share:.1f} % of the job "
             "(load {load:.2f}, write {write:.2f}, save {save:.2f}, deliver {deliver:.2f}, "
             "other {other:.2f} s)".format(**builtin)
         )
+
+
+def print_comparison(ours: dict[str, dict[str, float]], peer: dict[str, dict[str, float]]) -> None:
+    print("\nours / peer tree, same rounds (below 1.00x: faster than the peer)\n")
+    stages = (*STAGES, "overhead")
+    print("| slices | " + " | ".join(stages) + " |")
+    print("|" + " ---: |" * (len(stages) + 1))
+    for key in ours:
+        cells = [f"{ours[key][s] / peer[key][s]:.2f}x" if peer[key][s] else "-" for s in stages]
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    if "builtin" in ours:
+        for who, r in (("peer", peer["builtin"]), ("ours", ours["builtin"])):
+            share = 100 * r["overhead"] / r["total"]
+            print(f"built-in job, {who}: overhead {r['overhead']:.2f} s = {share:.1f} % of the job")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", default="100,300", help="series lengths, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3, help="timed jobs per length (median)")
+    parser.add_argument("--builtin", action="store_true", help="also a built-in pipelines job")
+    parser.add_argument("--builtin-slices", type=int, default=100)
+    parser.add_argument(
+        "--peer-tree",
+        type=Path,
+        help="a checkout of the code before (with this script in its bench/): measured in "
+        "turns with this one, --repeats rounds",
+    )
+    parser.add_argument("--json", type=Path, help="also write the medians to this file")
+    args = parser.parse_args(argv)
+    if args.peer_tree is not None:
+        ours, peer = measure_against(args)
+        print_tables(peer, f"peer tree {args.peer_tree}, median of {args.repeats}")
+        print_tables(ours, f"this tree, median of {args.repeats}")
+        print_comparison(ours, peer)
+        return 0
+    results = measure(args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results))
+    print_tables(results, f"instant-model job, median of {args.repeats}")
     return 0
 
 

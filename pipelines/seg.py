@@ -98,7 +98,7 @@ def build_seg(
         )
         for number, (segment, color) in enumerate(zip(segments, colors, strict=True), start=1)
     ]
-    pixel_array, plane_positions, pixel_measures = _frames_to_encode(volume, segments)
+    pixel_array = _segment_stack(segments)
     equipment = hd.ContributingEquipment(
         manufacturer=algorithm.manufacturer,
         purpose_of_reference=PROCESSING_PURPOSE,
@@ -109,8 +109,6 @@ def build_seg(
     seg = _Segmentation(
         source_images=list(volume.datasets),
         pixel_array=pixel_array,
-        plane_positions=plane_positions,
-        pixel_measures=pixel_measures,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
@@ -188,40 +186,13 @@ def _segments_overlap(stack: npt.NDArray[np.bool_]) -> hd.seg.SegmentsOverlapVal
     return hd.seg.SegmentsOverlapValues.NO
 
 
-def _frames_to_encode(
-    volume: Volume, segments: tuple[Segment, ...]
-) -> tuple[
-    npt.NDArray[np.bool_],
-    list[hd.PlanePositionSequence] | None,
-    hd.PixelMeasuresSequence | None,
-]:
-    """The (slice, row, col, segment) stack highdicom encodes, without empty slices.
+def _segment_stack(segments: tuple[Segment, ...]) -> npt.NDArray[np.bool_]:
+    """The (slice, row, col, segment) array highdicom encodes, each segment contiguous.
 
-    Slices where every segment is empty would be omitted from the SEG anyway
-    (``omit_empty_frames``); leaving them out before highdicom sees them spares its checks
-    over them. The kept slices are then placed by their source positions, which highdicom
-    matches back to the source images, so the SEG is the same as from the whole stack.
-    The segment axis is last but its planes stay contiguous (a view of an axis-0 stack),
-    so every frame highdicom takes out is one contiguous block.
+    A view of an axis-0 stack: every frame highdicom takes out (one slice of one segment)
+    is one contiguous block, and stacking copies whole masks instead of interleaving them.
     """
-    stacked = np.stack([segment.mask for segment in segments])
-    kept = np.flatnonzero(stacked.any(axis=(0, 2, 3)))
-    if kept.size == stacked.shape[1]:
-        return np.moveaxis(stacked, 0, -1), None, None
-    source = volume.datasets
-    positions = [
-        hd.PlanePositionSequence(
-            hd.CoordinateSystemNames.PATIENT, source[int(k)].ImagePositionPatient
-        )
-        for k in kept
-    ]
-    first = source[0]
-    measures = hd.PixelMeasuresSequence(
-        pixel_spacing=first.PixelSpacing,
-        slice_thickness=first.get("SliceThickness"),
-        spacing_between_slices=first.get("SpacingBetweenSlices"),
-    )
-    return np.moveaxis(stacked[:, kept], 0, -1), positions, measures
+    return np.moveaxis(np.stack([segment.mask for segment in segments]), 0, -1)
 
 
 def copy_required_source_attributes(source: Dataset, target: Dataset) -> None:

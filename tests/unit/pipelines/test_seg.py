@@ -275,7 +275,7 @@ def _highdicom_reference(volume: Volume, findings: Findings, seg: Dataset) -> Da
 def test_fast_path_writes_the_frames_highdicom_writes(
     phantom_volume: Volume, overlap: bool, empty_slices: bool
 ) -> None:
-    """Cropping empty slices and the quick overlap check change nothing in the SEG."""
+    """The segment-contiguous stack and the quick overlap check change nothing in the SEG."""
     shape = phantom_volume.voxels.shape
     first, second = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
     slices = slice(5, shape[0] - 7) if empty_slices else slice(None)
