@@ -14,13 +14,17 @@ along the axis) of 100 and 300 slices (--slices). The instant pipeline reports 3
 Peers measured in the same run, on the same files:
 - load floor: plain `pydicom.dcmread` of every file and `pixel_array` into a stack;
 - save floor: the same result bytes written to files, one fsync each;
-- deliver floor: one pynetdicom association sending the saved result files as they are.
+- deliver floor: one pynetdicom association sending the saved result files by path
+  (pynetdicom reads each file and encodes it again).
 The ratio ours / floor says how far each stage is from the least it could cost here.
 
-With --builtin, the share of overhead in a CPU job with the built-in pipelines (ct-basic and
-ct-lung-nodules) on the 100-slice series is reported too.
+With --peer-tree DIR, the same jobs also run on the code in DIR (a checkout of the code
+before a change), the two trees in turns, one job each per round, so both see the same
+load; it prints ours / peer per stage. With --builtin, the share of overhead in a CPU job
+with the built-in pipelines (ct-basic and ct-lung-nodules) on the 100-slice series too.
 
 Run: .venv/bin/python bench/overhead.py [--slices 100,300] [--repeats 3] [--builtin]
+                                        [--peer-tree DIR]
 """
 
 from __future__ import annotations
