@@ -6,15 +6,21 @@ real CT in ../shared/data/ct-abdomen-crlm1004 (41 slices of 512x512; --ct DIR) w
 UIDs, or of the synthetic phantom when that folder is absent (--source phantom forces it); dcmtk
 `storescu` sends them, as a PACS would.
 
-- Latency: studies sent one at a time, each waited for. From the last instance received
-  (spool write time) to the results stored in Orthanc (the job's finish, after the last
-  C-STORE success), split into quiet period (completion wait + seal + queueing), queue wait
-  (until a worker claims the job), load, pipelines, write (SEG/SR objects), save (results
-  to disk), deliver (C-STORE) and the rest (worker overhead: job store, file reads).
+The service runs with the DEFAULT completion settings (a study is complete
+`completion.release_grace_seconds`, 5 s, after the association that carried it is
+released); --quiet S sets `completion.quiet_seconds` instead, for the old measurement.
+
+- Latency: studies sent one at a time (storescu, one association), each waited for. From
+  the last instance sent (storescu has its last C-STORE answered and releases the
+  association) to the results stored in Orthanc (the job's finish, after the last C-STORE
+  success to Orthanc), split into completion (grace or quiet period, seal, queueing: until
+  the job row is queued), queue wait (until a worker claims the job), load, pipelines,
+  write (SEG/SR objects), save (results to disk), deliver (C-STORE) and the rest (worker
+  overhead: job store, reading the saved results back).
 - Throughput: --studies studies sent back to back; studies/hour = studies / (first claim to
   last finish), i.e. the worker never idles.
 - Peers measured in the same run: the raw C-STORE of the same study into the annotator
-  (storescu wall time), and the configured quiet period.
+  (storescu wall time), and the completion wait configured (the grace, or the quiet period).
 
 Run: .venv/bin/python bench/end_to_end.py [--studies N] [--latency-runs K] [--quiet S]
 """
@@ -29,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
@@ -40,6 +47,7 @@ from tests.support.orthanc import Orthanc, wait_for
 from tests.support.phantom import make_ct_phantom
 from tests.support.processes import free_port, stop_process, wait_for_port
 from tests.support.studies import write_copy
+from worker.config import CompletionSettings
 from worker.jobs.store import Job, JobState, JobStore
 from worker.run.timings import read_timings
 
@@ -49,8 +57,9 @@ PIPELINE_SETS: tuple[tuple[str, ...], ...] = (
     ("ct-lung-nodules",),
     ("ct-basic", "ct-lung-nodules"),
 )
-STAGES = ("quiet", "queue", "load", "pipelines", "write", "save", "deliver", "other")
+STAGES = ("completion", "queue", "load", "pipelines", "write", "save", "deliver", "other")
 AET = "PACS_ANNOTATOR"
+DEFAULT_GRACE = CompletionSettings().release_grace_seconds
 
 
 def source_datasets(kind: str, folder: Path) -> list[pydicom.Dataset]:
@@ -59,14 +68,15 @@ def source_datasets(kind: str, folder: Path) -> list[pydicom.Dataset]:
     return list(make_ct_phantom(slices=48, size=256, pixel_spacing=1.4).datasets)
 
 
-def storescu(port: int, paths: Sequence[Path], calling: str) -> float:
+def storescu(port: int, paths: Sequence[Path], calling: str) -> tuple[float, datetime]:
+    """Send in one association; the seconds it took and when it ended (UTC)."""
     started = time.perf_counter()
     subprocess.run(
         ["storescu", "-aet", calling, "-aec", AET, "127.0.0.1", str(port), *map(str, paths)],
         check=True,
         capture_output=True,
     )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, datetime.now(UTC)
 
 
 @dataclass
@@ -92,14 +102,17 @@ class Service:
         return job
 
 
-def start_service(root: Path, orthanc: Orthanc, pipelines: Sequence[str], quiet: float) -> Service:
+def start_service(
+    root: Path, orthanc: Orthanc, pipelines: Sequence[str], quiet: float | None
+) -> Service:
     root.mkdir(parents=True)
     port = free_port()
     config = {
         "data_dir": str(root / "data"),
         "log_level": "WARNING",
         "scp": {"ae_title": AET, "host": "127.0.0.1", "port": port},
-        "completion": {"quiet_seconds": quiet},
+        # The default completion settings unless --quiet (the measurement before release).
+        "completion": {} if quiet is None else {"quiet_seconds": quiet},
         "destinations": {
             "orthanc": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
         },
@@ -118,11 +131,16 @@ def start_service(root: Path, orthanc: Orthanc, pipelines: Sequence[str], quiet:
     return Service(proc, port, store, root / "data" / "results")
 
 
-def split(service: Service, job: Job) -> dict[str, float]:
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def split(service: Service, job: Job, sent: datetime) -> dict[str, float]:
+    """Seconds per stage, from the last instance sent to the results stored in Orthanc."""
     assert job.queued_at and job.started_at and job.finished_at
-    total = (job.finished_at - job.received_at).total_seconds()
+    total = (_utc(job.finished_at) - sent).total_seconds()
     stages = {
-        "quiet": (job.queued_at - job.received_at).total_seconds(),
+        "completion": (_utc(job.queued_at) - sent).total_seconds(),
         "queue": (job.started_at - job.queued_at).total_seconds(),
     }
     timings = read_timings(service.results / job.id)
@@ -151,8 +169,8 @@ def bench_set(
         runs: list[dict[str, float]] = []
         for _ in range(args.latency_runs):
             study, paths = write_copy(sources, root / f"study{next(copies)}")
-            send = storescu(service.port, paths, orthanc.aet)
-            stages = split(service, service.wait_done(study))
+            send, sent = storescu(service.port, paths, orthanc.aet)
+            stages = split(service, service.wait_done(study), sent)
             stages["cstore"] = send
             runs.append(stages)
         result = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
@@ -174,7 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=4, help="studies in the throughput batch")
     parser.add_argument("--latency-runs", type=int, default=3, help="studies timed one by one")
-    parser.add_argument("--quiet", type=float, default=2.0, help="completion.quiet_seconds")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=None,
+        help="completion.quiet_seconds (default: the default settings, completion on release)",
+    )
     parser.add_argument("--source", choices=("auto", "real", "phantom"), default="auto")
     parser.add_argument("--ct", type=Path, default=REAL_CT, help="folder of the real CT series")
     args = parser.parse_args(argv)
@@ -189,12 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[name] = bench_set(orthanc, sources, pipelines, args, Path(tmp) / name)
 
     print("\nlatency, median of", args.latency_runs, "studies (seconds)\n")
-    header = ["pipelines", *STAGES, "total", "C-STORE", "total / C-STORE", "total / quiet"]
+    wait = DEFAULT_GRACE if args.quiet is None else args.quiet
+    label = "grace" if args.quiet is None else "quiet"
+    header = ["pipelines", *STAGES, "total", "C-STORE", "total / C-STORE", f"total / {label}"]
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for name, r in results.items():
         cells = [f"{r[s]:.2f}" for s in (*STAGES, "total", "cstore")]
-        ratios = [f"{r['total'] / r['cstore']:.1f}x", f"{r['total'] / args.quiet:.1f}x"]
+        ratios = [f"{r['total'] / r['cstore']:.1f}x", f"{r['total'] / wait:.1f}x"]
         print(f"| {name} | " + " | ".join(cells + ratios) + " |")
     print(f"\nthroughput, {args.studies} studies back to back, one worker\n")
     print("| pipelines | studies / hour | processing / C-STORE |")

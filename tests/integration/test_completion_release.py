@@ -1,9 +1,10 @@
 """Completion with the default settings against real senders: Orthanc and dcmtk storescu.
 
 `pacs-annotator up` runs with the default `completion` section (release grace 5 s, quiet
-period 30 s) plus one quiet-only calling AE. A study sent in one association becomes a
-job within the grace after the release; a study sent one association per series by the
-quiet-only AE, or over interleaved associations, is one job, never two.
+period 30 s) plus one quiet-only calling AE. A study sent in one association (by Orthanc or
+by storescu) becomes a job within the grace after the release; a study sent one
+association per series (back to back by either sender, or with pauses by the quiet-only
+AE), or over interleaved associations, is one job, never two.
 """
 
 from __future__ import annotations
@@ -175,3 +176,43 @@ def test_interleaved_associations_from_orthanc_and_storescu_never_split_a_study(
         assert not (service.data_dir / "spool" / "incoming" / study_uid).exists()
         assert len(jobs_of(service, study_uid)) == 1
         assert len(completion_reasons(service, study_uid)) == 1
+
+
+def test_study_from_storescu_in_one_association_is_done_within_the_grace(
+    service: RunningService, tmp_path: Path
+) -> None:
+    """dcmtk storescu sends a two-series study in one association: one job, on release."""
+    study_uid, series = write_series_study(tmp_path / "study", series=2, slices=10, size=64)
+    files = [p for paths in series for p in paths]
+
+    storescu(service.port, files, calling="STORESCU")  # returns once it has released
+    job = first_job(service, study_uid, timeout=QUIET)
+
+    print(f"complete {seconds_from_release_to_completion(service, study_uid):.2f} s after release")
+    assert job["instances"] == len(files)
+    assert finished_job(service, study_uid)["state"] == "done"
+    assert completion_reasons(service, study_uid) == ["released"]
+    assert len(jobs_of(service, study_uid)) == 1
+
+
+@pytest.mark.parametrize("sender", ["orthanc", "storescu"])
+def test_one_association_per_series_sent_back_to_back_is_one_job(
+    orthanc: Orthanc, service: RunningService, tmp_path: Path, sender: str
+) -> None:
+    """A sender that opens the next series' association within the grace: one job."""
+    study_uid, series = write_series_study(tmp_path / "study", series=3, slices=6, size=64)
+    if sender == "orthanc":
+        study_id = upload(orthanc, [p for files in series for p in files])
+        series_ids = [s["ID"] for s in orthanc.series_of_study(study_id)]
+        assert len(series_ids) == 3
+        for series_id in series_ids:  # one synchronous Orthanc job, one association, each
+            orthanc.store_to_modality("annotator", series_id)
+    else:
+        for files in series:
+            storescu(service.port, files, calling="STORESCU")
+
+    job = first_job(service, study_uid, timeout=QUIET + 60)
+    assert job["instances"] == sum(len(files) for files in series)
+    assert completion_reasons(service, study_uid) == ["released"]
+    assert not (service.data_dir / "spool" / "incoming" / study_uid).exists()
+    assert len(jobs_of(service, study_uid)) == 1

@@ -52,9 +52,15 @@ def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]
         software_version=__version__,
     )
     with timed(folder, "save"):
-        outcomes = save_results(folder, result)
+        save_results(folder, result)
     record_timings(folder, result.timings)
-    return list(result.outputs), outcomes
+    # Deliver the saved files, not the objects just built: the first attempt sends the same
+    # bytes as a retry would, and a dataset read from its file is sent as read (pydicom
+    # writes its raw elements back) instead of encoded a second time.
+    saved = load_results(folder)
+    if saved is None:
+        raise RuntimeError(f"job {job.id}: results saved in {folder} but not readable")
+    return saved
 
 
 def _failure_summary(outcomes: Sequence[dict[str, Any]]) -> str | None:

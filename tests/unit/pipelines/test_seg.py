@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 
 import highdicom as hd
@@ -245,3 +246,74 @@ def test_segments_get_anatomical_distinct_or_given_colours(
     assert right == ANATOMY_COLORS[codes.SCT.Lung.value]
     assert left != right
     assert mine == (1, 2, 250)
+
+
+def _highdicom_reference(volume: Volume, findings: Findings, seg: Dataset) -> Dataset:
+    """The SEG highdicom itself writes from the whole (slice, row, col, segment) stack."""
+    kept = [s for s in findings.segments if s.mask.any()]
+    return hd.seg.Segmentation(
+        source_images=list(volume.datasets),
+        pixel_array=np.stack([s.mask for s in kept], axis=-1),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription.from_dataset(item) for item in seg.SegmentSequence
+        ],
+        series_instance_uid=SERIES_UID,
+        series_number=1003,
+        sop_instance_uid=SOP_UID,
+        instance_number=1,
+        manufacturer=findings.algorithm.manufacturer,
+        manufacturer_model_name=findings.algorithm.name,
+        software_versions="9.9.9",
+        device_serial_number="0",
+        omit_empty_frames=True,
+    )
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapping", "disjoint"])
+@pytest.mark.parametrize("empty_slices", [True, False], ids=["empty-slices", "every-slice"])
+def test_fast_path_writes_the_frames_highdicom_writes(
+    phantom_volume: Volume, overlap: bool, empty_slices: bool
+) -> None:
+    """The segment-contiguous stack and the quick overlap check change nothing in the SEG."""
+    shape = phantom_volume.voxels.shape
+    first, second = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    slices = slice(5, shape[0] - 7) if empty_slices else slice(None)
+    first[slices, 10:60, 10:60] = True
+    # Columns 40-59 of rows 40-59 are in both segments, or in the first only.
+    second[slices, 40:90, 40 if overlap else 60 : 100] = True
+    if not empty_slices:
+        second[:, 100, 100] = True  # a voxel on every slice: none is empty
+    anatomy = codes.SCT.AnatomicalStructure
+    findings = Findings(
+        Algorithm("fast-path", "1"),
+        segments=(
+            Segment("Liver", first, anatomy, codes.SCT.Liver),
+            Segment("Spleen", second, anatomy, codes.SCT.Spleen),
+        ),
+    )
+    ours = build_seg(
+        phantom_volume,
+        findings,
+        series_uid=SERIES_UID,
+        sop_uid=SOP_UID,
+        series_number=1003,
+        software_version="9.9.9",
+    )
+    theirs = _highdicom_reference(phantom_volume, findings, ours)
+
+    assert ours.SegmentsOverlap == theirs.SegmentsOverlap == ("YES" if overlap else "NO")
+    assert ours.NumberOfFrames == theirs.NumberOfFrames
+    assert ours.PixelData == theirs.PixelData
+    assert ours.PerFrameFunctionalGroupsSequence == theirs.PerFrameFunctionalGroupsSequence
+    assert ours.SharedFunctionalGroupsSequence == theirs.SharedFunctionalGroupsSequence
+    assert ours.ReferencedSeriesSequence == theirs.ReferencedSeriesSequence
+
+
+def test_highdicom_still_checks_pixels_in_the_method_we_override() -> None:
+    """pipelines.seg._Segmentation overrides a private highdicom method (pinned <0.29)."""
+    method = hd.seg.Segmentation.__dict__["_check_and_cast_pixel_array"]
+    assert isinstance(method, classmethod)
+    params = list(inspect.signature(method.__func__).parameters)
+    assert params == ["cls", "pixel_array", "segment_numbers", "segmentation_type", "dtype"]
+    assert "_check_and_cast_pixel_array(" in inspect.getsource(hd.seg.Segmentation.__init__)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
 from pydicom.dataset import Dataset
-from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, SegmentationStorage
+from pynetdicom import AE, evt
 
 from pipelines.registry import builtin_pipelines
+from scu_scp.models import DeliveryResult, DicomNode
 from scu_scp.spool import Spool
 from tests.support.jobs import FakePacs, make_settings, spool_study
 from tests.support.phantom import make_ct_phantom
+from tests.support.storescp import dataset_bytes
+from worker.config import load_settings
 from worker.delivery.deliver import TransientDeliveryError
+from worker.delivery.senders import make_sender
 from worker.jobs.store import JobState, JobStore
 from worker.run import processing
 from worker.run.processing import Runtime, process_job
@@ -145,3 +152,62 @@ def test_task_retries_then_fails_with_reason(
     assert job.error and job.error.startswith("delivery failed after 3 attempts")
     assert job.attempts == 3
     assert job.delivery_failures == 3  # each failed attempt counted once, for /metrics
+
+
+def test_the_first_attempt_delivers_the_saved_files(
+    runtime: Runtime, pacs: FakePacs, phantom: list[Dataset]
+) -> None:
+    """What goes to the PACS is what was fsynced, read back, not the objects in memory."""
+    sent: list[Dataset] = []
+
+    def send(node: DicomNode, datasets: Sequence[Dataset]) -> DeliveryResult:
+        sent.extend(datasets)
+        return pacs(node, datasets)
+
+    rt = dataclasses.replace(runtime, send=send)
+    job_id = spool_study(rt, phantom)
+    assert process_job(rt, job_id).state is JobState.DONE
+    folder = rt.settings.results_dir / job_id
+    assert sent
+    for ds in sent:
+        assert ds.filename == str(folder / f"{ds.SOPInstanceUID}.dcm")
+
+
+def test_seg_and_sr_reach_a_real_scp_in_one_association(
+    runtime: Runtime, phantom: list[Dataset]
+) -> None:
+    """One association per destination carries the whole job, as received by pynetdicom."""
+    received: list[tuple[int, str, bytes]] = []
+
+    def handle(event: Any) -> int:
+        encoded = event.encoded_dataset(include_meta=False)
+        received.append((id(event.assoc), str(event.request.AffectedSOPClassUID), encoded))
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    for sop_class in (SegmentationStorage, Comprehensive3DSRStorage):
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian])
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)]
+    )
+    assert server is not None
+    try:
+        dest = {"ae_title": "PACS", "host": "127.0.0.1", "port": server.server_address[1]}
+        settings = load_settings(
+            None,
+            data_dir=runtime.settings.data_dir,
+            destinations={"pacs": {**dest, "default": True}},
+        )
+        rt = dataclasses.replace(runtime, settings=settings, send=make_sender(settings))
+        job_id = spool_study(rt, phantom)
+        assert process_job(rt, job_id).state is JobState.DONE
+    finally:
+        server.shutdown()
+    assert {sop_class for _, sop_class, _ in received} == {
+        SegmentationStorage,
+        Comprehensive3DSRStorage,
+    }
+    assert len({assoc for assoc, _, _ in received}) == 1
+    folder = rt.settings.results_dir / job_id
+    saved = {dataset_bytes(path) for path in folder.glob("*.dcm")}
+    assert {encoded for _, _, encoded in received} == saved, "sent as saved, byte for byte"
