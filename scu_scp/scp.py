@@ -249,6 +249,36 @@ def _give_back_slot(event: Any, slots: AssociationSlots) -> None:
     slots.give_back(event.assoc)
 
 
+class _ChunkedReceive:
+    """pynetdicom's ``STORE_RECV_CHUNKED_DATASET``, on while any StorageSCP runs here.
+
+    The switch is module-level in pynetdicom, so it is counted: the first SCP to start turns
+    it on, the last to stop puts back what it was, and other pynetdicom receivers in this
+    process (tests, tools) see ``event.encoded_dataset()`` as usual once no SCP runs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._before = False
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._before = bool(_config.STORE_RECV_CHUNKED_DATASET)
+                _config.STORE_RECV_CHUNKED_DATASET = True
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                _config.STORE_RECV_CHUNKED_DATASET = self._before
+
+
+_CHUNKED_RECEIVE = _ChunkedReceive()
+
+
 @dataclass
 class _Retry:
     study: SpooledStudy
@@ -365,9 +395,6 @@ class StorageSCP:
         if self._server is not None:
             raise RuntimeError("StorageSCP already started")
         self._seed_from_spool()
-        # Process-wide: every C-STORE dataset goes to a file as it arrives instead of
-        # memory; this process runs no other C-STORE SCP (pinned in the contract tests).
-        _config.STORE_RECV_CHUNKED_DATASET = True
         self._check_receive_folder()
         discarded = self.spool.discard_unfinished_receives()
         if discarded:
@@ -397,6 +424,8 @@ class StorageSCP:
             server_class=TlsHandshakeServer,
             connection_limits=self.connection_limits,
         )
+        # Every C-STORE dataset goes to a file as it arrives instead of memory.
+        _CHUNKED_RECEIVE.acquire()
         # What AE.start_server(block=False) does, with our server class. Its shutdown()
         # removes it from the AE's private server list, so it is registered there too
         # (pinned in pyproject; tests/unit/scu_scp/test_pynetdicom_contract.py checks it).
@@ -435,6 +464,7 @@ class StorageSCP:
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
+            _CHUNKED_RECEIVE.release()
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=30)

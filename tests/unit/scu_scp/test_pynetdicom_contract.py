@@ -54,8 +54,8 @@ def test_a_server_registers_in_the_ae_list_that_its_shutdown_empties() -> None:
 
 
 # -- receiving C-STORE datasets to a file (STORE_RECV_CHUNKED_DATASET) ------------------
-# scu_scp.scp turns it on, process-wide, in StorageSCP.start; scu_scp.received and the
-# handler rely on what follows.
+# scu_scp.scp turns it on (it is module-level in pynetdicom) while a StorageSCP runs;
+# scu_scp.received and the handler rely on what follows.
 
 
 def test_chunked_receive_writes_each_fragment_to_a_file_as_it_arrives() -> None:

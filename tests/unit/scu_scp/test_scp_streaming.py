@@ -243,3 +243,15 @@ def test_datasets_arriving_on_another_file_system_are_copied_in_with_a_warning(
         assert stat.S_IMODE(copy.stat().st_mode) == 0o600
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []
     assert any("TMPDIR" in r.getMessage() for r in caplog.records)
+
+
+def test_receiving_to_a_file_is_on_only_while_a_storage_scp_runs(start_scp: ScpFactory) -> None:
+    """pynetdicom's switch is module-level: once the last SCP stops, another receiver in the
+    same process (a tool, a test's own SCP) gets its datasets in memory again."""
+    assert _config.STORE_RECV_CHUNKED_DATASET is False
+    first, second = start_scp(), start_scp()
+    assert _config.STORE_RECV_CHUNKED_DATASET is True
+    first.stop()
+    assert _config.STORE_RECV_CHUNKED_DATASET is True, "the other SCP still receives"
+    second.stop()
+    assert _config.STORE_RECV_CHUNKED_DATASET is False
