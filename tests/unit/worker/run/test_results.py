@@ -14,7 +14,7 @@ import pytest
 from pydicom import filewriter
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from pipelines.findings import Algorithm, Findings, Segment
 from pipelines.runner import SeriesOutcome, StudyResult
@@ -75,8 +75,8 @@ def _with_ambiguous_vr_in_an_item() -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = "2.25.53"
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("2.25.53")
     ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, "2.25.53"
     ds.PixelRepresentation = 1
     mapping = Dataset()
