@@ -128,9 +128,10 @@ def build_sr(
         for i, item in enumerate(content)
         if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
     )
-    content.insert(measurements_at, image_library(sources))
-    if not groups:
-        del content[measurements_at + 1]
+    # The Image Library and the groups are added after highdicom's constructor, which
+    # deep-copies and searches every item it is given (see _insert_after_construction).
+    measurements = content[measurements_at]
+    del content[measurements_at]
     evaluations = qualitative_evaluations(results)
     if evaluations is not None:
         content.append(evaluations)
@@ -150,11 +151,35 @@ def build_sr(
         is_final=False,  # machine output, not verified by a physician
         contributing_equipment=[equipment(algorithm) for algorithm in algorithms],
     )
+    late = [image_library(sources), *([measurements] if groups else [])]
+    _insert_after_construction(sr, measurements_at, late)
     copy_required_source_attributes(sources[0], sr)
     logger.info(
         "built SR %s: %d measurement group(s) from %d result(s)", sop_uid, len(groups), len(results)
     )
     return sr
+
+
+def _insert_after_construction(
+    sr: hd.sr.Comprehensive3DSR, at: int, items: Sequence[hd.sr.ContentItem]
+) -> None:
+    """Put the Image Library and the measurement groups into the built SR, at ``at``.
+
+    highdicom's constructor deep-copies the content tree it is given, parses the copy
+    again and searches every item for the images it references: about 0.5 s of a 300-slice
+    report, nearly all of it for these two containers (one library item per source image;
+    a dozen items per group). Handed to it afterwards, they are where TID 1500 has them
+    and the evidence is the same: every source image and SEG is evidence whether an item
+    references it or not, and each of these items references only those (the library the
+    sources, the groups their volume's images and their SEG). They go into the dataset and
+    into highdicom's parsed tree (``sr.content``) alike. tests/unit/pipelines/test_sr.py
+    checks the SR equals the one built with the whole tree handed to highdicom.
+    """
+    parsed = sr.content[0].ContentSequence
+    for offset, item in enumerate(items):
+        sr.ContentSequence.insert(at + offset, item)
+        if parsed is not sr.ContentSequence:
+            parsed.insert(at + offset, item)
 
 
 _Group = (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -422,3 +424,61 @@ def test_real_ct_sr_is_valid(tmp_path: Path, real_volume: Volume, real_findings:
     evaluations = _evaluations(hd.sr.srread(path))
     assert evaluations[0] == ("Finding", NO_FINDING.meaning)
     assert evaluations[1][1].startswith("No findings (ct-lung-nodules 0.1.0, series")
+
+
+_LIBRARY, _MEASUREMENTS = ("111028", "DCM"), ("126010", "DCM")
+
+
+def test_library_and_groups_are_not_handed_to_highdicoms_constructor(
+    monkeypatch: pytest.MonkeyPatch,
+    nodule_volume: Volume,
+    nodule_basic_findings: Findings,
+    nodule_seg: Dataset,
+) -> None:
+    """highdicom deep-copies and searches what it is given: the big containers come after."""
+    handed: list[set[tuple[str, str]]] = []
+
+    class Recording(hd.sr.Comprehensive3DSR):  # type: ignore[misc]
+        def __init__(self, *args: Any, content: Any, **kwargs: Any) -> None:
+            items = content[0].ContentSequence  # a one-item sequence: the root container
+            handed.append({_code(i.ConceptNameCodeSequence[0]) for i in items})
+            super().__init__(*args, content=content, **kwargs)
+
+    monkeypatch.setattr(hd.sr, "Comprehensive3DSR", Recording)
+    sr = _sr(nodule_volume, (nodule_basic_findings, nodule_seg))
+    assert len(handed) == 1
+    assert not handed[0] & {_LIBRARY, _MEASUREMENTS}
+    root = [_code(i.ConceptNameCodeSequence[0]) for i in sr.ContentSequence]
+    assert root.index(_LIBRARY) + 1 == root.index(_MEASUREMENTS)
+
+
+def test_sr_equals_the_one_highdicom_builds_from_the_whole_tree(
+    nodule_volume: Volume, nodule_basic_findings: Findings, nodule_seg: Dataset
+) -> None:
+    """Same content, same evidence, and highdicom's parsed tree (``sr.content``) whole."""
+    ours = _sr(nodule_volume, (nodule_basic_findings, nodule_seg))
+    root = Dataset()
+    for keyword in (
+        "ValueType",
+        "ConceptNameCodeSequence",
+        "ContinuityOfContent",
+        "ContentTemplateSequence",
+        "ContentSequence",
+    ):
+        setattr(root, keyword, copy.deepcopy(ours[keyword].value))
+    # Handed the whole tree, highdicom also checks every referenced image is evidence.
+    whole = hd.sr.Comprehensive3DSR(
+        evidence=[*nodule_volume.datasets, nodule_seg],
+        content=root,
+        series_instance_uid=SR_SERIES,
+        series_number=9000,
+        sop_instance_uid=SR_SOP,
+        instance_number=1,
+    )
+    assert ours.ContentSequence == whole.ContentSequence
+    for keyword in ("CurrentRequestedProcedureEvidenceSequence", "ContentTemplateSequence"):
+        assert ours[keyword] == whole[keyword]
+    assert "PertinentOtherEvidenceSequence" not in ours
+    assert list(ours.content[0].ContentSequence) == list(whole.content[0].ContentSequence)
+    images = _find(ours.content[0], "IMAGE")
+    assert len(images) >= len(nodule_volume.datasets)
