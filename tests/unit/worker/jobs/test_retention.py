@@ -298,3 +298,35 @@ def test_job_rows_and_audit_entries_expire_only_once_their_files_are_gone(tmp_pa
     assert w.store.find(w.jobs["old"]) is not None and w.store.find(w.jobs["recent"]) is not None
     assert report.audit_entries == 1
     assert [e.action for e in w.ops.audit_entries()] == ["purge"]
+
+
+def test_disk_pressure_frees_delivered_data_oldest_first_and_nothing_else(tmp_path: Path) -> None:
+    w = _world(tmp_path, pressure_free_bytes=10 * GIB)
+    w.job("failed-1h", JobState.FAILED, 1 * HOUR)
+    w.job("done-3h", JobState.DONE, 3 * HOUR)
+    w.job("done-2h", JobState.DONE, 2 * HOUR)
+    w.job("done-1h", JobState.DONE, 1 * HOUR)
+    w.job("delivering", JobState.DELIVERING)
+    w.free = 10 * GIB - 1  # short by one byte: the oldest delivered folder is enough
+    report = w.purger().run()
+    assert report.pressure
+    assert _labelled(w, report.items) == {(Kind.DELIVERED_INPUTS, "done-3h")}
+    assert {i.why for i in report.items} == {"pressure"}
+
+    w.free = 0  # nothing will be enough: every delivered folder goes, nothing else
+    report = w.purger().run()
+    assert {label for _kind, label in _labelled(w, report.items)} == {
+        "done-3h",
+        "done-2h",
+        "done-1h",
+    }
+    assert w.inputs("failed-1h").is_dir() and w.results("failed-1h").is_dir()
+    assert w.inputs("delivering").is_dir() and w.results("delivering").is_dir()
+
+
+def test_no_pressure_above_the_threshold(tmp_path: Path) -> None:
+    w = _world(tmp_path, pressure_free_bytes=10 * GIB)
+    w.job("done-1h", JobState.DONE, 1 * HOUR)
+    w.free = 10 * GIB
+    report = w.purger().run()
+    assert not report.pressure and report.items == []
