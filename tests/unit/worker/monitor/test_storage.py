@@ -87,3 +87,17 @@ def test_a_purged_job_page_says_so_and_offers_no_retry(client: TestClient, env: 
     assert 'id="retry"' not in page
     refused = client.post("/api/jobs/purged-job/retry", headers=bearer())
     assert refused.status_code == 409 and "purged" in refused.json()["detail"]
+
+
+def test_the_example_alert_rules_use_only_metrics_the_monitor_serves(client: TestClient) -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    rules_file = Path(__file__).parents[4] / "deploy" / "prometheus-alerts.yml"
+    groups = yaml.safe_load(rules_file.read_text())["groups"]
+    served = set(re.findall(r"^# TYPE (\w+) ", client.get("/metrics").text, re.MULTILINE))
+    exprs = [rule["expr"] for group in groups for rule in group["rules"]]
+    used = {name for expr in exprs for name in re.findall(r"\bpacs_annotator_\w+", expr)}
+    assert used and used <= served, used - served
