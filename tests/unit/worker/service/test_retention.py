@@ -89,3 +89,53 @@ def test_interval_zero_and_no_pressure_never_purges(tmp_path: Path) -> None:
         schedule.step()
         clock.now += 10_000
     assert recorder.runs == []
+
+
+def test_the_scp_process_purges_expired_data_on_its_own(tmp_path: Path) -> None:
+    """The real SCP loop (run_scp) with its purge thread removes a delivered study's
+    received instances once they expired, with nobody running `pacs-annotator purge`."""
+    import itertools
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from scu_scp.spool import Spool
+    from tests.support.jobs import sealed_study
+    from tests.support.processes import free_port
+    from worker.config import load_settings
+    from worker.jobs.store import JobStore, utc_now
+    from worker.service.scp import run_scp
+
+    settings = load_settings(
+        None,
+        data_dir=tmp_path,
+        broker_url="redis://127.0.0.1:1/0",
+        scp={"host": "127.0.0.1", "port": free_port()},
+        retention={"pressure_free_bytes": 0},
+    )
+    store = JobStore(settings.effective_database_url)
+    study = sealed_study(Spool(settings.spool_dir))
+    store.create(
+        job_id=study.batch_id,
+        study_uid=study.study_uid,
+        accession_number="A1",
+        calling_ae="PACS",
+        spool_path=str(study.path),
+        instance_count=2,
+        received_at=utc_now(),
+    )
+    store.mark_done(study.batch_id, delivered=[])
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET finished_at = :t"), {"t": utc_now() - timedelta(hours=7)}
+        )
+    give_up = itertools.count()
+
+    def keep_alive() -> bool:  # asked every second; stop once purged (or after a minute)
+        return study.path.exists() and next(give_up) < 60
+
+    run_scp(settings, threading.Event(), keep_alive=keep_alive)
+    assert not study.path.exists()
+    assert store.get(study.batch_id).inputs_purged_at is not None
+    store.close()
