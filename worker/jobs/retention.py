@@ -269,7 +269,9 @@ class Purger:
         now = self._now()
         items = []
         for folder in sorted(root.iterdir()):
-            since = datetime.fromtimestamp(folder.stat().st_mtime, now.tzinfo)
+            # The newest write anywhere in it: a pull still fetching is not abandoned.
+            newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=0.0)
+            since = datetime.fromtimestamp(max(newest, folder.stat().st_mtime), now.tzinfo)
             if now - since >= period:
                 items.append(
                     PurgeItem(Kind.PULL_STAGING, folder.name, folder, tree_bytes(folder), since)
@@ -384,4 +386,7 @@ class Purger:
             fsync_dir(trash)
         else:
             target = item.path
-        shutil.rmtree(target)
+        try:
+            shutil.rmtree(target)
+        except FileNotFoundError:  # another purge (the CLI beside `up`) is removing it too
+            log.info("purge: %s already being removed", target.name)

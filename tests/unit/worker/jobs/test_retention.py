@@ -127,9 +127,11 @@ def world(tmp_path: Path) -> World:
     w.spool.quarantine(b"not dicom", "no SOP Instance UID", calling_ae="PACS")
     pulls = w.spool.root / "pulls"
     for name, age in (("old", 30 * HOUR), ("new", 1 * HOUR)):
-        (pulls / name / "incoming").mkdir(parents=True)
+        (pulls / name / "incoming" / "1.2.3").mkdir(parents=True)
+        (pulls / name / "incoming" / "1.2.3" / "study.json").write_text("{}")
         stamp = (utc_now() - age).timestamp()
-        os.utime(pulls / name, (stamp, stamp))
+        for path in [pulls / name, *(pulls / name).rglob("*")]:
+            os.utime(path, (stamp, stamp))
     return w
 
 
@@ -258,6 +260,12 @@ def test_a_restart_mid_purge_loses_nothing_that_stays_and_the_purge_resumes(
     assert not (gone & after)
     assert not any((world.spool.root / "purging").iterdir())
     assert world.purger().plan().items == []
+
+
+def test_a_pull_still_writing_is_not_staging_left_behind(world: World) -> None:
+    """An old staging folder with a fresh write inside is a pull in progress."""
+    (world.spool.root / "pulls" / "old" / "incoming" / "1.2.3" / "study.json").write_text("{}")
+    assert (Kind.PULL_STAGING, "old") not in _labelled(world, world.purger().plan().items)
 
 
 def test_zero_keeps_forever(tmp_path: Path) -> None:
