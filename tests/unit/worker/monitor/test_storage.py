@@ -85,6 +85,7 @@ def test_a_purged_job_page_says_so_and_offers_no_retry(client: TestClient, env: 
     page = client.get("/jobs/purged-job").text
     assert 'id="inputs-purged"' in page and "send the study again from the PACS" in page
     assert 'id="retry"' not in page
+    assert 'id="preview-purged"' in page and 'id="preview"' not in page
     refused = client.post("/api/jobs/purged-job/retry", headers=bearer())
     assert refused.status_code == 409 and "purged" in refused.json()["detail"]
 
