@@ -15,9 +15,11 @@ Reported: total sent, peak disk use (sampled every 0.2 s), time spent below the 
 refusal threshold (when a sender would have been refused: instances at risk of not being
 taken), time under disk pressure, and the longest an instance spent on the annotator
 between its receipt and its results reaching Orthanc (the job's received-to-finished).
-The peer measured in the same run is the file system's size: sent / size and peak / size.
+The peer, measured in the same run on a fresh tmpfs: the same traffic with disk pressure off
+(`retention.pressure_free_bytes: 0`, retention otherwise the defaults), until the SCP
+first refuses; and the file system's size (sent / size, peak / size).
 
-Run: .venv/bin/python bench/soak.py [--size-mb 300] [--factor 3] [--interval S]
+Run: .venv/bin/python bench/soak.py [--size-mb 300] [--factor 3] [--interval S] [--no-peer]
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -107,7 +110,7 @@ class DiskSampler:
 
 
 def start_up(
-    root: Path, data_dir: Path, orthanc: Orthanc, args: argparse.Namespace
+    root: Path, data_dir: Path, orthanc: Orthanc, args: argparse.Namespace, pressure_mb: int
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = {
@@ -120,7 +123,7 @@ def start_up(
             "min_free_disk_bytes": args.refuse_mb * MB,
         },
         "monitor": {"enabled": False},
-        "retention": {"pressure_free_bytes": args.pressure_mb * MB},  # the rest: defaults
+        "retention": {"pressure_free_bytes": pressure_mb * MB},  # the rest: the defaults
         "destinations": {
             "orthanc": {
                 "ae_title": orthanc.aet,
@@ -159,83 +162,133 @@ def results_in_orthanc(orthanc: Orthanc, study_uid: str) -> set[str]:
     return {s["MainDicomTags"].get("Modality", "") for s in orthanc.series_of_study(study_id)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=int, default=300, help="tmpfs size")
-    parser.add_argument("--factor", type=float, default=3.0, help="send this many times the size")
-    parser.add_argument("--interval", type=float, default=6.0, help="seconds between studies")
-    parser.add_argument("--refuse-mb", type=int, default=30, help="scp.min_free_disk_bytes (MB)")
-    parser.add_argument("--pressure-mb", type=int, default=90, help="pressure threshold (MB)")
-    parser.add_argument("--slices", type=int, default=40)
-    parser.add_argument("--size", type=int, default=256, help="phantom rows and columns")
-    args = parser.parse_args(argv)
+@dataclass
+class Outcome:
+    studies: list[str]
+    sent_bytes: int
+    refused: int
+    done: int
+    in_orthanc: int
+    purged: int
+    alive: bool
+    peak_used: int
+    seconds_at_risk: float
+    seconds_under_pressure: float
+    seconds: float
+    longest_held: float
 
-    sources = list(make_ct_phantom(slices=args.slices, size=args.size, pixel_spacing=1.4).datasets)
+
+def soak(
+    args: argparse.Namespace, sources: Sequence[Any], pressure_mb: int, *, stop_on_refusal: bool
+) -> Outcome:
+    """One run on a fresh tmpfs; ``pressure_mb`` 0 is the peer (no disk pressure)."""
     with (
         tempfile.TemporaryDirectory(prefix="pa-bench-soak-") as tmp,
         tmpfs(args.size_mb) as fs,
         Orthanc() as orthanc,
     ):
         root = Path(tmp)
-        proc, port = start_up(root, fs / "data", orthanc, args)
+        proc, port = start_up(root, fs / "data", orthanc, args, pressure_mb)
         store = JobStore(f"sqlite:///{(fs / 'data' / 'jobs.sqlite3').resolve()}")
         sent_bytes, studies, refused = 0, [], 0
         started = time.monotonic()
         try:
-            with DiskSampler(fs, args.refuse_mb * MB, args.pressure_mb * MB) as disk:
+            with DiskSampler(fs, args.refuse_mb * MB, pressure_mb * MB) as disk:
                 n = 0
                 while sent_bytes < args.factor * args.size_mb * MB:
                     tick = time.monotonic()
                     study, paths = write_copy(sources, root / "out" / f"s{n}")
-                    if not send(port, paths):
-                        refused += 1
+                    ok = send(port, paths)
+                    refused += not ok
                     sent_bytes += sum(p.stat().st_size for p in paths)
                     studies.append(study)
                     for p in paths:
                         p.unlink()
                     n += 1
-                    if proc.poll() is not None:
+                    if proc.poll() is not None or (stop_on_refusal and not ok):
                         break
                     time.sleep(max(0.0, args.interval - (time.monotonic() - tick)))
                 deadline = time.monotonic() + 900
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not (stop_on_refusal and refused):
                     finished = store.list(states=[JobState.DONE, JobState.FAILED], limit=100_000)
                     if len(finished) >= len(studies) or proc.poll() is not None:
                         break
                     time.sleep(1.0)
-            duration = time.monotonic() - started
-            alive = proc.poll() is None
             jobs = {j.study_uid: j for j in store.list(limit=100_000)}
             done = [s for s in studies if s in jobs and jobs[s].state is JobState.DONE]
-            in_orthanc = [s for s in done if {"SEG", "SR"} <= results_in_orthanc(orthanc, s)]
-            held = [
-                (j.finished_at - j.received_at).total_seconds()
-                for j in jobs.values()
-                if j.finished_at is not None
-            ]
-            purged = sum(1 for j in jobs.values() if j.inputs_purged_at is not None)
+            return Outcome(
+                studies=studies,
+                sent_bytes=sent_bytes,
+                refused=refused,
+                done=len(done),
+                in_orthanc=sum({"SEG", "SR"} <= results_in_orthanc(orthanc, s) for s in done),
+                purged=sum(1 for j in jobs.values() if j.inputs_purged_at is not None),
+                alive=proc.poll() is None,
+                peak_used=disk.peak_used,
+                seconds_at_risk=disk.seconds_at_risk,
+                seconds_under_pressure=disk.seconds_under_pressure,
+                seconds=time.monotonic() - started,
+                longest_held=max(
+                    (
+                        (j.finished_at - j.received_at).total_seconds()
+                        for j in jobs.values()
+                        if j.finished_at is not None
+                    ),
+                    default=0.0,
+                ),
+            )
         finally:
             stop_process(proc, timeout=60)
             store.close()
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=300, help="tmpfs size")
+    parser.add_argument("--factor", type=float, default=3.0, help="send this many times the size")
+    parser.add_argument("--interval", type=float, default=8.0, help="seconds between studies")
+    parser.add_argument("--refuse-mb", type=int, default=30, help="scp.min_free_disk_bytes (MB)")
+    parser.add_argument("--pressure-mb", type=int, default=90, help="pressure threshold (MB)")
+    parser.add_argument("--slices", type=int, default=40)
+    parser.add_argument("--size", type=int, default=512, help="phantom rows and columns")
+    parser.add_argument("--no-peer", action="store_true", help="skip the run without pressure")
+    args = parser.parse_args(argv)
+
+    sources = list(make_ct_phantom(slices=args.slices, size=args.size, pixel_spacing=1.4).datasets)
+    runs = {}
+    if not args.no_peer:
+        print("peer: disk pressure off, until the first refusal ...", flush=True)
+        runs["peer: pressure off"] = soak(args, sources, 0, stop_on_refusal=True)
+    print("soak: disk pressure on ...", flush=True)
+    runs["soak: pressure on"] = soak(args, sources, args.pressure_mb, stop_on_refusal=False)
+
     size = args.size_mb * MB
-    print(f"\nsoak: tmpfs {args.size_mb} MB, one study every {args.interval:g} s\n")
-    print("| measure | value |")
-    print("| --- | --- |")
-    total = f"{sent_bytes / MB:.0f} MB, {sent_bytes / size:.2f}x the disk"
-    print(f"| studies sent | {len(studies)} ({total}) |")
-    print(f"| associations refused / storescu failures | {refused} |")
-    print(f"| jobs done | {len(done)} of {len(studies)} |")
-    print(f"| SEG and SR in Orthanc | {len(in_orthanc)} of {len(studies)} |")
-    print(f"| inputs purged (under pressure, before their 6 h) | {purged} |")
-    print(f"| service still up | {'yes' if alive else 'NO'} |")
-    print(
-        f"| peak disk use | {disk.peak_used / MB:.0f} MB ({disk.peak_used / size:.2f}x the disk) |"
-    )
-    print(f"| time below the SCP's refusal threshold (at risk) | {disk.seconds_at_risk:.1f} s |")
-    print(f"| time under disk pressure | {disk.seconds_under_pressure:.1f} s of {duration:.0f} s |")
-    print(f"| longest receipt-to-results in Orthanc | {max(held, default=0):.1f} s |")
-    ok = alive and not refused and len(in_orthanc) == len(studies)
+    print(f"\ntmpfs {args.size_mb} MB, one study every {args.interval:g} s, default retention\n")
+    print("| run | " + " | ".join(runs) + " |")
+    print("| --- |" + " --- |" * len(runs))
+    rows: list[tuple[str, Callable[[Outcome], str]]] = [
+        ("studies sent", lambda o: f"{len(o.studies)}"),
+        ("MB sent (x the disk)", lambda o: f"{o.sent_bytes / MB:.0f} ({o.sent_bytes / size:.2f}x)"),
+        ("associations refused", lambda o: f"{o.refused}"),
+        ("jobs done", lambda o: f"{o.done}"),
+        ("SEG and SR in Orthanc", lambda o: f"{o.in_orthanc}"),
+        ("inputs purged before their 6 h", lambda o: f"{o.purged}"),
+        ("service up at the end", lambda o: "yes" if o.alive else "NO"),
+        (
+            "peak disk use MB (x the disk)",
+            lambda o: f"{o.peak_used / MB:.0f} ({o.peak_used / size:.2f}x)",
+        ),
+        ("s below the SCP's refusal threshold", lambda o: f"{o.seconds_at_risk:.1f}"),
+        (
+            "s under disk pressure / run",
+            lambda o: f"{o.seconds_under_pressure:.0f} / {o.seconds:.0f}",
+        ),
+        ("longest receipt to results in Orthanc, s", lambda o: f"{o.longest_held:.1f}"),
+    ]
+    for name, cell in rows:
+        print(f"| {name} | " + " | ".join(cell(o) for o in runs.values()) + " |")
+    o = runs["soak: pressure on"]
+    ok = o.alive and not o.refused and o.in_orthanc == len(o.studies)
     return 0 if ok else 1
 
 
