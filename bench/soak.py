@@ -37,13 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.end_to_end import launch_up
 from tests.support.orthanc import Orthanc
 from tests.support.phantom import make_ct_phantom
-from tests.support.processes import free_port, stop_process, wait_for_port
+from tests.support.processes import free_port, stop_process
 from tests.support.studies import write_copy
 from worker.jobs.store import JobState, JobStore
 
@@ -134,16 +133,7 @@ def start_up(
         },
         "routing": [{"modality": "CT", "pipelines": ["ct-basic"]}],
     }
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = (root / "service.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "up", "--config", str(path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    wait_for_port("127.0.0.1", port, timeout=120, proc=proc)
-    return proc, port
+    return launch_up(root, config, port), port
 
 
 def send(port: int, paths: Sequence[Path]) -> bool:

@@ -87,10 +87,8 @@ def test_purge_from_the_cli_lists_then_removes_expired_inputs(
 ) -> None:
     from datetime import timedelta
 
-    from sqlalchemy import text
-
     from scu_scp.spool import Spool
-    from tests.support.jobs import sealed_study
+    from tests.support.jobs import delivered_study
 
     data = tmp_path / "data"
     config = tmp_path / "config.yaml"
@@ -98,21 +96,7 @@ def test_purge_from_the_cli_lists_then_removes_expired_inputs(
         yaml.safe_dump({"data_dir": str(data), "retention": {"pressure_free_bytes": 0}})
     )
     store = JobStore(f"sqlite:///{(data / 'jobs.sqlite3').resolve()}")
-    study = sealed_study(Spool(data / "spool"))
-    store.create(
-        job_id=study.batch_id,
-        study_uid=study.study_uid,
-        accession_number="A1",
-        calling_ae="PACS",
-        spool_path=str(study.path),
-        instance_count=2,
-        received_at=datetime.now(UTC),
-    )
-    store.mark_done(study.batch_id, delivered=[])
-    with store.engine.begin() as conn:
-        conn.execute(
-            text("UPDATE jobs SET finished_at = :t"), {"t": datetime.now(UTC) - timedelta(days=1)}
-        )
+    study = delivered_study(Spool(data / "spool"), store, timedelta(days=1))
     assert main(["purge", "--dry-run", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "would remove delivered_inputs" in out and study.batch_id in out

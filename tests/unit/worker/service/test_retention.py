@@ -98,13 +98,11 @@ def test_the_scp_process_purges_expired_data_on_its_own(tmp_path: Path) -> None:
     import threading
     from datetime import timedelta
 
-    from sqlalchemy import text
-
     from scu_scp.spool import Spool
-    from tests.support.jobs import sealed_study
+    from tests.support.jobs import delivered_study
     from tests.support.processes import free_port
     from worker.config import load_settings
-    from worker.jobs.store import JobStore, utc_now
+    from worker.jobs.store import JobStore
     from worker.service.scp import run_scp
 
     settings = load_settings(
@@ -115,21 +113,7 @@ def test_the_scp_process_purges_expired_data_on_its_own(tmp_path: Path) -> None:
         retention={"pressure_free_bytes": 0},
     )
     store = JobStore(settings.effective_database_url)
-    study = sealed_study(Spool(settings.spool_dir))
-    store.create(
-        job_id=study.batch_id,
-        study_uid=study.study_uid,
-        accession_number="A1",
-        calling_ae="PACS",
-        spool_path=str(study.path),
-        instance_count=2,
-        received_at=utc_now(),
-    )
-    store.mark_done(study.batch_id, delivered=[])
-    with store.engine.begin() as conn:
-        conn.execute(
-            text("UPDATE jobs SET finished_at = :t"), {"t": utc_now() - timedelta(hours=7)}
-        )
+    study = delivered_study(Spool(settings.spool_dir), store, timedelta(hours=7))
     give_up = itertools.count()
 
     def keep_alive() -> bool:  # asked every second; stop once purged (or after a minute)
