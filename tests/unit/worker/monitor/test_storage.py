@@ -86,6 +86,8 @@ def test_a_purged_job_page_says_so_and_offers_no_retry(client: TestClient, env: 
     assert 'id="inputs-purged"' in page and "send the study again from the PACS" in page
     assert 'id="retry"' not in page
     assert 'id="preview-purged"' in page and 'id="preview"' not in page
+    detail = client.get("/api/jobs/purged-job", headers=bearer()).json()
+    assert detail["inputs_purged_at"] and detail["results_purged_at"]
     refused = client.post("/api/jobs/purged-job/retry", headers=bearer())
     assert refused.status_code == 409 and "purged" in refused.json()["detail"]
 
