@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import yaml
@@ -102,6 +103,20 @@ class Service:
         return job
 
 
+def launch_up(root: Path, config: dict[str, Any], port: int) -> subprocess.Popen[bytes]:
+    """``pacs-annotator up`` with ``config``, its log in root/service.log, once it listens."""
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = (root / "service.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "up", "--config", str(path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port("127.0.0.1", port, timeout=120, proc=proc)
+    return proc
+
+
 def start_service(
     root: Path, orthanc: Orthanc, pipelines: Sequence[str], quiet: float | None
 ) -> Service:
@@ -118,15 +133,7 @@ def start_service(
         },
         "routing": [{"modality": "CT", "pipelines": list(pipelines)}],
     }
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = (root / "service.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "up", "--config", str(path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    wait_for_port("127.0.0.1", port, timeout=120, proc=proc)
+    proc = launch_up(root, config, port)
     store = JobStore(f"sqlite:///{(root / 'data' / 'jobs.sqlite3').resolve()}")
     return Service(proc, port, store, root / "data" / "results")
 

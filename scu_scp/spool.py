@@ -47,6 +47,7 @@ __all__ = [
     "Spool",
     "StudyTooLargeError",
     "UnknownBatchError",
+    "fsync_dir",
     "validate_uid",
 ]
 
@@ -90,6 +91,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: Public name for other packages that rename into their own folders (the retention purge).
+fsync_dir = _fsync_dir
 
 
 def _mkdir_private(path: Path) -> None:

@@ -359,5 +359,6 @@ _COMMANDS = {
     "cancel": _cmd_admin,
     "intake": _cmd_admin,
     "flower": _cmd_admin,
+    "purge": _cmd_admin,
     "annotate": _cmd_annotate,
 }

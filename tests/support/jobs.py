@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +168,24 @@ def create_job(store: JobStore, job_id: str, **fields: Any) -> Job:
     }
     values.update(fields)
     return store.create(job_id=job_id, **values)
+
+
+def delivered_study(spool: Spool, store: JobStore, finished_ago: timedelta) -> SpooledStudy:
+    """A sealed study whose job is done and finished ``finished_ago`` (for retention)."""
+    study = sealed_study(spool)
+    store.create(
+        job_id=study.batch_id,
+        study_uid=study.study_uid,
+        accession_number="A1",
+        calling_ae="PACS",
+        spool_path=str(study.path),
+        instance_count=study.instance_count,
+        received_at=datetime.now(UTC),
+    )
+    store.mark_done(study.batch_id, delivered=[])
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET finished_at = :t WHERE id = :id"),
+            {"t": datetime.now(UTC) - finished_ago, "id": study.batch_id},
+        )
+    return study

@@ -34,7 +34,13 @@ class Admin:
     def retry(self, job_id: str, actor: str) -> Job:
         """Queue a failed (or cancelled) job again; its results are idempotent."""
         job = self.store.get(job_id)
+        purged = inputs_purged_reason(job)
+        if purged:
+            raise ActionError(f"job {job_id} cannot run again: {purged}")
         if not self.store.reset_for_retry(job_id):
+            purged = inputs_purged_reason(self.store.get(job_id))  # purged meanwhile
+            if purged:
+                raise ActionError(f"job {job_id} cannot run again: {purged}")
             raise ActionError(
                 f"job {job_id} is {job.state.value}: only failed or cancelled jobs can be retried"
             )
@@ -81,8 +87,19 @@ class Admin:
         log.info("intake %s by %s", "paused" if paused else "resumed", actor)
 
 
+def inputs_purged_reason(job: Job) -> str:
+    """Why a job has nothing left to run on ('' if its received instances are kept)."""
+    if job.inputs_purged_at is None:
+        return ""
+    when = job.inputs_purged_at.strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"its received instances were purged on {when} under the retention settings; "
+        "send the study again from the PACS"
+    )
+
+
 def retryable(job: Job) -> bool:
-    return job.state in (JobState.FAILED, JobState.CANCELLED)
+    return job.state in (JobState.FAILED, JobState.CANCELLED) and job.inputs_purged_at is None
 
 
 def cancellable(job: Job) -> bool:

@@ -1,4 +1,4 @@
-"""Admin subcommands: ``retry``, ``cancel``, ``intake``, ``flower``.
+"""Admin subcommands: ``retry``, ``cancel``, ``intake``, ``flower``, ``purge``.
 
 They reuse ``worker.admin.actions``, so the CLI and the web app act the same way and both
 write the audit log (the CLI as ``cli:<unix user>``).
@@ -25,6 +25,10 @@ def add_admin_commands(sub: Any, config: argparse.ArgumentParser) -> None:
     c.add_argument("job_id", metavar="JOB")
     i = sub.add_parser("intake", parents=[config], help="pause or resume receiving studies")
     i.add_argument("action", choices=["pause", "resume", "status"])
+    p = sub.add_parser(
+        "purge", parents=[config], help="remove expired data now (the retention.* settings)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
     f = sub.add_parser(
         "flower", parents=[config], help="run Celery Flower on the broker for task-level detail"
     )
@@ -36,7 +40,32 @@ def add_admin_commands(sub: Any, config: argparse.ArgumentParser) -> None:
 def run_admin_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "flower":
         return _flower(settings, args)
+    if args.command == "purge":
+        return _purge(settings, args.dry_run)
     return _action(settings, args)
+
+
+def _purge(settings: Settings, dry_run: bool) -> int:
+    """Run the retention purge once and print counts and bytes per kind (no patient data)."""
+    from scu_scp.spool import Spool
+    from worker.jobs.ops_store import OpsStore
+    from worker.jobs.retention import Purger
+    from worker.jobs.store import JobStore
+
+    store = JobStore(settings.effective_database_url)
+    try:
+        purger = Purger(settings, store, OpsStore(store.engine), Spool(settings.spool_dir))
+        report = purger.run(dry_run=dry_run, actor=f"cli:{getpass.getuser()}")
+    finally:
+        store.close()
+    verb = "would remove" if dry_run else "removed"
+    for item in report.items:
+        print(f"{verb} {item.kind.value:<18} {item.name:<28} {item.bytes:>14} bytes  {item.why}")
+    for kind, total in report.totals().items():
+        print(f"total {kind.value:<18} {total.count:>6} items {total.bytes:>14} bytes")
+    if not report.items and not report.audit_entries:
+        print("nothing to purge")
+    return EXIT_OK
 
 
 def _action(settings: Settings, args: argparse.Namespace) -> int:

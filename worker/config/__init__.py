@@ -21,6 +21,7 @@ from worker.config.jobs import DEFAULT_QUEUE, RecoverySettings, WorkerSettings
 from worker.config.monitor import MonitorSettings
 from worker.config.options import with_worker_options, worker_hostname
 from worker.config.pipelines import BundlePipelineSettings, LabelCodeSettings, RoutingRuleSettings
+from worker.config.retention import RetentionSettings
 from worker.config.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "MonitorSettings",
     "PollSettings",
     "RecoverySettings",
+    "RetentionSettings",
     "RoutingRuleSettings",
     "ScpSettings",
     "ScpTlsSettings",

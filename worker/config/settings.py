@@ -24,6 +24,7 @@ from worker.config.edge import CompletionSettings, ScpSettings
 from worker.config.jobs import RecoverySettings, WorkerSettings
 from worker.config.monitor import MonitorSettings
 from worker.config.pipelines import BundlePipelineSettings, RoutingRuleSettings, default_routing
+from worker.config.retention import RetentionSettings
 
 ENV_PREFIX = "PACS_ANNOTATOR_"
 
@@ -56,6 +57,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = MonitorSettings()
     pipelines: dict[str, BundlePipelineSettings] = Field(default_factory=dict)
     recovery: RecoverySettings = RecoverySettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -97,6 +99,7 @@ class Settings(BaseSettings):
             if name in builtin:
                 raise ValueError(f"pipelines.{name}: the name of a built-in pipeline")
         known = builtin | self.pipelines.keys()
+        _check_retention(self)
         _check_dicomweb(self, known)
         for i, rule in enumerate(self.routing):
             for name in rule.pipelines:
@@ -152,6 +155,16 @@ def _check_dicomweb(settings: Settings, known_pipelines: Collection[str]) -> Non
         for pipeline in rule.pipelines:
             if pipeline not in known_pipelines:
                 raise ValueError(f"delivery.rules[{i}].pipelines: unknown pipeline {pipeline!r}")
+
+
+def _check_retention(settings: Settings) -> None:
+    """Disk pressure must start freeing space before the SCP starts refusing."""
+    pressure = settings.retention.pressure_free_bytes
+    if pressure and pressure <= settings.scp.min_free_disk_bytes:
+        raise ValueError(
+            "retention.pressure_free_bytes must exceed scp.min_free_disk_bytes (or be 0), "
+            "or the SCP refuses studies before the purge frees any space"
+        )
 
 
 def _format_errors(exc: ValidationError) -> str:

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, Integer, String, Text, delete, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import DateTime, Integer, String, Text, delete, func, select, update
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from worker.jobs.store import _aware, _Base, utc_now
@@ -112,6 +112,18 @@ class OpsStore:
                 AuditEntry(_aware(r.at), r.actor, r.action, r.target, r.detail)
                 for r in s.scalars(query)
             ]
+
+    def delete_audit_before(self, cutoff: datetime) -> int:
+        """Drop audit entries older than ``cutoff`` (retention.job_records_days)."""
+        with self._session() as s:
+            result = s.execute(delete(_AuditRow).where(_AuditRow.at < cutoff))
+            return int(result.rowcount if isinstance(result, CursorResult) else 0)
+
+    def count_audit_before(self, cutoff: datetime) -> int:
+        """How many audit entries are older than ``cutoff`` (what a dry run would drop)."""
+        query = select(func.count()).select_from(_AuditRow).where(_AuditRow.at < cutoff)
+        with self._session() as s:
+            return int(s.execute(query).scalar_one())
 
     # -- heartbeats ---------------------------------------------------------------------
 

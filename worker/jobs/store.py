@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     or_,
@@ -26,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.sql.expression import and_
+from sqlalchemy.sql.expression import ColumnElement, and_
 
 from worker.jobs.migrations import upgrade_schema
 
@@ -79,6 +80,12 @@ class _JobRow(_Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     delivering_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     delivery_failures: Mapped[int] = mapped_column(Integer, default=0)
+    inputs_purged_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    results_purged_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,9 @@ class Job:
         return (self.finished_at - self.received_at).total_seconds()
 
     updated_at: datetime | None = None
+    # Set by the retention purge (worker/jobs/retention.py): the data is gone from disk.
+    inputs_purged_at: datetime | None = None
+    results_purged_at: datetime | None = None
 
     @classmethod
     def _from_row(cls, row: _JobRow) -> Job:
@@ -151,6 +161,8 @@ class Job:
             delivering_at=_aware(row.delivering_at),
             delivery_failures=row.delivery_failures or 0,
             updated_at=_aware(row.updated_at),
+            inputs_purged_at=_aware(row.inputs_purged_at),
+            results_purged_at=_aware(row.results_purged_at),
         )
 
 
@@ -181,6 +193,8 @@ def job_record(job: Job) -> dict[str, Any]:
         "delivery_failures": job.delivery_failures,
         "outcomes": list(job.outcomes),
         "delivered": list(job.delivered),
+        "inputs_purged_at": iso(job.inputs_purged_at),
+        "results_purged_at": iso(job.results_purged_at),
     }
 
 
@@ -333,13 +347,23 @@ class JobStore:
         with self._session() as s:
             return [Job._from_row(r) for r in s.scalars(query)]
 
-    def _transition(self, job_id: str, from_states: Sequence[JobState], **fields: Any) -> bool:
+    def _transition(
+        self,
+        job_id: str,
+        from_states: Sequence[JobState],
+        *conditions: ColumnElement[bool],
+        **fields: Any,
+    ) -> bool:
         """Change a job only if it is still in one of ``from_states`` (no lost races)."""
         values = {k: v.value if isinstance(v, JobState) else v for k, v in fields.items()}
         values["updated_at"] = utc_now()
         query = (
             update(_JobRow)
-            .where(_JobRow.id == job_id, _JobRow.state.in_([s.value for s in from_states]))
+            .where(
+                _JobRow.id == job_id,
+                _JobRow.state.in_([s.value for s in from_states]),
+                *conditions,
+            )
             .values(**values)
         )
         with self._session() as s:
@@ -350,10 +374,12 @@ class JobStore:
         return bool(changed)
 
     def reset_for_retry(self, job_id: str) -> bool:
-        """A failed or cancelled job goes back to queued; False if it is in another state."""
+        """A failed or cancelled job goes back to queued; False if it is in another state
+        or its received instances were purged (nothing left to run on)."""
         return self._transition(
             job_id,
             (JobState.FAILED, JobState.CANCELLED),
+            _JobRow.inputs_purged_at.is_(None),
             state=JobState.QUEUED,
             error=None,
             queued_at=utc_now(),
@@ -475,3 +501,64 @@ class JobStore:
             delivered=list(delivered),
             finished_at=utc_now(),
         )
+
+    # -- retention (worker/jobs/retention.py) --------------------------------------------
+
+    def find_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The jobs of these ids that exist, by id (one query per 500 ids)."""
+        found: dict[str, Job] = {}
+        with self._session() as s:
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start : start + 500]
+                for row in s.scalars(select(_JobRow).where(_JobRow.id.in_(chunk))):
+                    found[row.id] = Job._from_row(row)
+        return found
+
+    def finished_before(self, cutoff: datetime) -> builtins.list[Job]:
+        """Final jobs that finished before ``cutoff``, oldest first: rows that may expire."""
+        query = (
+            select(_JobRow)
+            .where(
+                _JobRow.state.in_([s.value for s in FINAL_STATES]),
+                _JobRow.finished_at < cutoff,
+            )
+            .order_by(_JobRow.finished_at, _JobRow.id)
+        )
+        with self._session() as s:
+            return [Job._from_row(r) for r in s.scalars(query)]
+
+    def mark_purged(self, job_id: str, state: JobState, *, inputs: bool, results: bool) -> bool:
+        """Record that a final job's inputs and/or results are being purged.
+
+        Only while the job is still in ``state``: a retry that got in first wins, and
+        the purge leaves its files alone. Written before the files go, so a restart
+        mid-purge finds the mark and finishes the removal.
+        """
+        now = utc_now()
+        fields: dict[str, Any] = {}
+        if inputs:
+            fields["inputs_purged_at"] = func.coalesce(_JobRow.inputs_purged_at, now)
+        if results:
+            fields["results_purged_at"] = func.coalesce(_JobRow.results_purged_at, now)
+        if not fields:
+            return True
+        query = (
+            update(_JobRow)
+            .where(_JobRow.id == job_id, _JobRow.state == state.value)
+            .values(**fields)
+            .execution_options(synchronize_session=False)
+        )
+        with self._session() as s:
+            result = s.execute(query)
+            return bool(result.rowcount if isinstance(result, CursorResult) else 0)
+
+    def delete_finished(self, job_id: str, cutoff: datetime) -> bool:
+        """Delete a final job row that finished before ``cutoff`` (metadata retention)."""
+        query = delete(_JobRow).where(
+            _JobRow.id == job_id,
+            _JobRow.state.in_([s.value for s in FINAL_STATES]),
+            _JobRow.finished_at < cutoff,
+        )
+        with self._session() as s:
+            result = s.execute(query)
+            return bool(result.rowcount if isinstance(result, CursorResult) else 0)

@@ -23,7 +23,7 @@ from worker.monitor.context import HERE, LoginRequiredError, Monitor
 from worker.monitor.metrics import render_metrics
 from worker.monitor.pages import add_page_routes
 from worker.monitor.security import CrossSiteRequestError, add_security_headers
-from worker.monitor.state import readiness, ready_min_free_bytes
+from worker.monitor.state import readiness, ready_min_free_bytes, storage
 from worker.monitor.views import job_detail_dict, job_dict, worker_dict
 from worker.run.timings import read_timings
 from worker.sources.pull import PullError, annotate_from_source
@@ -91,11 +91,13 @@ def _add_open_routes(app: FastAPI, monitor: Monitor) -> None:
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
-        """Redis, the database and spool disk space (the SCP's own check); 503 when any fails."""
+        """Redis, the database, spool disk space (the SCP's own check) and disk pressure
+        (nothing left to purge below ``retention.pressure_free_bytes``); 503 when any fails."""
         src = monitor.sources
         checks = readiness(
             src.store, src.redis, src.settings.spool_dir, ready_min_free_bytes(src.settings)
         )
+        checks.append(storage(src)[1])
         ok = all(c.ok for c in checks)
         body = {
             "status": "ok" if ok else "unavailable",

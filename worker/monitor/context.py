@@ -5,6 +5,7 @@ The app (``worker.monitor.app``) and the pages (``worker.monitor.pages``) both b
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from worker.monitor.preview import render_preview
 from worker.monitor.previews import PreviewCache, preview_version
 from worker.monitor.security import SAFE_METHODS, CrossSiteRequestError, same_origin
 from worker.monitor.sessions import LoginThrottle, Session, SessionStore
-from worker.monitor.state import Sources, pending_studies, queue_depth
+from worker.monitor.state import Sources, pending_studies, queue_depth, storage
 from worker.monitor.views import worker_dict
 from worker.run.celery_app import job_enqueuer
 
@@ -86,6 +87,22 @@ class Monitor:
             "workers": [worker_dict(w, now, stale) for w in src.ops.workers()],
             "intake_paused": src.ops.intake_paused(),
             "pending_studies": self.pending(),
+            "data": self.data(now),
+        }
+
+    def data(self, now: datetime) -> dict[str, Any]:
+        """Bytes, counts and oldest age per kind of data, and what disk pressure cannot free."""
+        usage, pressure = storage(self.sources)
+        return {
+            "kinds": {
+                kind: {
+                    "count": u.count,
+                    "bytes": u.bytes,
+                    "oldest_age_seconds": u.oldest_age_seconds(now),
+                }
+                for kind, u in usage.kinds.items()
+            },
+            "pressure": {"ok": pressure.ok, "detail": pressure.detail},
         }
 
     def queues(self) -> dict[str, int | None]:

@@ -19,8 +19,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from worker.jobs.store import JobState
-from worker.monitor.state import Sources, pending_studies, queue_depth
+from scu_scp.admission import free_disk_bytes
+from worker.jobs.store import JobState, utc_now
+from worker.monitor.state import Sources, pending_studies, queue_depth, storage
 
 JOB_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 STAGE_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -102,6 +103,7 @@ class ServiceCollector(Collector):
             "1 while the SCP refuses new instances",
             value=1 if ops.intake_paused() else 0,
         )
+        yield from _data_metrics(self._src)
         if self._src.redis is not None:
             depths = queue_depth(self._src)
             depth = GaugeMetricFamily(
@@ -112,6 +114,51 @@ class ServiceCollector(Collector):
             for queue, n in depths.items():
                 depth.add_metric([queue], n)
             yield depth
+
+
+def _data_metrics(src: Sources) -> Iterable[Metric]:
+    """Bytes, items and oldest age per kind of data, and free space: alerts on disk use."""
+    usage, _pressure = storage(src)
+    now = utc_now()
+    size = GaugeMetricFamily(
+        "pacs_annotator_data_bytes", "Bytes held per kind of data", labels=["kind"]
+    )
+    count = GaugeMetricFamily(
+        "pacs_annotator_data_items",
+        "Items per kind (studies, batches, results folders, files)",
+        labels=["kind"],
+    )
+    oldest = GaugeMetricFamily(
+        "pacs_annotator_data_oldest_age_seconds",
+        "Age of the oldest item per kind (0 when there is none)",
+        labels=["kind"],
+    )
+    for kind, u in usage.kinds.items():
+        size.add_metric([kind], u.bytes)
+        count.add_metric([kind], u.count)
+        oldest.add_metric([kind], u.oldest_age_seconds(now))
+    yield size
+    yield count
+    yield oldest
+    yield GaugeMetricFamily(
+        "pacs_annotator_data_freeable_bytes",
+        "Bytes of delivered data the purge may remove early under disk pressure",
+        value=usage.freeable_bytes,
+    )
+    settings = src.settings
+    threshold = settings.retention.effective_pressure_free_bytes(settings.scp.min_free_disk_bytes)
+    yield GaugeMetricFamily(
+        "pacs_annotator_disk_pressure_threshold_bytes",
+        "Free space below which the purge removes delivered data early (0: off)",
+        value=threshold,
+    )
+    try:
+        free = free_disk_bytes(src.spool.root)
+    except OSError:
+        return
+    yield GaugeMetricFamily(
+        "pacs_annotator_spool_free_bytes", "Free bytes on the spool's file system", value=free
+    )
 
 
 def render_metrics(sources: Sources) -> bytes:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from worker.admin.actions import ActionError, cancellable, retryable
+from worker.admin.actions import ActionError, cancellable, inputs_purged_reason, retryable
 from worker.jobs.store import JobState, UnknownJobError, utc_now
 from worker.monitor.auth import check_login
 from worker.monitor.context import SESSION_COOKIE, LoginRequiredError, Monitor
@@ -185,6 +185,7 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
             stages=job.stage_seconds(),
             steps=read_timings(monitor.sources.settings.results_dir / job.id),
             can_retry=retryable(job),
+            inputs_purged=inputs_purged_reason(job),
             can_cancel=cancellable(job),
             preview_version=monitor.preview_version(job.id),
             audit=audit,

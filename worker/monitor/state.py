@@ -23,6 +23,7 @@ from worker.jobs.broker import queue_depths
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.queues import configured_queues
 from worker.jobs.store import JobStore
+from worker.jobs.usage import DataUsage, data_usage
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +114,37 @@ def queue_depth(sources: Sources) -> dict[str, int]:
     except redis.RedisError as exc:
         log.warning("cannot read queue depth: %s", exc)
         return {}
+
+
+def disk_pressure_check(settings: Settings, usage: DataUsage, free: int) -> Check:
+    """Whether the purge can keep the spool above ``retention.pressure_free_bytes``.
+
+    Failing only when free space is below that threshold and nothing purgeable is left:
+    then the SCP will refuse soon, and the detail says what holds the disk.
+    """
+    threshold = settings.retention.effective_pressure_free_bytes(settings.scp.min_free_disk_bytes)
+    if not threshold:
+        return Check("disk_pressure", True, "off (retention.pressure_free_bytes is 0)")
+    held = ", ".join(f"{kind} {size // MIB} MB" for kind, size in usage.held_bytes.items())
+    if free >= threshold:
+        return Check(
+            "disk_pressure",
+            True,
+            f"{free // MIB} MB free (purge frees delivered data below {threshold // MIB} MB)",
+        )
+    freeable = usage.freeable_bytes
+    detail = (
+        f"{free // MIB} MB free, below {threshold // MIB} MB: the purge can free "
+        f"{freeable // MIB} MB of delivered data; cannot free: {held}"
+    )
+    return Check("disk_pressure", freeable > 0, detail)
+
+
+def storage(src: Sources) -> tuple[DataUsage, Check]:
+    """Data per kind on this node and the disk-pressure check, read fresh from disk."""
+    usage = data_usage(src.store, src.spool, src.settings.results_dir)
+    try:
+        free = free_disk_bytes(src.spool.root)
+    except OSError as exc:
+        return usage, Check("disk_pressure", False, str(exc))
+    return usage, disk_pressure_check(src.settings, usage, free)

@@ -26,9 +26,11 @@ from worker.jobs.broker import EnqueueError
 from worker.jobs.dispatch import Dispatcher
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.reliability import requeue_lost_jobs
+from worker.jobs.retention import Purger
 from worker.jobs.store import JobStore
 from worker.run.celery_app import job_enqueuer
 from worker.service.controls import ControlPoller
+from worker.service.retention import PurgeSchedule, start_purge_thread
 from worker.sources.poll import StudyPoller
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,9 @@ def run_scp(
     scp.start()
     poller = StudyPoller(settings, store, spool, dispatcher)
     poller.start()
+    purge_stop = threading.Event()
+    purger = Purger(settings, store, OpsStore(store.engine), spool)
+    start_purge_thread(PurgeSchedule(purger, settings), purge_stop)
     status = 0
     next_recovery = 0.0
     try:
@@ -133,6 +138,7 @@ def run_scp(
                 break
             stop.wait(1.0)
     finally:
+        purge_stop.set()
         poller.stop()
         scp.stop()
         store.close()

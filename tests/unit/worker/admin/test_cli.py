@@ -80,3 +80,30 @@ def test_every_command_is_documented_in_the_readme() -> None:
     assert parser.parse_args(["monitor"]).command == "monitor"
     for name in _COMMANDS:
         assert f"| `{name}" in readme, name
+
+
+def test_purge_from_the_cli_lists_then_removes_expired_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import timedelta
+
+    from scu_scp.spool import Spool
+    from tests.support.jobs import delivered_study
+
+    data = tmp_path / "data"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"data_dir": str(data), "retention": {"pressure_free_bytes": 0}})
+    )
+    store = JobStore(f"sqlite:///{(data / 'jobs.sqlite3').resolve()}")
+    study = delivered_study(Spool(data / "spool"), store, timedelta(days=1))
+    assert main(["purge", "--dry-run", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "would remove delivered_inputs" in out and study.batch_id in out
+    assert study.path.is_dir()
+    assert main(["purge", "--config", str(config)]) == 0
+    assert "total delivered_inputs" in capsys.readouterr().out
+    assert not study.path.exists()
+    assert store.get(study.batch_id).inputs_purged_at is not None
+    (entry,) = [e for e in OpsStore(store.engine).audit_entries() if e.action == "purge"]
+    assert entry.actor.startswith("cli:")

@@ -213,7 +213,7 @@ def test_health_readiness_and_openapi(client: TestClient, env: Env) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) == {"redis", "database", "spool_disk"}
+    assert set(ready.json()["checks"]) == {"redis", "database", "spool_disk", "disk_pressure"}
     with env.app_client(min_free_disk_mb=10**9) as full:
         refused = full.get("/readyz")
         assert refused.status_code == 503
