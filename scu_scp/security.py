@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import select
 import socket
 import ssl
 from collections.abc import Sequence
@@ -237,7 +238,24 @@ class TlsHandshakeServer(ThreadedAssociationServer):  # type: ignore[misc]
                     clock.dropped = True  # logged here; not "idle" when the socket closes
                 self.shutdown_request(request)
                 return
+        clock = request.clock if isinstance(request, GuardedSocket | GuardedSSLSocket) else None
+        if clock is not None and not _readable(request, clock.handshake_timeout()):
+            # Silent until the deadline: closed (and logged as idle by its clock) before
+            # pynetdicom gives it an association and two reactor threads that poll.
+            self.shutdown_request(request)
+            return
         super().process_request_thread(request, client_address)
+
+
+def _readable(request: socket.socket, timeout: float) -> bool:
+    """Whether the peer sent something (or closed) within ``timeout`` seconds."""
+    if isinstance(request, ssl.SSLSocket) and request.pending():
+        return True
+    try:
+        ready, _, _ = select.select([request], [], [], timeout)
+    except (OSError, ValueError):
+        return True  # closed meanwhile: pynetdicom sees the end of stream
+    return bool(ready)
 
 
 def _address(client_address: Any) -> str:
