@@ -10,6 +10,7 @@ import logging
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -104,6 +105,19 @@ def test_an_idle_connection_is_closed_after_the_bound_and_logged(
     with _plain(scp.port)() as idle:
         assert _dropped(idle)
     assert wait_for(lambda: bool(_addresses(caplog, "127.0.0.1 closed: idle")), HANG_GUARD)
+
+
+def test_silent_connections_get_no_pynetdicom_association_until_they_speak(
+    start_scp: ScpFactory,
+) -> None:
+    """pynetdicom's association and DUL threads poll with 1 ms sleeps: a silent connection
+    waits in select instead, so a flood of them costs the real senders no CPU."""
+    scp = start_scp()
+    with _held(_plain(scp.port), 4) as silent:
+        time.sleep(0.5)  # accepted by now; before, each had its association thread at once
+        assert scp._ae.active_associations == []
+        _associate_raw(silent[0])  # once it speaks, it is pynetdicom's
+        assert wait_for(lambda: len(scp._ae.active_associations) == 1, HANG_GUARD)
 
 
 def test_max_associations_counts_only_requested_associations(start_scp: ScpFactory) -> None:
