@@ -220,6 +220,12 @@ def test_the_job_page_reloads_itself_without_asking_for_the_preview_again(
             page.fill("#password", PASSWORD)
             page.click("#login")
             expect(page.locator("#job-state")).to_have_text("failed")
+            # The first load's preview has arrived before counting: else its own (slow,
+            # first-render) response would be counted as a reload's fetch.
+            page.wait_for_function(
+                "() => { const i = document.getElementById('preview');"
+                " return i !== null && i.complete && i.naturalWidth > 0; }"
+            )
             # What went over the network; the browser's cache answers the rest.
             cdp = page.context.new_cdp_session(page)
             cdp.send("Network.enable")
