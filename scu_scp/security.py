@@ -225,8 +225,8 @@ class TlsHandshakeServer(ThreadedAssociationServer):  # type: ignore[misc]
         return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        clock = request.clock if isinstance(request, GuardedSocket | GuardedSSLSocket) else None
         if isinstance(request, ssl.SSLSocket):
-            clock = request.clock if isinstance(request, GuardedSSLSocket) else None
             try:
                 request.settimeout(clock.handshake_timeout() if clock else HANDSHAKE_TIMEOUT)
                 request.do_handshake()
@@ -238,7 +238,6 @@ class TlsHandshakeServer(ThreadedAssociationServer):  # type: ignore[misc]
                     clock.dropped = True  # logged here; not "idle" when the socket closes
                 self.shutdown_request(request)
                 return
-        clock = request.clock if isinstance(request, GuardedSocket | GuardedSSLSocket) else None
         if clock is not None and not _readable(request, clock.handshake_timeout()):
             # Silent until the deadline: closed (and logged as idle by its clock) before
             # pynetdicom gives it an association and two reactor threads that poll.

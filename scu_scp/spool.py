@@ -210,10 +210,8 @@ class Spool:
         calling_host: str,
         max_study_bytes: int = 0,
     ) -> Path:
-        """Durably file one instance given as bytes (see ``store_file``)."""
-        validate_uid(study_uid, "StudyInstanceUID")
-        validate_uid(series_uid, "SeriesInstanceUID")
-        validate_uid(sop_uid, "SOPInstanceUID")
+        """Durably file one instance given as bytes (see ``store_file``, which checks
+        the UIDs)."""
         tmp = self._write_tmp(data)
         try:
             return self.store_file(
