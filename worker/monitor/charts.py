@@ -42,6 +42,17 @@ def _nice_max(value: float) -> float:
     return value
 
 
+#: Tops of a latency axis: durations a reader takes in at once.
+_NICE_SECONDS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
+
+
+def _nice_seconds(value: float) -> float:
+    for top in _NICE_SECONDS:
+        if value <= top:
+            return float(top)
+    return _nice_max(value / 3600) * 3600
+
+
 def _svg(kind: str, title: str, body: str, data: str) -> Markup:
     return Markup(
         f'<svg class="chart" data-chart="{kind}" {data} width="{WIDTH}" height="{HEIGHT}" '
@@ -81,7 +92,7 @@ def _seconds_label(value: float) -> str:
         return f"{value / 3600:g} h"
     if value >= 60:
         return f"{value / 60:g} min"
-    return f"{value:g} s"
+    return f"{value:g} s"  # the axis tops are whole seconds, minutes or hours
 
 
 def latency_chart(
@@ -90,7 +101,7 @@ def latency_chart(
     """Median (solid) and p95 (dashed) queue-to-result latency per hour, gaps where no job."""
     hours = len(median)
     values = [v for v in (*median, *p95) if v is not None]
-    top = _nice_max(max(values, default=0.0))
+    top = _nice_seconds(max(values, default=0.0))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(hours, 1)
 
@@ -103,7 +114,9 @@ def latency_chart(
         if not points:
             return ""
         coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-        dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colour}"/>' for x, y in points)
+        dots = "".join(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colour}"/>' for x, y in points
+        )
         return (
             f'<polyline class="{name}" points="{coords}" fill="none" stroke="{colour}" '
             f'stroke-width="1.5"{dash}/>{dots}'

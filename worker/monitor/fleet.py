@@ -56,8 +56,10 @@ def format_workers_table(records: Sequence[dict[str, Any]]) -> str:
         for r in records
     ]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=False)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in (head, *rows)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in (head, *rows)
+    ]
     if not rows:
         lines.append("no worker heartbeat: no worker process has started, or none is connected")
     return "\n".join(lines)
