@@ -106,21 +106,24 @@ def latency_chart(
     slot = plot_w / max(hours, 1)
 
     def path(series: Sequence[float | None], colour: str, dash: str, name: str) -> str:
-        points = [
-            (LEFT + (i + 0.5) * slot, TOP + plot_h - plot_h * v / top)
-            for i, v in enumerate(series)
-            if v is not None
-        ]
-        if not points:
-            return ""
-        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-        dots = "".join(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colour}"/>' for x, y in points
-        )
-        return (
-            f'<polyline class="{name}" points="{coords}" fill="none" stroke="{colour}" '
-            f'stroke-width="1.5"{dash}/>{dots}'
-        )
+        """A polyline per run of hours with jobs (no line across an hour without one)."""
+        runs: list[list[tuple[float, float]]] = [[]]
+        for i, v in enumerate(series):
+            if v is None:
+                runs.append([])
+                continue
+            runs[-1].append((LEFT + (i + 0.5) * slot, TOP + plot_h - plot_h * v / top))
+        out = []
+        for points in (r for r in runs if r):
+            coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            out.append(
+                f'<polyline class="{name}" points="{coords}" fill="none" stroke="{colour}" '
+                f'stroke-width="1.5"{dash}/>'
+            )
+            out.extend(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colour}"/>' for x, y in points
+            )
+        return "".join(out)
 
     body = (
         _axis(_seconds_label(top), hours)

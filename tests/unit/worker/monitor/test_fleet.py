@@ -332,5 +332,7 @@ def test_charts_draw_what_they_are_given() -> None:
     assert 'data-points="2"' in lines
     assert re.search(r'class="median" points="[0-9.]+,[0-9.]+ [0-9.]+,[0-9.]+"', lines)
     assert ">5 min<" in lines  # the y axis's top, rounded up from 240 s
+    gap = str(latency_chart("latency", [5.0, None, 7.0] + [None] * 21, [None] * 24))
+    assert gap.count('class="median"') == 2  # no line across the hour without a job
     empty = str(latency_chart("latency", [None] * 24, [None] * 24))
     assert "polyline" not in empty and 'data-points="0"' in empty

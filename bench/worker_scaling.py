@@ -1,0 +1,280 @@
+"""Benchmark (not a test): studies per hour with 1, 2, 4 and 8 worker processes.
+
+The pipeline sleeps a fixed time (--sleep, default 5 s) before running ct-basic on a tiny
+CT phantom, so the CPU is not what limits the workers: each job still takes the real path
+(Celery over a real redis-server, claim in the job store, load, SEG/SR, save, C-STORE to a
+real dcmtk storescp, final state). The sleep is added from outside the product by
+tests/support/slow_worker.py, as the fault tests do.
+
+For each N: one `pacs-annotator worker --concurrency N` (N pool processes), started and
+waited for until its N heartbeats are in the job store; then ROUNDS x N studies are sealed
+and queued at once, as the SCP's dispatcher does. Studies per hour = jobs / (first claim to
+last final state).
+
+The peer, measured in the same run: N times the rate of the single worker (N = 1). The
+scaling factor is rate(N) / (N x rate(1)); the goal is at least 0.9. What limits it is
+reported per N: the time a job spends beyond its sleep (overhead, grows when N processes
+share the CPU), and the time between a worker finishing one job and claiming its next
+(broker round trip and job-store writes).
+
+The job store is PostgreSQL when one answers on 127.0.0.1:5432 (as several machines would
+use), else SQLite (--database sqlite forces it).
+
+Run: .venv/bin/python bench/worker_scaling.py [--workers 1,2,4,8] [--sleep 5] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scu_scp.spool import Spool
+from tests.support.jobs import POSTGRES_ADMIN_URL
+from tests.support.phantom import make_ct_phantom
+from tests.support.processes import stop_process
+from tests.support.storescp import start_storescp
+from worker.config import load_settings
+from worker.jobs.dispatch import Dispatcher
+from worker.jobs.ops_store import OpsStore
+from worker.jobs.store import FINAL_STATES, Job, JobStore
+from worker.run.celery_app import job_enqueuer
+from worker.service.embedded_redis import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Run:
+    workers: int
+    jobs: int
+    span: float
+    per_hour: float
+    job_seconds: float
+    overhead_seconds: float
+    gap_seconds: float
+    failed: int
+
+
+@contextmanager
+def _database(kind: str) -> Iterator[str | None]:
+    """A fresh PostgreSQL database (dropped after), or None for SQLite in data_dir."""
+    if kind == "sqlite":
+        yield None
+        return
+    name = f"pa_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError:
+        if kind == "postgres":
+            raise
+        yield None
+        return
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _store_study(spool: Spool, seed: int) -> None:
+    for ds in make_ct_phantom(slices=8, size=32, pixel_spacing=9.0, seed=seed).datasets:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        spool.store(
+            buf.getvalue(),
+            study_uid=ds.StudyInstanceUID,
+            series_uid=ds.SeriesInstanceUID,
+            sop_uid=ds.SOPInstanceUID,
+            calling_ae="BENCH",
+            calling_host="127.0.0.1",
+        )
+
+
+def _wait(predicate: object, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        if proc.poll() is not None:
+            raise SystemExit(f"the worker exited ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def run_once(
+    root: Path,
+    n: int,
+    *,
+    broker: str,
+    database: str | None,
+    storescp_port: int,
+    args: argparse.Namespace,
+) -> Run:
+    data = root / f"n{n}"
+    config = {
+        "data_dir": str(data),
+        "broker_url": broker,
+        "database_url": database or "",
+        "log_level": "WARNING",
+        "destinations": {
+            "out": {
+                "ae_title": "STORESCP",
+                "host": "127.0.0.1",
+                "port": storescp_port,
+                "default": True,
+            }
+        },
+    }
+    path = root / f"config-{n}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = load_settings(path)
+    store = JobStore(settings.effective_database_url)
+    spool = Spool(settings.spool_dir)
+    env = {
+        **os.environ,
+        "PA_TEST_SLOW_SECONDS": str(args.sleep),
+        "PA_TEST_SLOW_MARKERS": str(root / f"markers-{n}"),
+    }
+    log = (root / f"worker-{n}.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.slow_worker",
+            "worker",
+            "--config",
+            str(path),
+            "--concurrency",
+            str(n),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        ops = OpsStore(store.engine)
+        _wait(lambda: len(ops.workers()) >= n, 300, f"{n} worker heartbeats", proc)
+        total = args.rounds * n
+        for i in range(total):
+            _store_study(spool, seed=1000 * n + i)
+        dispatch = Dispatcher(store, spool, job_enqueuer(settings, spool))
+        studies = [spool.seal(uid) for uid in list(spool.pending())]
+        ids = [dispatch.dispatch(s).id for s in studies if s is not None]
+        assert len(ids) == total, (len(ids), total)
+
+        def finished() -> bool:
+            return all(store.get(i).state in FINAL_STATES for i in ids)
+
+        _wait(finished, 120 + 10 * args.sleep * args.rounds, "every job to finish", proc)
+        jobs = [store.get(i) for i in ids]
+    finally:
+        stop_process(proc, timeout=30)
+        log.close()
+        store.close()
+    return _measure(n, jobs, args.sleep)
+
+
+def _measure(n: int, jobs: list[Job], sleep: float) -> Run:
+    started = [j.started_at for j in jobs if j.started_at]
+    ended = [j.finished_at for j in jobs if j.finished_at]
+    span = (max(ended) - min(started)).total_seconds()
+    durations = [
+        (j.finished_at - j.started_at).total_seconds()
+        for j in jobs
+        if j.started_at and j.finished_at
+    ]
+    gaps: list[float] = []
+    by_worker: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_worker.setdefault(j.worker or "?", []).append(j)
+    for mine in by_worker.values():
+        mine.sort(key=lambda j: j.started_at or j.received_at)
+        for before, after in itertools.pairwise(mine):
+            if before.finished_at and after.started_at:
+                gaps.append(max(0.0, (after.started_at - before.finished_at).total_seconds()))
+    return Run(
+        workers=n,
+        jobs=len(jobs),
+        span=span,
+        per_hour=len(jobs) / span * 3600,
+        job_seconds=statistics.mean(durations),
+        overhead_seconds=statistics.mean(durations) - sleep,
+        gap_seconds=statistics.median(gaps) if gaps else 0.0,
+        failed=sum(1 for j in jobs if j.state.value != "done"),
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", default="1,2,4,8", help="comma-separated process counts")
+    parser.add_argument("--sleep", type=float, default=5.0, help="seconds each job sleeps")
+    parser.add_argument("--rounds", type=int, default=3, help="jobs per worker process")
+    parser.add_argument("--database", choices=("auto", "postgres", "sqlite"), default="auto")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.workers.split(",")]
+    runs: list[Run] = []
+    kind = "SQLite"
+    with (
+        tempfile.TemporaryDirectory(prefix="pa-scaling-") as tmp,
+        contextmanager(start_storescp)(Path(tmp)) as scp,
+        EmbeddedRedis(Path(tmp) / "redis") as redis_server,
+    ):
+        for n in counts:
+            with _database(args.database) as database:
+                kind = "PostgreSQL" if database else "SQLite"
+                run = run_once(
+                    Path(tmp),
+                    n,
+                    broker=redis_server.url,
+                    database=database,
+                    storescp_port=scp.port,
+                    args=args,
+                )
+            runs.append(run)
+            print(
+                f"N={n}: {run.jobs} jobs in {run.span:.1f} s ({kind}); "
+                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+                flush=True,
+            )
+    base = next((r.per_hour for r in runs if r.workers == 1), None)
+    print(
+        f"\nsleep {args.sleep:g} s per job, {args.rounds} jobs per worker process, job store {kind}"
+    )
+    print(
+        "| workers | jobs | studies/hour | N x one worker | scaling factor | job time (s) "
+        "| beyond the sleep (s) | finish to next claim, median (s) | failed |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in runs:
+        ideal = base * r.workers if base else float("nan")
+        print(
+            f"| {r.workers} | {r.jobs} | {r.per_hour:.0f} | {ideal:.0f} | {r.per_hour / ideal:.2f} "
+            f"| {r.job_seconds:.2f} | {r.overhead_seconds:.2f} | {r.gap_seconds:.2f} | {r.failed} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
