@@ -3,8 +3,8 @@
 The pipeline sleeps a fixed time (--sleep, default 5 s) before running ct-basic on a tiny
 CT phantom, so the CPU is not what limits the workers: each job still takes the real path
 (Celery over a real redis-server, claim in the job store, load, SEG/SR, save, C-STORE to a
-real dcmtk storescp, final state). The sleep is added from outside the product by
-tests/support/slow_worker.py, as the fault tests do.
+real dcmtk storescp that forks per association, final state). The sleep is added from
+outside the product by tests/support/slow_worker.py, as the fault tests do.
 
 For each N: one `pacs-annotator worker --concurrency N` (N pool processes), started and
 waited for until its N heartbeats are in the job store; then ROUNDS x N studies are sealed
@@ -14,7 +14,8 @@ last final state).
 The peer, measured in the same run: N times the rate of the single worker (N = 1). The
 scaling factor is rate(N) / (N x rate(1)); the goal is at least 0.9. What limits it is
 reported per N: the time a job spends beyond its sleep (overhead, grows when N processes
-share the CPU), and the time between a worker finishing one job and claiming its next
+share the CPU), split into the job's steps (worker/run/timings.py: load, pipelines, write,
+save, deliver), and the time between a worker finishing one job and claiming its next
 (broker round trip and job-store writes).
 
 The job store is PostgreSQL when one answers on 127.0.0.1:5432 (as several machines would
@@ -56,9 +57,12 @@ from worker.jobs.dispatch import Dispatcher
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.store import FINAL_STATES, Job, JobStore
 from worker.run.celery_app import job_enqueuer
+from worker.run.timings import read_timings
 from worker.service.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The job's steps after the sleep (worker/run/timings.py), averaged per N.
+STEPS = ("load", "pipelines", "write", "save", "deliver")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Run:
     overhead_seconds: float
     gap_seconds: float
     failed: int
+    steps: dict[str, float]
 
 
 @contextmanager
@@ -193,10 +198,12 @@ def run_once(
         stop_process(proc, timeout=30)
         log.close()
         store.close()
-    return _measure(n, jobs, args.sleep)
+    timings = [read_timings(settings.results_dir / j.id) for j in jobs]
+    steps = {k: statistics.mean(t.get(k, 0.0) for t in timings) for k in STEPS}
+    return _measure(n, jobs, args.sleep, steps)
 
 
-def _measure(n: int, jobs: list[Job], sleep: float) -> Run:
+def _measure(n: int, jobs: list[Job], sleep: float, steps: dict[str, float]) -> Run:
     started = [j.started_at for j in jobs if j.started_at]
     ended = [j.finished_at for j in jobs if j.finished_at]
     span = (max(ended) - min(started)).total_seconds()
@@ -223,6 +230,7 @@ def _measure(n: int, jobs: list[Job], sleep: float) -> Run:
         overhead_seconds=statistics.mean(durations) - sleep,
         gap_seconds=statistics.median(gaps) if gaps else 0.0,
         failed=sum(1 for j in jobs if j.state.value != "done"),
+        steps=steps,
     )
 
 
@@ -238,7 +246,7 @@ def main() -> int:
     kind = "SQLite"
     with (
         tempfile.TemporaryDirectory(prefix="pa-scaling-") as tmp,
-        contextmanager(start_storescp)(Path(tmp)) as scp,
+        contextmanager(start_storescp)(Path(tmp), "--fork") as scp,
         EmbeddedRedis(Path(tmp) / "redis") as redis_server,
     ):
         for n in counts:
@@ -262,16 +270,19 @@ def main() -> int:
     print(
         f"\nsleep {args.sleep:g} s per job, {args.rounds} jobs per worker process, job store {kind}"
     )
+    steps = " | ".join(f"{k} (s)" for k in STEPS)
     print(
         "| workers | jobs | studies/hour | N x one worker | scaling factor | job time (s) "
-        "| beyond the sleep (s) | finish to next claim, median (s) | failed |"
+        f"| beyond the sleep (s) | {steps} | finish to next claim, median (s) | failed |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * (9 + len(STEPS)) + "|")
     for r in runs:
         ideal = base * r.workers if base else float("nan")
+        per_step = " | ".join(f"{r.steps[k]:.2f}" for k in STEPS)
         print(
             f"| {r.workers} | {r.jobs} | {r.per_hour:.0f} | {ideal:.0f} | {r.per_hour / ideal:.2f} "
-            f"| {r.job_seconds:.2f} | {r.overhead_seconds:.2f} | {r.gap_seconds:.2f} | {r.failed} |"
+            f"| {r.job_seconds:.2f} | {r.overhead_seconds:.2f} | {per_step} "
+            f"| {r.gap_seconds:.2f} | {r.failed} |"
         )
     return 0
 
