@@ -27,7 +27,6 @@ Run: .venv/bin/python bench/worker_scaling.py [--workers 1,2,4,8] [--sleep 5] [-
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import os
 import statistics
@@ -35,20 +34,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scu_scp.spool import Spool
-from tests.support.jobs import POSTGRES_ADMIN_URL
+from tests.support.jobs import postgres_url, store_instances
 from tests.support.phantom import make_ct_phantom
 from tests.support.processes import stop_process
 from tests.support.storescp import start_storescp
@@ -84,36 +81,23 @@ def _database(kind: str) -> Iterator[str | None]:
     if kind == "sqlite":
         yield None
         return
-    name = f"pa_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError:
+        database = contextmanager(postgres_url)()
+        url = database.__enter__()
+    except pytest.skip.Exception as exc:  # the test helper skips when none answers
         if kind == "postgres":
-            raise
+            raise SystemExit(str(exc)) from exc
         yield None
         return
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        yield url
     finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        database.__exit__(None, None, None)
 
 
 def _store_study(spool: Spool, seed: int) -> None:
-    for ds in make_ct_phantom(slices=8, size=32, pixel_spacing=9.0, seed=seed).datasets:
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        spool.store(
-            buf.getvalue(),
-            study_uid=ds.StudyInstanceUID,
-            series_uid=ds.SeriesInstanceUID,
-            sop_uid=ds.SOPInstanceUID,
-            calling_ae="BENCH",
-            calling_host="127.0.0.1",
-        )
+    phantom = make_ct_phantom(slices=8, size=32, pixel_spacing=9.0, seed=seed)
+    store_instances(spool, phantom.datasets, calling_ae="BENCH")
 
 
 def _wait(predicate: object, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
