@@ -298,6 +298,10 @@ def test_dashboard_charts_the_last_day_per_queue_and_pipeline(
             worker_row = page.locator(f'tr[data-worker="{job["worker"]}"]')
             assert int(worker_row.locator("td.jobs-per-hour").inner_text()) >= 1
             page.locator("#activity-queues").screenshot(path=str(tmp_path / "activity.png"))
+            page.goto(f"{monitored.url}/jobs/{job['id']}")
+            expect(page.locator("#job-worker")).to_have_text(
+                f"{job['worker']} from queue pacs-annotator"
+            )
             assert not refused, refused
         finally:
             browser.close()
