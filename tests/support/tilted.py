@@ -9,6 +9,7 @@ space, so every geometry shows the same object.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,7 +119,7 @@ def seg_sphere(seg: Dataset, segment_number: int, sources: Sequence[Dataset]) ->
         float(np.array(ds.ImagePositionPatient, dtype=float) @ normal) for ds in sources
     )
     edges = [depths[0] - (depths[1] - depths[0]) / 2]
-    edges += [(a + b) / 2 for a, b in zip(depths, depths[1:], strict=False)]
+    edges += [(a + b) / 2 for a, b in itertools.pairwise(depths)]
     edges.append(depths[-1] + (depths[-1] - depths[-2]) / 2)
     slab = {round(d, 3): edges[i + 1] - edges[i] for i, d in enumerate(depths)}
     shared = seg.SharedFunctionalGroupsSequence[0]

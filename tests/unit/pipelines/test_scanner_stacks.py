@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,9 @@ from pipelines.routing import RoutingRule
 from pipelines.runner import StudyResult, annotate_study
 from pipelines.volume import Volume, load_series, load_volumes, scan_files
 from tests.conftest import shared_data_path
-from tests.support.dicom_validate import validation_errors
+from tests.support.dicom_validate import dciodvfy_errors, pixelmed_messages, validation_errors
 from tests.support.phantom import image_point_mm
-from tests.support.tilted import SPHERE_HU, HEAD_HU, SphereStack, make_sphere_stack, seg_sphere
+from tests.support.tilted import HEAD_HU, SPHERE_HU, SphereStack, make_sphere_stack, seg_sphere
 
 TILTS = (0.0, 15.0, 30.0)
 #: Table positions (mm) of 40 slices 2.5 mm apart; "gap" drops two single slices,
@@ -46,7 +46,7 @@ class _Threshold:
     """A pipeline that segments what is denser than halfway between head and sphere."""
 
     name: str = "sphere"
-    algorithm: Algorithm = Algorithm("sphere", "1")
+    algorithm: Algorithm = field(default_factory=lambda: Algorithm("sphere", "1"))
     modalities: frozenset[str] = frozenset({"CT", "MR"})
     threshold: float = (SPHERE_HU + HEAD_HU) / 2
 
@@ -139,7 +139,9 @@ def test_the_sphere_comes_back_on_the_source_slices(
     assert np.allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient, iop)
     assert (seg.Rows, seg.Columns) == (64, 64)
     for item in seg.PerFrameFunctionalGroupsSequence:
-        position = tuple(np.round(np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float), 3))
+        position = tuple(
+            np.round(np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float), 3)
+        )
         assert position in sources, f"SEG frame at {position} is on no source slice"
         referenced = item.DerivationImageSequence[0].SourceImageSequence[0]
         assert referenced.ReferencedSOPInstanceUID == sources[position].SOPInstanceUID
@@ -164,9 +166,20 @@ def test_the_sphere_comes_back_on_the_source_slices(
 def test_every_seg_and_sr_from_tilted_and_uneven_stacks_is_valid(
     cases: dict[tuple[float, str], _Case], tmp_path: Path
 ) -> None:
-    paths = [path for case in cases.values() for path in case.paths]
-    assert len(paths) == 2 * len(cases)
-    assert validation_errors(paths, tmp_path) == []
+    """dciodvfy and PixelMed on the SEG and SR of every layout at the steepest tilt.
+
+    The other tilts write the same structure (only positions differ); validating all 18
+    objects took two minutes on a loaded CI machine, so the most sheared ones stand for them.
+    """
+    paths = [path for (tilt, _), case in cases.items() if tilt == max(TILTS) for path in case.paths]
+    assert len(paths) == 2 * len(LAYOUTS)
+    segs = [path for path in paths if path.name.startswith("SEG")]
+    srs = [path for path in paths if path.name.startswith("SR")]
+    errors = [f"{path.name}: {error}" for path in paths for error in dciodvfy_errors(path)]
+    for kind, group in (("instance", segs), ("sr", srs)):
+        for path, messages in pixelmed_messages(group, kind).items():
+            errors.extend(f"{path.name}: PixelMed: {error}" for error in messages.errors)
+    assert errors == []
 
 
 def test_a_gap_too_large_to_interpolate_fails_the_series_with_the_reason(tmp_path: Path) -> None:
@@ -225,23 +238,21 @@ def test_enhanced_ct_reads_as_the_single_frame_series(
 
 
 def test_enhanced_ct_gives_the_same_segments_referenced_frame_by_frame(
-    enhanced_ct: Dataset, real_ct_datasets: list[Dataset], tmp_path: Path
+    enhanced_ct: Dataset, real_findings: Findings, tmp_path: Path
 ) -> None:
+    """The single-frame series' segments (ct-basic, shared fixture) against the enhanced CT's."""
     options = {"rules": (), "pipelines": builtin_pipelines(), "only": "ct-basic"}
-    single = _annotate(list(real_ct_datasets), tmp_path / "single", **options)
     multi = _annotate([enhanced_ct], tmp_path / "multi", **options)
     assert [o.status for o in multi.outcomes] == ["done"]
-    single_seg, multi_seg = _seg(single), _seg(multi)
-    for number, item in enumerate(single_seg.SegmentSequence, start=1):
-        assert multi_seg.SegmentSequence[number - 1].SegmentLabel == item.SegmentLabel
-        expected = _segment_pixels(single_seg, number)
+    multi_seg = _seg(multi)
+    present = [segment for segment in real_findings.segments if segment.mask.any()]
+    assert [item.SegmentLabel for item in multi_seg.SegmentSequence] == [
+        segment.label for segment in present
+    ]
+    for number, segment in enumerate(present, start=1):
+        expected = int(np.count_nonzero(segment.mask))
         assert _segment_pixels(multi_seg, number) == pytest.approx(expected, rel=0.01)
 
-    frames = {
-        int(item.FrameContentSequence[0].InStackPositionNumber): item
-        for item in enhanced_ct.PerFrameFunctionalGroupsSequence
-    }
-    del frames  # positions below come from the source's own functional groups
     source_positions = [
         np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
         for item in enhanced_ct.PerFrameFunctionalGroupsSequence
@@ -279,11 +290,13 @@ def _two_stack_mr(datasets: list[Dataset]) -> Dataset:
     first = sorted(datasets, key=lambda ds: float(ds.ImagePositionPatient[0]))
     iop = np.array(first[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
-    spacing = float(np.dot(
-        np.array(first[1].ImagePositionPatient, dtype=float)
-        - np.array(first[0].ImagePositionPatient, dtype=float),
-        normal,
-    ))
+    spacing = float(
+        np.dot(
+            np.array(first[1].ImagePositionPatient, dtype=float)
+            - np.array(first[0].ImagePositionPatient, dtype=float),
+            normal,
+        )
+    )
     second = []
     for n, ds in enumerate(first):
         other = copy.deepcopy(ds)
@@ -312,7 +325,7 @@ def _two_stack_mr(datasets: list[Dataset]) -> Dataset:
     for index, item in enumerate(mr.PerFrameFunctionalGroupsSequence):
         source = item.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID
         stack = 2 if source.startswith("2.25.416") else 1
-        in_stack = (second if stack == 2 else first)
+        in_stack = second if stack == 2 else first
         number = [ds.SOPInstanceUID for ds in in_stack].index(source) + 1
         content = item.FrameContentSequence[0]
         content.StackID = str(stack)
@@ -336,7 +349,9 @@ def test_an_enhanced_mr_with_two_stacks_is_two_volumes(two_stack_mr: Dataset) ->
     assert first.voxels.shape == second.voxels.shape == (35, 256, 256)
     assert not first.resampled and not second.resampled
     assert np.array_equal(second.voxels, np.floor(first.voxels / 2))
-    assert {plane.frame for plane in first.planes}.isdisjoint(plane.frame for plane in second.planes)
+    assert {plane.frame for plane in first.planes}.isdisjoint(
+        plane.frame for plane in second.planes
+    )
     offset = second.affine[:3, 3] - first.affine[:3, 3]
     assert np.linalg.norm(offset) == pytest.approx(first.spacing[0] / 2, rel=1e-3)
     with pytest.raises(ValueError, match="holds 2 volumes"):
@@ -367,7 +382,10 @@ def test_each_stack_gets_its_own_seg_on_its_own_frames(
         }
         assert frames and {stacks[frame] for frame in frames} == {stack}
     paths = _save(result, tmp_path / "out")
-    assert validation_errors(paths, tmp_path / "validate") == []
+    errors = [f"{path.name}: {error}" for path in paths for error in dciodvfy_errors(path)]
+    assert errors == []
+    seg_paths = [path for path in paths if path.name.startswith("SEG")]
+    assert all(not m.errors for m in pixelmed_messages(seg_paths, "instance").values())
 
 
 # --- Series that hold several volumes ----------------------------------------------------
@@ -375,7 +393,7 @@ def test_each_stack_gets_its_own_seg_on_its_own_frames(
 
 def _phases(acquisition_numbers: tuple[int, int]) -> list[Dataset]:
     """Two acquisitions of the same positions in one series (e.g. two contrast phases)."""
-    first = make_sphere_stack(table_positions=REGULAR[:12]).datasets
+    first = make_sphere_stack(table_positions=REGULAR[14:26]).datasets
     second = copy.deepcopy(first)
     for n, ds in enumerate(second):
         ds.SOPInstanceUID = f"2.25.417{n:03}"
@@ -402,7 +420,7 @@ def test_repeated_positions_nothing_tells_apart_are_refused_not_averaged(tmp_pat
 
 
 def test_a_localizer_in_the_series_is_left_out_with_the_reason(tmp_path: Path) -> None:
-    datasets = make_sphere_stack(table_positions=REGULAR[:12]).datasets
+    datasets = make_sphere_stack(table_positions=REGULAR[14:26]).datasets
     localizer = copy.deepcopy(datasets[0])
     localizer.SOPInstanceUID = "2.25.418001"
     localizer.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
