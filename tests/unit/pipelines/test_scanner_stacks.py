@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from highdicom.legacy import LegacyConvertedEnhancedCTImage, LegacyConvertedEnhancedMRImage
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 
@@ -176,9 +177,9 @@ def test_every_seg_and_sr_from_tilted_and_uneven_stacks_is_valid(
     segs = [path for path in paths if path.name.startswith("SEG")]
     srs = [path for path in paths if path.name.startswith("SR")]
     errors = [f"{path.name}: {error}" for path in paths for error in dciodvfy_errors(path)]
-    for kind, group in (("instance", segs), ("sr", srs)):
-        for path, messages in pixelmed_messages(group, kind).items():
-            errors.extend(f"{path.name}: PixelMed: {error}" for error in messages.errors)
+    checked = {**pixelmed_messages(segs, "instance"), **pixelmed_messages(srs, "sr")}
+    for path, messages in checked.items():
+        errors.extend(f"{path.name}: PixelMed: {error}" for error in messages.errors)
     assert errors == []
 
 
@@ -321,7 +322,7 @@ def _two_stack_mr(datasets: list[Dataset]) -> Dataset:
     position_dimension.DimensionIndexPointer = Tag("InStackPositionNumber")
     position_dimension.FunctionalGroupPointer = Tag("FrameContentSequence")
     position_dimension.DimensionOrganizationUID = "2.25.416902"
-    mr.DimensionIndexSequence = [stack_dimension, position_dimension]
+    mr.DimensionIndexSequence = DicomSequence([stack_dimension, position_dimension])  # type: ignore[assignment]
     for index, item in enumerate(mr.PerFrameFunctionalGroupsSequence):
         source = item.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID
         stack = 2 if source.startswith("2.25.416") else 1
