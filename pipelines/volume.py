@@ -241,39 +241,44 @@ def _build(stack: Stack, fail: _Fail) -> Volume:
 
 def _plane_pixels(planes: Sequence[Plane], fail: _Fail) -> list[npt.NDArray[np.float32]]:
     """Each plane's values after the modality transform (rescale or Modality LUT)."""
-    images: list[npt.NDArray[np.float32]] = []
-    readers: dict[int, hd.Image] = {}
-    for plane in planes:
-        ds = plane.dataset
+    images: dict[int, npt.NDArray[np.float32]] = {}
+    frames: dict[int, list[int]] = {}  # multi-frame instance -> indices of its planes
+    for index, plane in enumerate(planes):
+        if plane.frame is not None:
+            frames.setdefault(id(plane.dataset), []).append(index)
+            continue
         try:
-            if plane.frame is None:
-                stored = ds.pixel_array
-                # Rescale slope/intercept, or a Modality LUT Sequence: pydicom applies either.
-                image = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-            else:
-                # Enhanced objects keep the rescale per frame in functional groups:
-                # highdicom reads each frame with its own Pixel Value Transformation.
-                reader = readers.get(id(ds))
-                if reader is None:
-                    reader = readers[id(ds)] = hd.Image.from_dataset(ds, copy=False)
-                image = reader.get_frame(
-                    plane.frame,
-                    dtype=np.float32,
-                    apply_real_world_transform=False,
-                    apply_voi_transform=False,
-                    apply_presentation_lut=False,
-                    apply_palette_color_lut=False,
-                    apply_icc_profile=False,
-                )
+            stored = plane.dataset.pixel_array
         except _DECODE_ERRORS as exc:
             raise fail(f"cannot decode pixel data of instance {plane.describe()}: {exc}") from exc
-        if image.shape != (plane.rows, plane.cols):
+        # Rescale slope/intercept, or a Modality LUT Sequence: pydicom applies either.
+        images[index] = np.asarray(apply_modality_lut(stored, plane.dataset), dtype=np.float32)
+    for indices in frames.values():
+        # Enhanced objects keep the rescale per frame in functional groups: highdicom reads
+        # the frames with their own Pixel Value Transformation (one transform when shared).
+        source = planes[indices[0]]
+        try:
+            stack = hd.Image.from_dataset(source.dataset, copy=False).get_frames(
+                [frame for i in indices if (frame := planes[i].frame) is not None],
+                dtype=np.float32,
+                apply_real_world_transform=False,
+                apply_voi_transform=False,
+                apply_presentation_lut=False,
+                apply_palette_color_lut=False,
+                apply_icc_profile=False,
+            )
+        except _DECODE_ERRORS as exc:
+            where = _sop(source.dataset)
+            raise fail(f"cannot decode pixel data of instance {where}: {exc}") from exc
+        for position, i in enumerate(indices):
+            images[i] = stack[position]
+    for index, plane in enumerate(planes):
+        if images[index].shape != (plane.rows, plane.cols):
             raise fail(
-                f"instance {plane.describe()} pixel data has shape {image.shape}, "
+                f"instance {plane.describe()} pixel data has shape {images[index].shape}, "
                 f"not {plane.rows}x{plane.cols}"
             )
-        images.append(image)
-    return images
+    return [images[index] for index in range(len(planes))]
 
 
 def _planes_from_affine(volume: Volume) -> tuple[Plane, ...]:
@@ -295,6 +300,10 @@ def _planes_from_affine(volume: Volume) -> tuple[Plane, ...]:
         )
         for k, ds in enumerate(volume.datasets[:slices])
     )
+
+
+def _sop(ds: Dataset) -> str:
+    return str(ds.get("SOPInstanceUID", "<no SOPInstanceUID>"))
 
 
 def _fmt(values: npt.NDArray[np.float64]) -> str:
