@@ -127,23 +127,28 @@ def series_stacks(datasets: Sequence[Dataset]) -> SeriesStacks:
     if not images:
         raise fail("the series holds only localizer images (ImageType LOCALIZER)")
 
-    groups: dict[tuple[tuple[str, str], ...], list[Plane]] = {}
+    # Multi-frame planes by (instance, stack within it); single-frame planes together.
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Plane]] = {}
     single: list[Plane] = []
     for ds in images:
         if _frame_count(ds) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
             for plane in multiframe_planes(ds, fail):
-                groups.setdefault(plane.group, []).append(plane)
+                groups.setdefault((_sop(ds), plane.group), []).append(plane)
         else:
             single.append(single_frame_plane(ds, fail))
     stacks: list[Stack] = []
     if single:
         stacks.extend(_split_acquisitions(single, fail))
-    multi_instances = {str(ds.SOPInstanceUID) for ds in images if _frame_count(ds) > 1}
-    for key, planes in groups.items():
+    parts_per_instance: dict[str, int] = {}
+    for sop, _ in groups:
+        parts_per_instance[sop] = parts_per_instance.get(sop, 0) + 1
+    for (sop, key), planes in groups.items():
         check_same_orientation(planes, fail)
+        # Name the stack only when its instance has several ("stack 2", "b-value 1000").
         label = ", ".join(f"{name} {value}" for name, value in key)
-        if len(multi_instances) > 1 or single:
-            label = f"instance {_sop(planes[0].dataset)}" + (f", {label}" if label else "")
+        label = label if parts_per_instance[sop] > 1 else ""
+        if len(parts_per_instance) > 1 or single:
+            label = f"instance {sop}" + (f", {label}" if label else "")
         stacks.append(Stack(tuple(planes), label))
     return SeriesStacks(stacks=tuple(stacks), set_apart=tuple(set_apart))
 

@@ -454,3 +454,10 @@ def test_saved_multiframe_reads_back_the_same(two_stack_mr: Dataset, tmp_path: P
     two_stack_mr.save_as(path, enforce_file_format=True)
     again = load_volumes([pydicom.dcmread(path)])
     assert [volume.label for volume in again.volumes] == ["stack 1", "stack 2"]
+
+
+def test_a_one_stack_enhanced_ct_is_not_labelled_as_a_part(enhanced_ct: Dataset) -> None:
+    """Its frames carry Stack ID 1, but one stack is the whole image: no part to name."""
+    assert enhanced_ct.PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0].StackID == "1"
+    found = load_volumes([enhanced_ct])
+    assert [volume.label for volume in found.volumes] == [""]
