@@ -191,7 +191,7 @@ def load_series(datasets: Sequence[Dataset]) -> Volume:
 
     Slices are ordered by their position along the slice normal (never by InstanceNumber
     or file order). A one-slice series gets the slice spacing SliceThickness, or
-    ``DEFAULT_SINGLE_SLICE_SPACING_MM`` when that is absent.
+    ``pipelines.resample.DEFAULT_SINGLE_SLICE_SPACING_MM`` when that is absent.
     """
     found = load_volumes(datasets)
     if len(found.volumes) != 1:
