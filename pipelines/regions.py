@@ -28,59 +28,73 @@ MIN_HALF_SIDE_PX = 1.5
 
 @dataclass(frozen=True, eq=False)
 class KeyImageRegion:
-    """A 2D region on one source image: ``points`` are (column, row) image coordinates."""
+    """A 2D region on one source image: ``points`` are (column, row) image coordinates.
+
+    ``frame`` is the image's 1-based frame number in a multi-frame instance (None for a
+    single-frame image); ``slice_index`` is the source plane's index in ``volume.planes``.
+    """
 
     image: Dataset
     slice_index: int
     graphic_type: str  # POLYLINE or POINT (DICOM Graphic Type)
     points: npt.NDArray[np.float32]
+    frame: int | None = None
 
 
 def detection_region(volume: Volume, detection: Detection) -> KeyImageRegion:
-    """The detection's box on the slice through its centre, as a closed 5-point POLYLINE.
+    """The detection's box on the source image through its centre, as a closed POLYLINE.
 
-    A box detector's lesion is widest at its centre, so that slice is its key image. The
-    rectangle's sides follow the image's rows and columns (what viewers draw without
-    resampling, and what OHIF takes into its measurement list as a rectangle ROI); its
-    width and height are the box's extent along those directions.
+    A box detector's lesion is widest at its centre, so the source plane nearest to it is
+    its key image. The rectangle's sides follow the image's rows and columns (what viewers
+    draw without resampling, and what OHIF takes into its measurement list as a rectangle
+    ROI); its width and height are the box's extent along those directions.
     """
-    k, row, col = _voxel_index(volume, np.asarray(detection.centre_mm, dtype=np.float64))
-    k = int(np.clip(round(k), 0, volume.voxels.shape[0] - 1))
+    centre = np.asarray(detection.centre_mm, dtype=np.float64)
+    normal = volume.planes[0].normal
+    k = int(np.argmin([abs(float((centre - plane.position) @ normal)) for plane in volume.planes]))
+    plane = volume.planes[k]
+    row_spacing, col_spacing = (float(v) for v in plane.pixel_spacing)
+    offset = centre - plane.position
+    row, col = (
+        float(offset @ plane.col_dir) / row_spacing,
+        float(offset @ plane.row_dir) / col_spacing,
+    )
     extent_mm = np.abs(
         np.asarray(detection.bbox_max_mm, dtype=np.float64)
         - np.asarray(detection.bbox_min_mm, dtype=np.float64)
     )
-    _, row_spacing, col_spacing = volume.spacing
-    col_axis = volume.affine[:3, 2] / col_spacing  # direction of increasing column
-    row_axis = volume.affine[:3, 1] / row_spacing  # direction of increasing row
-    half_width = max(float(np.abs(col_axis) @ extent_mm) / 2 / col_spacing, MIN_HALF_SIDE_PX)
-    half_height = max(float(np.abs(row_axis) @ extent_mm) / 2 / row_spacing, MIN_HALF_SIDE_PX)
+    half_width = max(float(np.abs(plane.row_dir) @ extent_mm) / 2 / col_spacing, MIN_HALF_SIDE_PX)
+    half_height = max(float(np.abs(plane.col_dir) @ extent_mm) / 2 / row_spacing, MIN_HALF_SIDE_PX)
     x, y = col + 0.5, row + 0.5
     left, right, top, bottom = x - half_width, x + half_width, y - half_height, y + half_height
     points = np.array(
         [(left, top), (right, top), (right, bottom), (left, bottom), (left, top)],
         dtype=np.float32,
     )
-    return KeyImageRegion(volume.datasets[k], k, "POLYLINE", points)
+    return KeyImageRegion(plane.dataset, k, "POLYLINE", points, plane.frame)
 
 
 def segment_region(volume: Volume, mask: npt.NDArray[np.bool_]) -> KeyImageRegion:
-    """The outline of a segment's largest piece on the slice where the segment is largest.
+    """The outline of a segment's largest piece on the source image where it is largest.
 
-    Raises ``ValueError`` for an empty mask (there is nothing to outline).
+    The mask is taken onto the source planes first (``Volume.plane_masks``), so the outline
+    is drawn on an image the scanner produced, in that image's pixel coordinates. Raises
+    ``ValueError`` for an empty mask (there is nothing to outline).
     """
+    on_planes = volume.plane_masks(mask)
     # count_nonzero per slice: ~7x faster than a bool sum along an axis (no int64 casts).
-    areas = np.array([np.count_nonzero(plane) for plane in mask])
+    areas = np.array([np.count_nonzero(plane) for plane in on_planes])
     if not areas.any():
         raise ValueError("cannot outline an empty segment")
     k = int(np.argmax(areas))
-    labels, count = ndimage.label(mask[k])
+    image, frame = volume.planes[k].dataset, volume.planes[k].frame
+    labels, count = ndimage.label(on_planes[k])
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
     piece = labels == int(np.argmax(sizes)) + 1
     if int(piece.sum()) == 1:
         row, col = np.argwhere(piece)[0]
         point = np.array([[col + 0.5, row + 0.5]], dtype=np.float32)
-        return KeyImageRegion(volume.datasets[k], k, "POINT", point)
+        return KeyImageRegion(image, k, "POINT", point, frame)
     # Pad so a piece touching the image border still gives a closed contour.
     contours = measure.find_contours(np.pad(piece, 1).astype(np.float32), 0.5)  # type: ignore[no-untyped-call]
     outline = max(contours, key=len) - 1.0  # back to unpadded (row, col) indices
@@ -90,10 +104,4 @@ def segment_region(volume: Volume, mask: npt.NDArray[np.bool_]) -> KeyImageRegio
     if not np.array_equal(outline[0], outline[-1]):
         outline = np.vstack([outline, outline[:1]])
     points = np.column_stack([outline[:, 1] + 0.5, outline[:, 0] + 0.5]).astype(np.float32)
-    return KeyImageRegion(volume.datasets[k], k, "POLYLINE", points)
-
-
-def _voxel_index(volume: Volume, point_mm: npt.NDArray[np.float64]) -> tuple[float, float, float]:
-    """(slice, row, column) of a patient-space point, as fractional voxel indices."""
-    index = np.linalg.solve(volume.affine, np.append(point_mm, 1.0))
-    return float(index[0]), float(index[1]), float(index[2])
+    return KeyImageRegion(image, k, "POLYLINE", points, frame)

@@ -37,7 +37,7 @@ from pipelines.seg import build_seg, non_empty_segments
 from pipelines.sr import build_sr
 from pipelines.sr_root import SeriesResult
 from pipelines.uids import derive_uid
-from pipelines.volume import Volume, load_series, scan_files
+from pipelines.volume import SeriesVolumes, Volume, load_volumes, scan_files
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,8 @@ def _annotate_series(
         return [outcome(None, "failed" if broken else "skipped", not_image, ())]
 
     results: list[SeriesOutcome] = []
-    volume: Volume | None = None
+    loaded: SeriesVolumes | None = None
+    load_error: str | None = None
     for name in names:
         pipeline = pipelines[name]
         if modality not in pipeline.modalities:
@@ -219,24 +220,49 @@ def _annotate_series(
                 outcome(name, "skipped", f"pipeline {name} handles {handled}, not {modality}", ())
             )
             continue
-        try:
-            if volume is None:
-                started = time.perf_counter()
-                volume = load_series(datasets)
-                timings["load"] += time.perf_counter() - started
+        if loaded is None and load_error is None:
             started = time.perf_counter()
-            findings = pipeline.run(volume)
-            timings["pipelines"] += time.perf_counter() - started
-        except InputError as exc:
-            results.append(outcome(name, "failed", str(exc), ()))
+            try:
+                loaded = load_volumes(datasets)
+                results.extend(outcome(None, "skipped", why, ()) for why in loaded.set_apart)
+            except InputError as exc:
+                load_error = str(exc)
+            timings["load"] += time.perf_counter() - started
+        if loaded is None:
+            results.append(outcome(name, "failed", load_error, ()))
             continue
-        started = time.perf_counter()
-        written, seg = _write_results(volume, name, findings, software_version, outcome)
-        timings["write"] += time.perf_counter() - started
-        results.append(written)
-        if written.status == "done":
-            collected.append((volume, findings, seg))
+        for volume in loaded.volumes:
+            noted = _noted(volume, outcome)
+            try:
+                started = time.perf_counter()
+                findings = pipeline.run(volume)
+                timings["pipelines"] += time.perf_counter() - started
+            except InputError as exc:
+                results.append(noted(name, "failed", str(exc), ()))
+                continue
+            started = time.perf_counter()
+            written, seg = _write_results(volume, name, findings, software_version, noted)
+            timings["write"] += time.perf_counter() - started
+            results.append(written)
+            if written.status == "done":
+                collected.append((volume, findings, seg))
     return results
+
+
+def _noted(volume: Volume, outcome: _OutcomeFactory) -> _OutcomeFactory:
+    """``outcome`` with what the admin should know about the volume before the reason.
+
+    A series split into several volumes says which one ("stack 2"); a resampled one says
+    why and how (gantry tilt, uneven gaps).
+    """
+
+    def make(
+        pipeline: str | None, status: Status, reason: str | None, outputs: tuple[Dataset, ...]
+    ) -> SeriesOutcome:
+        text = "; ".join(part for part in (volume.note, reason) if part)
+        return outcome(pipeline, status, text or None, outputs)
+
+    return make
 
 
 def _write_results(
@@ -286,7 +312,10 @@ def _summary(findings: Findings) -> str:
 def _uid_key(volume: Volume, pipeline_name: str, algorithm_version: str) -> tuple[str, ...]:
     """Everything that identifies one result: same inputs and algorithm, same UIDs."""
     sop_uids = sorted(str(ds.SOPInstanceUID) for ds in volume.datasets)
-    return (volume.study_uid, volume.series_uid, pipeline_name, algorithm_version, *sop_uids)
+    # The stacks of one multi-frame instance share its SOP Instance UID: the label tells
+    # them apart (left out when empty, so a whole series keeps the UIDs it always had).
+    part = (volume.label,) if volume.label else ()
+    return (volume.study_uid, volume.series_uid, pipeline_name, algorithm_version, *sop_uids, *part)
 
 
 def _series_number(volume: Volume) -> int:

@@ -1,8 +1,9 @@
 """Findings -> DICOM Segmentation (binary), with IHE AI Results provenance.
 
 The SEG is a new series in the source study whose frames sit exactly on the source
-slices (highdicom derives the plane positions from ``source_images``), so every viewer
-overlays it without resampling.
+slices (highdicom derives the plane positions from ``source_images``, frame by frame for a
+multi-frame source), so every viewer overlays it without resampling, also when the
+pipeline ran on a resampled grid (a tilted or unevenly spaced stack).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def build_seg(
         )
         for number, (segment, color) in enumerate(zip(segments, colors, strict=True), start=1)
     ]
-    pixel_array = _segment_stack(segments)
+    source_images, pixel_array = _frames_on_sources(volume, segments)
     equipment = hd.ContributingEquipment(
         manufacturer=algorithm.manufacturer,
         purpose_of_reference=PROCESSING_PURPOSE,
@@ -107,7 +108,7 @@ def build_seg(
         contribution_description=f"Automatic segmentation by {algorithm.name} {algorithm.version}",
     )
     seg = _Segmentation(
-        source_images=list(volume.datasets),
+        source_images=source_images,
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -205,13 +206,38 @@ def _segments_overlap(stack: npt.NDArray[np.bool_]) -> hd.seg.SegmentsOverlapVal
     return hd.seg.SegmentsOverlapValues.NO
 
 
-def _segment_stack(segments: tuple[Segment, ...]) -> npt.NDArray[np.bool_]:
+def _frames_on_sources(
+    volume: Volume, segments: tuple[Segment, ...]
+) -> tuple[list[Dataset], npt.NDArray[np.bool_]]:
+    """The source images and the (frame, row, col, segment) array on their planes.
+
+    Each segment is mapped back onto the source planes first (``Volume.plane_masks``:
+    the identity for a regular stack, interpolation for a resampled one), so every SEG
+    frame lies on a source image. Single-frame sources: one frame per source instance.
+    A multi-frame source: one frame per frame of it (frames of other stacks stay empty and
+    are omitted), so highdicom references each source frame by its number.
+    """
+    planes = [volume.plane_masks(segment.mask) for segment in segments]
+    source = volume.multiframe_source
+    if source is None:
+        return [plane.dataset for plane in volume.planes], _segment_stack(planes)
+    first = volume.planes[0]
+    frames = np.zeros(
+        (len(segments), int(source.NumberOfFrames), first.rows, first.cols), dtype=np.bool_
+    )
+    numbers = np.array([plane.frame for plane in volume.planes], dtype=np.int64) - 1
+    for index, masks in enumerate(planes):
+        frames[index, numbers] = masks
+    return [source], np.moveaxis(frames, 0, -1)
+
+
+def _segment_stack(masks: list[npt.NDArray[np.bool_]]) -> npt.NDArray[np.bool_]:
     """The (slice, row, col, segment) array highdicom encodes, each segment contiguous.
 
     A view of an axis-0 stack: every frame highdicom takes out (one slice of one segment)
     is one contiguous block, and stacking copies whole masks instead of interleaving them.
     """
-    return np.moveaxis(np.stack([segment.mask for segment in segments]), 0, -1)
+    return np.moveaxis(np.stack(masks), 0, -1)
 
 
 def copy_required_source_attributes(source: Dataset, target: Dataset) -> None:

@@ -364,6 +364,7 @@ def _source_image_for_region(region: KeyImageRegion) -> hd.sr.SourceImageForRegi
     return hd.sr.SourceImageForRegion(
         referenced_sop_class_uid=str(region.image.SOPClassUID),
         referenced_sop_instance_uid=str(region.image.SOPInstanceUID),
+        referenced_frame_numbers=None if region.frame is None else [region.frame],
     )
 
 

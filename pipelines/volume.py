@@ -1,8 +1,12 @@
-"""Series -> volume: sort, check and stack single-frame slices into one 3D array.
+"""Series -> volumes: the regular 3D grids the pipelines run on, and the way back.
 
-A pipeline must never guess at geometry: if the slices of a series do not form a regular
-stack we refuse with a ``VolumeError`` that says which slices are wrong and why, so a
-failed job tells the admin what to fix.
+A series is read into source planes and split into stacks (``pipelines/planes.py``); each
+stack becomes one ``Volume``. A regular stack is the grid itself; a sheared (gantry tilt)
+or unevenly spaced one is resampled to a regular grid (``pipelines/resample.py``), and
+``Volume.plane_masks`` maps a result back onto every source plane, so SEG frames and SR
+outlines always lie on images the scanner produced. A pipeline never guesses at geometry:
+what cannot form a volume is refused with a ``VolumeError`` that says which images are
+wrong and why, so a failed job tells the admin what to fix.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
@@ -21,20 +26,23 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut
 
 from pipelines.errors import VolumeError
+from pipelines.planes import Plane, Stack, repeated_positions, series_stacks
+from pipelines.resample import Grid, plan_grid, to_grid, to_planes
 
 logger = logging.getLogger(__name__)
 
-#: Builds a VolumeError whose message names the series.
+#: Builds a VolumeError whose message names the series (and the stack).
 _Fail = Callable[[str], VolumeError]
 
-#: Two orientation vectors are "the same" when no component differs by more than this.
-ORIENTATION_TOLERANCE = 1e-3
-#: Relative tolerance on slice gaps (fraction of the median gap) and on pixel spacing.
-SPACING_TOLERANCE = 0.01
-#: A slice may sit off the stack axis by at most this fraction of the smallest pixel spacing.
-IN_PLANE_SHIFT_TOLERANCE = 0.1
-#: Slice spacing (mm) of a one-slice series without a usable SliceThickness.
-DEFAULT_SINGLE_SLICE_SPACING_MM = 1.0
+#: Exceptions a damaged or unsupported pixel encoding raises while decoding.
+_DECODE_ERRORS = (
+    ValueError,
+    RuntimeError,
+    NotImplementedError,
+    AttributeError,
+    TypeError,
+    KeyError,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,12 +50,22 @@ class Volume:
     """A regular 3D image: voxels indexed (slice, row, col) plus their place in the patient.
 
     ``affine`` maps (slice k, row r, col c, 1) to patient LPS millimetres; ``datasets`` are
-    the source instances in axis-0 order (without any guarantee their pixel data is kept).
+    the source instances in plane order (without any guarantee their pixel data is kept).
+    ``planes`` are the source images sorted along the slice normal; when left out they are
+    the datasets, one per slice. ``grid`` says how the planes lie in the voxels (None: slice
+    k is plane k); ``label`` names the part of a series this volume is ("stack 2").
     """
 
     voxels: npt.NDArray[np.float32]
     affine: npt.NDArray[np.float64]
     datasets: tuple[Dataset, ...]
+    planes: tuple[Plane, ...] = ()
+    grid: Grid | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.planes:
+            object.__setattr__(self, "planes", _planes_from_affine(self))
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -71,6 +89,35 @@ class Volume:
     def series_uid(self) -> str:
         return str(self.datasets[0].SeriesInstanceUID)
 
+    @property
+    def resampled(self) -> bool:
+        """True when the voxels are interpolated from the planes (tilt, uneven gaps)."""
+        return self.grid is not None and not self.grid.regular
+
+    @property
+    def multiframe_source(self) -> Dataset | None:
+        """The multi-frame instance whose frames the planes are, None for single frames."""
+        return self.planes[0].dataset if self.planes[0].frame is not None else None
+
+    @property
+    def note(self) -> str:
+        """What an admin should know about how this volume was made ("" when nothing)."""
+        parts = [self.label] if self.label else []
+        if self.grid is not None and self.grid.note:
+            parts.append(self.grid.note)
+        return "; ".join(parts)
+
+    def plane_masks(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """A (slice, row, col) mask on the voxels -> one mask per source plane, in order."""
+        if mask.shape != self.voxels.shape:
+            raise ValueError(
+                f"mask shape {mask.shape} does not match the volume {self.voxels.shape}"
+            )
+        if self.grid is None or self.grid.regular:
+            return mask
+        first = self.planes[0]
+        return to_planes(mask, self.grid, first.rows, first.cols)
+
 
 @dataclass(frozen=True)
 class UnreadableFile:
@@ -86,6 +133,14 @@ class ScanResult:
 
     series: dict[str, list[Dataset]]
     unreadable: tuple[UnreadableFile, ...]
+
+
+@dataclass(frozen=True)
+class SeriesVolumes:
+    """The volumes of one series, and what was set apart with the reason (localizers)."""
+
+    volumes: tuple[Volume, ...]
+    set_apart: tuple[str, ...]
 
 
 def scan_files(paths: Iterable[Path]) -> ScanResult:
@@ -112,190 +167,139 @@ def scan_files(paths: Iterable[Path]) -> ScanResult:
     return ScanResult(series=series, unreadable=tuple(unreadable))
 
 
+def load_volumes(datasets: Sequence[Dataset]) -> SeriesVolumes:
+    """Every volume of one series: one per stack (see ``pipelines/planes.py``).
+
+    Raises ``VolumeError`` when the series cannot be read as volumes at all; a stack that
+    fails fails the series (its reason names the stack).
+    """
+    found = series_stacks(datasets)
+    series_uid = str(datasets[0].get("SeriesInstanceUID", "<missing>"))
+    volumes = []
+    for stack in found.stacks:
+        where = f"series {series_uid}" + (f" ({stack.label})" if stack.label else "")
+
+        def fail(problem: str, where: str = where) -> VolumeError:
+            return VolumeError(f"{where}: {problem}")
+
+        volumes.append(_build(stack, fail))
+    return SeriesVolumes(volumes=tuple(volumes), set_apart=found.set_apart)
+
+
 def load_series(datasets: Sequence[Dataset]) -> Volume:
-    """Stack the single-frame slices of one series into a ``Volume``, sorted along the normal.
+    """The one volume of a series; raises ``VolumeError`` if it holds several (or none).
 
     Slices are ordered by their position along the slice normal (never by InstanceNumber
     or file order). A one-slice series gets the slice spacing SliceThickness, or
-    ``DEFAULT_SINGLE_SLICE_SPACING_MM`` when that is absent. Raises ``VolumeError``.
+    ``pipelines.resample.DEFAULT_SINGLE_SLICE_SPACING_MM`` when that is absent.
     """
-    if not datasets:
-        raise VolumeError("cannot build a volume from an empty series (no instances)")
-    series_uid = str(datasets[0].get("SeriesInstanceUID", "<missing>"))
-
-    def fail(problem: str) -> VolumeError:
-        return VolumeError(f"series {series_uid}: {problem}")
-
-    for ds in datasets:
-        _check_instance(ds, series_uid, fail)
-
-    row_dir, col_dir = _orientation(datasets[0])
-    for ds in datasets[1:]:
-        other_row, other_col = _orientation(ds)
-        if (
-            np.abs(other_row - row_dir).max() > ORIENTATION_TOLERANCE
-            or np.abs(other_col - col_dir).max() > ORIENTATION_TOLERANCE
-        ):
-            raise fail(
-                "mixed ImageOrientationPatient: "
-                f"{_fmt(np.concatenate([row_dir, col_dir]))} in {_sop(datasets[0])} but "
-                f"{_fmt(np.concatenate([other_row, other_col]))} in {_sop(ds)}"
-            )
-    normal = np.cross(row_dir, col_dir)
-
-    rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
-    pixel_spacing = _pixel_spacing(datasets[0])
-    for ds in datasets[1:]:
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise fail(
-                f"image size differs: {rows}x{cols} in {_sop(datasets[0])} but "
-                f"{ds.Rows}x{ds.Columns} in {_sop(ds)}"
-            )
-        other = _pixel_spacing(ds)
-        if np.abs(other - pixel_spacing).max() > SPACING_TOLERANCE * pixel_spacing.min():
-            raise fail(
-                f"PixelSpacing differs: {_fmt(pixel_spacing)} in {_sop(datasets[0])} but "
-                f"{_fmt(other)} in {_sop(ds)}"
-            )
-
-    positions = np.array([_position(ds) for ds in datasets], dtype=np.float64)
-    depth = positions @ normal
-    order = np.argsort(depth, kind="stable")
-    ordered = tuple(datasets[i] for i in order)
-    positions, depth = positions[order], depth[order]
-
-    step = _check_stack(positions, depth, normal, pixel_spacing, ordered, fail)
-    if len(ordered) == 1:
-        thickness = ordered[0].get("SliceThickness")
-        step = (
-            float(thickness)
-            if thickness and float(thickness) > 0
-            else (DEFAULT_SINGLE_SLICE_SPACING_MM)
-        )
-
-    affine = np.eye(4, dtype=np.float64)
-    affine[:3, 0] = normal * step
-    affine[:3, 1] = col_dir * pixel_spacing[0]
-    affine[:3, 2] = row_dir * pixel_spacing[1]
-    affine[:3, 3] = positions[0]
-
-    voxels = np.empty((len(ordered), rows, cols), dtype=np.float32)
-    for k, ds in enumerate(ordered):
-        voxels[k] = _rescaled_pixels(ds, rows, cols, fail)
-    logger.debug("loaded series %s: %d slices of %dx%d", series_uid, len(ordered), rows, cols)
-    return Volume(voxels=voxels, affine=affine, datasets=ordered)
-
-
-def _check_instance(ds: Dataset, series_uid: str, fail: _Fail) -> None:
-    uid = str(ds.get("SeriesInstanceUID", "<missing>"))
-    if uid != series_uid:
-        raise fail(f"instance {_sop(ds)} belongs to another series ({uid})")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise fail(
-            f"instance {_sop(ds)} is a multi-frame image ({frames} frames); "
-            "multi-frame series are not supported yet"
-        )
-    for keyword in (
-        "ImagePositionPatient",
-        "ImageOrientationPatient",
-        "PixelSpacing",
-        "Rows",
-        "Columns",
-    ):
-        if ds.get(keyword) in (None, ""):
-            raise fail(f"instance {_sop(ds)} has no {keyword}")
-    if "PixelData" not in ds:
-        raise fail(f"instance {_sop(ds)} has no pixel data")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise fail(f"instance {_sop(ds)} is not a grayscale image (SamplesPerPixel != 1)")
-
-
-def _check_stack(
-    positions: npt.NDArray[np.float64],
-    depth: npt.NDArray[np.float64],
-    normal: npt.NDArray[np.float64],
-    pixel_spacing: npt.NDArray[np.float64],
-    ordered: tuple[Dataset, ...],
-    fail: _Fail,
-) -> float:
-    """Check the sorted slices form a regular stack along the normal; return the step (mm)."""
-    if len(positions) < 2:
-        return 0.0
-    gaps = np.diff(depth)
-    duplicates = np.flatnonzero(gaps < 1e-3)
-    if duplicates.size:
-        i = int(duplicates[0])
-        raise fail(
-            f"duplicate slice position {_fmt(positions[i])} in instances "
-            f"{_sop(ordered[i])} and {_sop(ordered[i + 1])}"
-        )
-    median = float(np.median(gaps))
-    bad = np.flatnonzero(np.abs(gaps - median) > SPACING_TOLERANCE * median)
-    if bad.size:
-        distinct = sorted({round(float(g), 2) for g in gaps})
-        where = ", ".join(
-            f"{depth[i]:.2f}->{depth[i + 1]:.2f} mm ({gaps[i]:.2f} mm)" for i in bad[:5]
-        )
-        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
-        raise fail(
-            "slice spacing is not uniform: gaps of "
-            f"{' and '.join(f'{g} mm' for g in distinct[:6])} (median {median:.2f} mm); "
-            f"deviating gaps along the slice normal at {where}{more} "
-            "(missing or extra slices?)"
-        )
-    # Every slice must lie on the line through slice 0 along the normal (no gantry tilt/shear).
-    offsets = positions - positions[0]
-    in_plane = offsets - np.outer(offsets @ normal, normal)
-    shift = np.linalg.norm(in_plane, axis=1)
-    worst = int(np.argmax(shift))
-    if shift[worst] > IN_PLANE_SHIFT_TOLERANCE * float(pixel_spacing.min()):
-        raise fail(
-            f"slices are not stacked along the slice normal (sheared stack, e.g. gantry "
-            f"tilt): instance {_sop(ordered[worst])} is {shift[worst]:.2f} mm off the axis"
-        )
-    return float((depth[-1] - depth[0]) / (len(depth) - 1))
-
-
-def _rescaled_pixels(ds: Dataset, rows: int, cols: int, fail: _Fail) -> npt.NDArray[np.float32]:
-    try:
-        stored = ds.pixel_array
-    except (ValueError, RuntimeError, NotImplementedError, AttributeError, TypeError) as exc:
-        raise fail(f"cannot decode pixel data of instance {_sop(ds)}: {exc}") from exc
-    if stored.shape != (rows, cols):
-        raise fail(f"instance {_sop(ds)} pixel data has shape {stored.shape}, not {rows}x{cols}")
-    # Rescale slope/intercept, or a Modality LUT Sequence: pydicom applies whichever is there.
-    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-
-
-def _orientation(ds: Dataset) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    iop = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-    if iop.shape != (6,):
-        raise VolumeError(f"instance {_sop(ds)}: ImageOrientationPatient needs 6 values")
-    row_dir, col_dir = iop[:3], iop[3:]
-    norms = np.linalg.norm(row_dir), np.linalg.norm(col_dir)
-    if min(norms) < 1e-6:
-        raise VolumeError(f"instance {_sop(ds)}: ImageOrientationPatient has a zero vector")
-    row_dir, col_dir = row_dir / norms[0], col_dir / norms[1]
-    if abs(float(row_dir @ col_dir)) > ORIENTATION_TOLERANCE * 10:
+    found = load_volumes(datasets)
+    if len(found.volumes) != 1:
+        labels = ", ".join(volume.label for volume in found.volumes)
         raise VolumeError(
-            f"instance {_sop(ds)}: ImageOrientationPatient vectors are not orthogonal"
+            f"series {found.volumes[0].series_uid} holds {len(found.volumes)} volumes ({labels})"
         )
-    return row_dir, col_dir
+    return found.volumes[0]
 
 
-def _pixel_spacing(ds: Dataset) -> npt.NDArray[np.float64]:
-    spacing = np.array([float(v) for v in ds.PixelSpacing], dtype=np.float64)
-    if spacing.shape != (2,) or spacing.min() <= 0:
-        raise VolumeError(f"instance {_sop(ds)}: invalid PixelSpacing {list(spacing)}")
-    return spacing
+def _build(stack: Stack, fail: _Fail) -> Volume:
+    depth = np.array([plane.position @ stack.planes[0].normal for plane in stack.planes])
+    planes = tuple(stack.planes[i] for i in np.argsort(depth, kind="stable"))
+    repeated = repeated_positions(planes)
+    if repeated is not None:
+        first, second = repeated
+        raise fail(
+            f"duplicate slice position {_fmt(first.position)} in instances "
+            f"{first.describe()} and {second.describe()}"
+        )
+    grid = plan_grid(planes, fail)
+    images = _plane_pixels(planes, fail)
+    voxels = to_grid(images, grid)
+    sources: dict[str, Dataset] = {}
+    for plane in planes:
+        sources.setdefault(
+            str(plane.dataset.get("SOPInstanceUID", id(plane.dataset))), plane.dataset
+        )
+    if grid.note:
+        logger.info("series %s: %s", planes[0].dataset.get("SeriesInstanceUID", "-"), grid.note)
+    logger.debug(
+        "loaded %d planes of %dx%d into a %s grid",
+        len(planes),
+        planes[0].rows,
+        planes[0].cols,
+        voxels.shape,
+    )
+    return Volume(
+        voxels=voxels,
+        affine=grid.affine,
+        datasets=tuple(sources.values()),
+        planes=planes,
+        grid=grid,
+        label=stack.label,
+    )
 
 
-def _position(ds: Dataset) -> npt.NDArray[np.float64]:
-    position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-    if position.shape != (3,):
-        raise VolumeError(f"instance {_sop(ds)}: ImagePositionPatient needs 3 values")
-    return position
+def _plane_pixels(planes: Sequence[Plane], fail: _Fail) -> list[npt.NDArray[np.float32]]:
+    """Each plane's values after the modality transform (rescale or Modality LUT)."""
+    images: dict[int, npt.NDArray[np.float32]] = {}
+    frames: dict[int, list[int]] = {}  # multi-frame instance -> indices of its planes
+    for index, plane in enumerate(planes):
+        if plane.frame is not None:
+            frames.setdefault(id(plane.dataset), []).append(index)
+            continue
+        try:
+            stored = plane.dataset.pixel_array
+        except _DECODE_ERRORS as exc:
+            raise fail(f"cannot decode pixel data of instance {plane.describe()}: {exc}") from exc
+        # Rescale slope/intercept, or a Modality LUT Sequence: pydicom applies either.
+        images[index] = np.asarray(apply_modality_lut(stored, plane.dataset), dtype=np.float32)
+    for indices in frames.values():
+        # Enhanced objects keep the rescale per frame in functional groups: highdicom reads
+        # the frames with their own Pixel Value Transformation (one transform when shared).
+        source = planes[indices[0]]
+        try:
+            stack = hd.Image.from_dataset(source.dataset, copy=False).get_frames(
+                [frame for i in indices if (frame := planes[i].frame) is not None],
+                dtype=np.float32,
+                apply_real_world_transform=False,
+                apply_voi_transform=False,
+                apply_presentation_lut=False,
+                apply_palette_color_lut=False,
+                apply_icc_profile=False,
+            )
+        except _DECODE_ERRORS as exc:
+            where = _sop(source.dataset)
+            raise fail(f"cannot decode pixel data of instance {where}: {exc}") from exc
+        for position, i in enumerate(indices):
+            images[i] = stack[position]
+    for index, plane in enumerate(planes):
+        if images[index].shape != (plane.rows, plane.cols):
+            raise fail(
+                f"instance {plane.describe()} pixel data has shape {images[index].shape}, "
+                f"not {plane.rows}x{plane.cols}"
+            )
+    return [images[index] for index in range(len(planes))]
+
+
+def _planes_from_affine(volume: Volume) -> tuple[Plane, ...]:
+    """One plane per slice of a volume built without planes (slice k is datasets[k])."""
+    slices, rows, cols = volume.voxels.shape
+    spacing = np.array(volume.spacing[1:])
+    col_dir = volume.affine[:3, 1] / spacing[0]
+    row_dir = volume.affine[:3, 2] / spacing[1]
+    return tuple(
+        Plane(
+            dataset=ds,
+            frame=None,
+            position=(volume.affine @ np.array([k, 0.0, 0.0, 1.0]))[:3],
+            row_dir=row_dir,
+            col_dir=col_dir,
+            pixel_spacing=spacing,
+            rows=rows,
+            cols=cols,
+        )
+        for k, ds in enumerate(volume.datasets[:slices])
+    )
 
 
 def _sop(ds: Dataset) -> str:

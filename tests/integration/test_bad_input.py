@@ -32,7 +32,9 @@ EXPECTED: dict[str, tuple[list[int] | str, str | None, str]] = {
     "encapsulated PDF": ([OK], "done", ""),
     "mixed orientations": ([OK] * 6, "failed", "mixed ImageOrientationPatient"),
     "1-slice series": ([OK], "done", ""),
-    "enhanced multi-frame CT": ([OK], "failed", "multi-frame series are not supported yet"),
+    "enhanced multi-frame CT": ([OK], "done", ""),
+    "gap too large": ([OK] * 6, "failed", "too large to interpolate"),
+    "repeated positions": ([OK] * 8, "failed", "duplicate slice position"),
 }
 
 

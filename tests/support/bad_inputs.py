@@ -190,6 +190,24 @@ def enhanced_multiframe_ct(folder: Path) -> BadInput:
     )
 
 
+def gap_too_large(folder: Path) -> BadInput:
+    """Two neighbouring slices missing: a gap of three slice spacings (not interpolated)."""
+    datasets = _phantom(8)
+    del datasets[3:5]
+    return BadInput("gap too large", str(datasets[0].StudyInstanceUID), _save(folder, datasets))
+
+
+def repeated_positions(folder: Path) -> BadInput:
+    """Every position twice, and nothing (acquisition, phase, time) that tells them apart."""
+    datasets = _phantom(4)
+    again = copy.deepcopy(datasets)
+    for ds in again:
+        ds.SOPInstanceUID = generate_uid()
+    return BadInput(
+        "repeated positions", str(datasets[0].StudyInstanceUID), _save(folder, datasets + again)
+    )
+
+
 BUILDERS = (
     truncated,
     non_dicom,
@@ -200,6 +218,8 @@ BUILDERS = (
     mixed_orientations,
     one_slice,
     enhanced_multiframe_ct,
+    gap_too_large,
+    repeated_positions,
 )
 
 

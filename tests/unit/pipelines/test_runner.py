@@ -153,7 +153,7 @@ def test_bad_series_fails_alone(study_dir: Path, tmp_path: Path) -> None:
     broken = make_ct_phantom(
         slices=12, size=64, pixel_spacing=5.5, seed=3, study_uid=STUDY_UID
     ).datasets
-    del broken[5]
+    del broken[5:7]  # two missing slices: a gap too large to interpolate
     _save(broken, study_dir, "broken")
 
     result = _run(study_dir)

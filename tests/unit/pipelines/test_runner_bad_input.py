@@ -21,7 +21,9 @@ EXPECTED = {
     bad_inputs.encapsulated_pdf: ("skipped", "no routing rule matches modality DOC"),
     bad_inputs.mixed_orientations: ("failed", "mixed ImageOrientationPatient"),
     bad_inputs.one_slice: ("done", ""),
-    bad_inputs.enhanced_multiframe_ct: ("failed", "multi-frame series are not supported yet"),
+    bad_inputs.enhanced_multiframe_ct: ("done", ""),
+    bad_inputs.gap_too_large: ("failed", "too large to interpolate"),
+    bad_inputs.repeated_positions: ("failed", "duplicate slice position"),
 }
 
 
