@@ -24,9 +24,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import torch
 
 from tests.conftest import shared_data_path
+from tests.support.dicom_validate import dcmtk_sr
+from tests.support.phantom import Nodule, Orientation, image_point_mm, make_ct_phantom
 
 BUNDLE = "lung_nodule_ct_detection"
 #: The finest feature level's stride in network-input voxels (stem (2, 2, 1), max-pool 2).
@@ -35,6 +38,54 @@ STRIDE = (4, 4, 2)
 ANCHOR = (10, 10, 6)
 INNER_RADIUS, GAP_RADIUS, OUTER_RADIUS = 1.0, 2.0, 3.5  # voxels, of the 7x7x7 stem kernel
 GAIN, BIAS = 1.0, -20.0
+
+SPACING = 3.0  # mm, isotropic: the network input has the same lattice in every orientation
+SIZE = 40  # voxels a side: a 120 mm cube centred on the patient origin
+# LPS mm of network-input voxel (32, 16, 26) of the RAS lattice, (i - 19.5) * 3 mm from the
+# centre (x and y change sign between RAS and LPS): on the finest feature lattice, so the
+# detector's box is centred on it exactly. In the right lung, 10 mm, dense.
+NODULE = Nodule((-37.5, 10.5, 19.5), 10.0)
+NODULE_HU = 300.0
+#: The box's size in network-input voxels: the nodule's diameter.
+NODULE_BOX = (NODULE.diameter / SPACING,) * 3
+#: Tolerance of "exactly": float32 rounding in the network output, far below a voxel.
+EXACT_MM = 0.05
+
+
+def chest(orientation: Orientation, description: str = "chest") -> list[pydicom.Dataset]:
+    """The chest phantom cube with the nodule, slices shuffled."""
+    phantom = make_ct_phantom(
+        slices=SIZE,
+        size=SIZE,
+        pixel_spacing=SPACING,
+        slice_spacing=SPACING,
+        orientation=orientation,
+        shuffle=True,
+        nodules=[NODULE],
+        nodule_hu=NODULE_HU,
+    )
+    for ds in phantom.datasets:
+        ds.SeriesDescription = description
+    return phantom.datasets
+
+
+def assert_sr_box_on_the_nodule(sr: Path, datasets: list[pydicom.Dataset]) -> None:
+    """The SR's one detection is drawn on the source slice through the nodule's centre,
+    and the polyline's corners are the nodule's bounds in that plane (read by DCMTK)."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    groups = dcmtk_sr(sr).groups  # one detection: its two planar groups, one tracking UID
+    assert len({group.tracking_uid for group in groups}) == 1, groups
+    [box] = {loc for group in groups for loc in group.locations if loc.value_type == "SCOORD"}
+    image = by_uid[box.reference]
+    corners = np.array([image_point_mm(image, c, r) for c, r in box.points])
+    iop = np.array(image.ImageOrientationPatient, dtype=np.float64)
+    normal = np.cross(iop[:3], iop[3:])
+    centre = np.array(NODULE.centre)
+    assert abs((centre - corners[0]) @ normal) < EXACT_MM, "key slice through the centre"
+    radius = NODULE.diameter / 2.0
+    in_plane = np.abs(normal) < 0.5
+    np.testing.assert_allclose(corners.min(axis=0)[in_plane], (centre - radius)[in_plane], atol=0.1)
+    np.testing.assert_allclose(corners.max(axis=0)[in_plane], (centre + radius)[in_plane], atol=0.1)
 
 
 def copy_bundle(root: Path) -> Path:
@@ -90,7 +141,7 @@ def blob_detector_state(
     return state
 
 
-def write_blob_weights(bundle: Path, box_voxels: tuple[float, float, float] = ANCHOR) -> None:
+def write_blob_weights(bundle: Path, box_voxels: tuple[float, float, float] = NODULE_BOX) -> None:
     """Build the bundle's own network from its config and save the weights next to it."""
     from monai.bundle.config_parser import ConfigParser
 

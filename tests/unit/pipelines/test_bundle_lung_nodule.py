@@ -18,27 +18,26 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 
 from pipelines.bundle import BundlePipeline, BundleSpec
 from pipelines.bundle_boxes import BoxFrame
-from pipelines.routing import RoutingRule
-from pipelines.runner import annotate_study
 from pipelines.volume import load_series
 from tests.conftest import shared_data_path
-from tests.support.dicom_validate import dcmtk_sr, validation_report
-from tests.support.lung_nodule_bundle import BUNDLE, copy_bundle, write_blob_weights
-from tests.support.phantom import Nodule, image_point_mm, make_ct_phantom
+from tests.support.dicom_validate import validation_report
+from tests.support.lung_nodule_bundle import (
+    BUNDLE,
+    EXACT_MM,
+    NODULE,
+    NODULE_HU,
+    SPACING,
+    assert_sr_box_on_the_nodule,
+    chest,
+    copy_bundle,
+    write_blob_weights,
+)
+from worker.cli import main
 
-SPACING = 3.0  # mm, isotropic: the network input has the same lattice in every orientation
-SIZE = 40  # voxels a side: a 120 mm cube centred on the patient origin
-# LPS mm of network-input voxel (32, 16, 26) of the RAS lattice, (i - 19.5) * 3 mm from the
-# centre: x and y flip sign between RAS and LPS. In the right lung, 10 mm, dense.
-NODULE = Nodule((-37.5, 10.5, 19.5), 10.0)
-NODULE_HU = 300.0
-#: Tolerance of "exactly": rounding in float32 network output, far below a voxel.
-EXACT_MM = 0.05
 ORIENTATIONS = {
     "axial": "axial",
     "axial, rows flipped (posterior up)": (1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
@@ -49,8 +48,7 @@ ORIENTATIONS = {
 @pytest.fixture(scope="module")
 def lung_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bundle = copy_bundle(tmp_path_factory.mktemp("zoo"))
-    box = NODULE.diameter / SPACING
-    write_blob_weights(bundle, (box, box, box))
+    write_blob_weights(bundle)
     return bundle
 
 
@@ -59,20 +57,6 @@ def pipeline(lung_bundle: Path) -> BundlePipeline:
     return BundlePipeline(
         BundleSpec(name="lung-nodules", path=lung_bundle, class_names=("nodule",))
     )
-
-
-def chest(orientation: str | tuple[float, ...]) -> list[pydicom.Dataset]:
-    phantom = make_ct_phantom(
-        slices=SIZE,
-        size=SIZE,
-        pixel_spacing=SPACING,
-        slice_spacing=SPACING,
-        orientation=orientation,  # type: ignore[arg-type]
-        shuffle=True,
-        nodules=[NODULE],
-        nodule_hu=NODULE_HU,
-    )
-    return phantom.datasets
 
 
 def test_the_bundle_is_the_published_one(lung_bundle: Path) -> None:
@@ -145,40 +129,24 @@ def test_the_bundle_runs_its_own_scripts_and_box_transforms(pipeline: BundlePipe
     assert "scripts" not in sys.modules
 
 
-def test_detections_reach_a_valid_sr_on_the_source_slice(
-    pipeline: BundlePipeline, tmp_path: Path
+def test_cli_run_writes_a_valid_sr_with_the_box_on_the_source_slice(
+    lung_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    datasets = chest("sagittal")
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i, ds in enumerate(datasets):
-        ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
-    result = annotate_study(
-        sorted(folder.glob("*.dcm")),
-        rules=(RoutingRule(pipelines=("lung-nodules",), modality="CT"),),
-        pipelines={"lung-nodules": pipeline},
-        software_version="9.9.9",
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\npipelines:\n  lung-nodules:\n"
+        f"    bundle: {lung_bundle}\n    class_names: [nodule]\n"
     )
-    [outcome] = result.outcomes
-    assert outcome.status == "done", outcome.reason
-    assert result.report is not None
-    path = tmp_path / "sr.dcm"
-    result.report.save_as(path, enforce_file_format=True)
+    datasets = chest("sagittal")
+    series = tmp_path / "series"
+    series.mkdir()
+    for i, ds in enumerate(datasets):
+        ds.save_as(series / f"{i}.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    argv = ["run", str(series), "--out", str(out), "--pipeline", "lung-nodules"]
+    assert main([*argv, "--config", str(config)]) == 0
+    assert "lung-nodules done" in capsys.readouterr().out
+    [path] = out.glob("SR-*.dcm")
     errors = validation_report(path, tmp_path).errors  # dciodvfy, PixelMed, dcmqi
     assert errors == [], "\n".join(errors)
-    # The box drawn on its key slice: that slice passes through the nodule's centre, and the
-    # polyline's corners are the nodule's bounds in that plane.
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
-    groups = dcmtk_sr(path).groups  # one detection: its two planar groups, one tracking UID
-    assert len({group.tracking_uid for group in groups}) == 1
-    [box] = {loc for group in groups for loc in group.locations if loc.value_type == "SCOORD"}
-    image = by_uid[box.reference]
-    corners = np.array([image_point_mm(image, c, r) for c, r in box.points])
-    iop = np.array(image.ImageOrientationPatient, dtype=np.float64)
-    normal = np.cross(iop[:3], iop[3:])
-    centre = np.array(NODULE.centre)
-    assert abs((centre - corners[0]) @ normal) < EXACT_MM, "key slice through the centre"
-    radius = NODULE.diameter / 2.0
-    in_plane = np.abs(normal) < 0.5
-    np.testing.assert_allclose(corners.min(axis=0)[in_plane], (centre - radius)[in_plane], atol=0.1)
-    np.testing.assert_allclose(corners.max(axis=0)[in_plane], (centre + radius)[in_plane], atol=0.1)
+    assert_sr_box_on_the_nodule(path, datasets)
