@@ -22,6 +22,7 @@ import pytest
 
 from pipelines.bundle import BundlePipeline, BundleSpec
 from pipelines.bundle_boxes import BoxFrame
+from pipelines.bundle_geometry import to_meta_tensor
 from pipelines.volume import load_series
 from tests.conftest import shared_data_path
 from tests.support.dicom_validate import validation_report
@@ -36,6 +37,7 @@ from tests.support.lung_nodule_bundle import (
     copy_bundle,
     write_blob_weights,
 )
+from tests.support.phantom import make_ct_phantom
 from worker.cli import main
 
 ORIENTATIONS = {
@@ -150,3 +152,24 @@ def test_cli_run_writes_a_valid_sr_with_the_box_on_the_source_slice(
     errors = validation_report(path, tmp_path).errors  # dciodvfy, PixelMed, dcmqi
     assert errors == [], "\n".join(errors)
     assert_sr_box_on_the_nodule(path, datasets)
+
+
+def test_overrides_set_config_values_without_editing_the_files(
+    lung_bundle: Path, pipeline: BundlePipeline
+) -> None:
+    """``whether_raw_luna16: true`` enables the bundle's own Spacingd (0.703 x 0.703 x 1.25)."""
+    before = (lung_bundle / "configs" / "inference.json").read_bytes()
+    volume = load_series(make_ct_phantom(slices=6, size=16, pixel_spacing=6.0).datasets)
+    raw = BundlePipeline(
+        BundleSpec(name="raw", path=lung_bundle, overrides={"whether_raw_luna16": True})
+    )
+    spacings = []
+    for each in (pipeline, raw):
+        each.load()
+        assert each._loaded is not None
+        data = {"image": to_meta_tensor(volume, channel_first=False)}
+        image = each._loaded.preprocessing(data)["image"]
+        spacings.append(np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
+    np.testing.assert_allclose(spacings[0], [6.0, 6.0, 5.0])  # as published: as it comes
+    np.testing.assert_allclose(spacings[1], [0.703125, 0.703125, 1.25])
+    assert (lung_bundle / "configs" / "inference.json").read_bytes() == before
