@@ -53,7 +53,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch and torchvision first, as the matched pair pinned in deploy/torch-constraints.txt.
 # PyPI's build of that pair runs on the CPU and on NVIDIA GPUs (it brings the CUDA
-# libraries: about 5.5 GB). PACS_ANNOTATOR_TORCH_INDEX_URL takes the same versions from
+# libraries: .venv is about 6 GB). PACS_ANNOTATOR_TORCH_INDEX_URL takes the same versions from
 # another wheel index instead, e.g. PyTorch's CPU-only builds for a smaller install (see the
 # README, "Installing"). The constraints then hold for every later install, so nothing can
 # replace the pair or pull an unpinned torch.
