@@ -54,14 +54,22 @@ fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# torch first and pinned exactly: this is the CPU build; a loose requirement would let pip
-# fetch a multi-GB CUDA build. GPU sites install their CUDA build of the same version first.
-.venv/bin/python -m pip install -q "torch==2.13.0"
+# torch and torchvision first, as the matched pair pinned in deploy/torch-constraints.txt.
+# PyPI's build of that pair runs on the CPU and on NVIDIA GPUs (it brings the CUDA
+# libraries: .venv is about 6 GB). PACS_ANNOTATOR_TORCH_INDEX_URL takes the same versions from
+# another wheel index instead, e.g. PyTorch's CPU-only builds for a smaller install (see the
+# README, "Installing"). The constraints then hold for every later install, so nothing can
+# replace the pair or pull an unpinned torch.
+constraints=(-c deploy/torch-constraints.txt)
+torch_index=()
+[ -n "${PACS_ANNOTATOR_TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$PACS_ANNOTATOR_TORCH_INDEX_URL")
+.venv/bin/python -m pip install -q "${constraints[@]}" "${torch_index[@]}" torch torchvision
 if [ "$dev" = 1 ]; then
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q "${constraints[@]}" -e ".[dev]"
 else
-  .venv/bin/python -m pip install -q -e .
+  .venv/bin/python -m pip install -q "${constraints[@]}" -e .
 fi
+.venv/bin/python -c 'import torch, torchvision.ops; print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")'
 if [ "$dev" = 1 ]; then
   # The OHIF Viewer for tests/integration/test_ohif_viewer.py: the npm package @ohif/app
   # ships a prebuilt dist/ (index.html, app-config.js, bundles); no build step, no node_modules.

@@ -2,9 +2,12 @@
 
 The bundle's own config (``configs/inference.json`` or ``.yaml``) is parsed with
 ``monai.bundle.ConfigParser``: its network, pre-processing, inferer (sliding window
-settings included) and post-processing (``Invertd`` included) are used as written. Only
-the file I/O is replaced: ``LoadImage(d)`` by the series already loaded from DICOM (the
-same array and affine it would have read from a file), ``SaveImage(d)`` by the SEG/SR.
+settings included) and post-processing (``Invertd``, a detector's box transforms included)
+are used as written; the bundle's own ``scripts/`` package is importable while they run
+(``pipelines.bundle_imports``). Only the file I/O is replaced: ``LoadImage(d)`` by the
+series already loaded from DICOM (the same array and affine it would have read from a
+file), ``SaveImage(d)`` by the SEG/SR. ``overrides`` set config values as MONAI's
+``run --key value`` does, without editing the files.
 
 Bundle configs are Python: ``$`` expressions and ``_target_`` run arbitrary code. Bundles
 are loaded only from directories an admin configured; they must be trusted like code.
@@ -28,8 +31,10 @@ import torch
 from monai.bundle.config_parser import ConfigParser
 from monai.data.meta_tensor import MetaTensor
 
+from pipelines.bundle_boxes import BoxFrame, box_frame, frame_to_patient
 from pipelines.bundle_files import WEIGHTS, bundle_metadata, check_bundle_dir, config_file
 from pipelines.bundle_geometry import to_meta_tensor, to_volume_grid
+from pipelines.bundle_imports import BundleModules
 from pipelines.bundle_outputs import (
     LabelCode,
     channel_names,
@@ -64,6 +69,10 @@ class BundleSpec:
     labels: Mapping[str, LabelCode] = field(default_factory=dict)
     min_score: float = 0.5
     amp: bool = True
+    #: Config values to set before parsing, by MONAI id ("infer_patch_size", "a#b").
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    #: Names of the output classes/channels by index; empty: the metadata's channel_def.
+    class_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -78,6 +87,7 @@ class _Loaded:
     inferer: Callable[..., Any] | None
     image_key: str
     channel_first: bool
+    box_frame: BoxFrame = field(default_factory=BoxFrame)
 
 
 class BundlePipeline:
@@ -90,7 +100,12 @@ class BundlePipeline:
         self.device = torch.device(device)
         metadata = bundle_metadata(spec.path)
         self.algorithm = Algorithm(name=spec.name, version=str(metadata.get("version", "0")))
-        self.names = channel_names(_channel_def(metadata))
+        self.names = (
+            dict(enumerate(spec.class_names))
+            if spec.class_names
+            else channel_names(_channel_def(metadata))
+        )
+        self._modules = BundleModules(spec.path)
         self._metadata = metadata
         self._loaded: _Loaded | None = None
         #: How often the model was loaded (a warm worker loads it once).
@@ -103,7 +118,8 @@ class BundlePipeline:
         if self._loaded is not None:
             return
         start = time.perf_counter()
-        self._loaded = _load(self.spec, self.device, self._metadata)
+        with self._modules.active():
+            self._loaded = _load(self.spec, self.device, self._metadata)
         self.load_count += 1
         self.timings["load"] = time.perf_counter() - start
         logger.info(
@@ -123,6 +139,10 @@ class BundlePipeline:
             raise ModelRunError(str(exc)) from exc
         loaded = self._loaded
         assert loaded is not None
+        with self._modules.active():  # the bundle's transforms may import its scripts
+            return self._run(loaded, volume)
+
+    def _run(self, loaded: _Loaded, volume: Volume) -> Findings:
         start = time.perf_counter()
         image = self._preprocess(loaded, volume)
         self.timings["preprocess"] = time.perf_counter() - start
@@ -155,6 +175,8 @@ class BundlePipeline:
         try:
             with torch.no_grad(), self._autocast():
                 if loaded.kind == "detection":
+                    if loaded.inferer is not None:  # e.g. the Model Zoo's RetinaNetInferer
+                        return loaded.inferer([tensor], loaded.network)
                     use_inferer = getattr(loaded.detector, "inferer", None) is not None
                     return loaded.detector([tensor], use_inferer=use_inferer)
                 batch = tensor[None]
@@ -190,15 +212,19 @@ class BundlePipeline:
         image = data[loaded.image_key]
         affine = np.asarray(image.affine, dtype=np.float64)
         if loaded.kind == "detection":
-            found = output[0]
             detector = loaded.detector
+            found = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in output[0].items()}
+            scores = _numpy(found[detector.pred_score_key]).astype(np.float64)
+            if loaded.postprocessing is not None:
+                # As the bundle's own handlers call it: the prediction beside its image.
+                found = loaded.postprocessing({**found, loaded.image_key: image})
+            boxes = _numpy(found[detector.target_box_key]).astype(np.float64)
             return Findings(
                 algorithm=self.algorithm,
                 detections=detections(
-                    _numpy(found[detector.target_box_key]).astype(np.float64),
+                    frame_to_patient(boxes, loaded.box_frame, affine),
                     _numpy(found[detector.target_label_key]).astype(np.int64),
-                    _numpy(found[detector.pred_score_key]).astype(np.float64),
-                    affine,
+                    scores,
                     names=self.names,
                     codes_by_name=self.spec.labels,
                     min_score=self.spec.min_score,
@@ -310,6 +336,7 @@ def _load(spec: BundleSpec, device: torch.device, metadata: Mapping[str, Any]) -
     parser.read_config(str(config_file(spec.path, spec.config)))
     if metadata:
         parser.read_meta(dict(metadata))
+    parser.update(dict(spec.overrides))
     parser["bundle_root"] = str(spec.path)
     parser["device"] = f"$torch.device({str(device)!r})"
     try:
@@ -324,11 +351,12 @@ def _load(spec: BundleSpec, device: torch.device, metadata: Mapping[str, Any]) -
             detector.eval()
         preprocessing = parser.get_parsed_content("preprocessing")
         postprocessing = None
-        if kind == "segmentation" and parser.get("postprocessing") is not None:
+        if kind != "classification" and parser.get("postprocessing") is not None:
             postprocessing = parser.get_parsed_content("postprocessing")
-        inferer = None  # a detector brings its own (set by detector_ops)
-        if kind != "detection" and parser.get("inferer") is not None:
+        inferer = None
+        if parser.get("inferer") is not None:
             inferer = parser.get_parsed_content("inferer")
+        frame = box_frame(postprocessing) if kind == "detection" else BoxFrame()
     except (RuntimeError, ValueError, KeyError, AttributeError, TypeError, ImportError) as exc:
         raise BundleError(f"bundle {spec.name} ({spec.path}) cannot be loaded: {exc}") from exc
     return _Loaded(
@@ -340,6 +368,7 @@ def _load(spec: BundleSpec, device: torch.device, metadata: Mapping[str, Any]) -
         inferer=inferer,
         image_key=image_key,
         channel_first=channel_first,
+        box_frame=frame,
     )
 
 

@@ -22,6 +22,8 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 AFFINE_TOLERANCE_MM = 1e-3
 
 _Points = npt.NDArray[np.float64]
+#: Boxes in patient coordinates (LPS mm), each (n, 3): centres, lower and upper bounds, sizes.
+PatientBoxes = tuple[_Points, _Points, _Points, _Points]
 
 
 def ras_affine(volume: Volume) -> npt.NDArray[np.float64]:
@@ -73,7 +75,7 @@ def to_volume_grid(
 
 def boxes_to_patient(
     boxes: npt.NDArray[np.float64], affine: npt.NDArray[np.float64]
-) -> tuple[_Points, _Points, _Points, _Points]:
+) -> PatientBoxes:
     """Voxel boxes (x1, y1, z1, x2, y2, z2) of an image with RAS ``affine`` -> LPS mm.
 
     Returns (n, 3) arrays: the centres, the lower and upper bounds (over the 8 corners)

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from pipelines.bundle_geometry import boxes_to_patient
+from pipelines.bundle_geometry import PatientBoxes
 from pipelines.findings import RGB, Classification, Detection
 
 logger = logging.getLogger(__name__)
@@ -106,32 +106,39 @@ def label_maps(pred: npt.NDArray[np.float32], names: Mapping[int, str]) -> Label
 
 
 def detections(
-    boxes: npt.NDArray[np.float64],
+    boxes: PatientBoxes,
     classes: npt.NDArray[np.int64],
     scores: npt.NDArray[np.float64],
-    affine: npt.NDArray[np.float64],
     *,
     names: Mapping[int, str],
     codes_by_name: Mapping[str, LabelCode],
     min_score: float,
 ) -> tuple[Detection, ...]:
-    """Detector boxes in the voxel space of the image with RAS ``affine`` -> detections."""
+    """Detector boxes in patient coordinates with their classes and scores -> detections.
+
+    Best score first; the label is the class name and the rank ("nodule 1").
+    """
+    centres, lows, highs, sizes = boxes
+    if not len(centres) == len(classes) == len(scores):
+        raise ValueError(
+            f"{len(centres)} boxes but {len(classes)} labels and {len(scores)} scores "
+            "(did the post-processing drop boxes without their scores?)"
+        )
     keep = np.flatnonzero(scores >= min_score)
     if keep.size == 0:
         return ()
     keep = keep[np.argsort(-scores[keep], kind="stable")]
-    centres, lows, highs, sizes = boxes_to_patient(boxes[keep], affine)
     found = []
-    for i, index in enumerate(keep):
+    for rank, index in enumerate(keep, start=1):
         name = names.get(int(classes[index]), f"class {int(classes[index])}")
-        size = np.maximum(sizes[i], 1e-3)
+        size = np.maximum(sizes[index], 1e-3)
         found.append(
             Detection(
-                label=f"{name} {i + 1}",
+                label=f"{name} {rank}",
                 finding_type=label_code(name, codes_by_name).property_type,
-                centre_mm=_point(centres[i]),
-                bbox_min_mm=_point(lows[i]),
-                bbox_max_mm=_point(highs[i]),
+                centre_mm=_point(centres[index]),
+                bbox_min_mm=_point(lows[index]),
+                bbox_max_mm=_point(highs[index]),
                 longest_diameter_mm=float(size.max()),
                 volume_mm3=float(np.pi / 6.0 * np.prod(size)),
                 score=float(np.clip(scores[index], 0.0, 1.0)),

@@ -3,7 +3,8 @@
 The bundle pipeline is on queue "gpu" (served here by the `up` worker on the CPU, which
 takes every configured queue), so the job travels the queue routing; a second, slow
 bundle with a time limit is stopped by Celery's soft time limit and its job fails with
-that reason while the worker goes on.
+that reason while the worker goes on. The Model Zoo lung nodule detector, unmodified (with
+constructed weights), puts its box on the source slice through the nodule in the SR.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ from tests.support.bundles import (
     write_bundle,
 )
 from tests.support.dicom_validate import dciodvfy_errors
+from tests.support.lung_nodule_bundle import (
+    assert_sr_box_on_the_nodule,
+    chest,
+    copy_bundle,
+    write_blob_weights,
+)
 from tests.support.orthanc import Orthanc, require_orthanc, wait_for
 from tests.support.phantom import Nodule, make_ct_phantom
 from tests.support.processes import (
@@ -67,16 +74,20 @@ def bundle_service(
         channel_def={"0": "background", "1": "bone"},
         state_dict={},
     )
+    lung = copy_bundle(root)
+    write_blob_weights(lung)
     port = free_port()
     path = write_config(root / "config.yaml", data_dir=root / "data", port=port, orthanc=orthanc)
     config: dict[str, Any] = yaml.safe_load(path.read_text())
     config["routing"] = [
         {"modality": "CT", "series_description": "*dense*", "pipelines": ["dense"]},
         {"modality": "CT", "series_description": "*slow*", "pipelines": ["slow"]},
+        {"modality": "CT", "series_description": "*chest*", "pipelines": ["lung"]},
     ]
     config["pipelines"] = {
         "dense": {"bundle": str(dense), "queue": "gpu"},
         "slow": {"bundle": str(slow), "queue": "gpu", "time_limit_seconds": 5},
+        "lung": {"bundle": str(lung), "class_names": ["nodule"]},
     }
     config["worker"] = {"job_time_limit_seconds": JOB_TIME_LIMIT}
     path.write_text(yaml.safe_dump(config))
@@ -155,3 +166,15 @@ def test_a_job_over_its_time_limit_fails_with_that_reason(
     (tmp_path / "again").mkdir()
     next_job = send_study(orthanc, bundle_service, again.datasets, tmp_path / "again")
     assert next_job["state"] == "done", next_job["error"]
+
+
+def test_model_zoo_detector_delivers_its_box_on_the_source_slice(
+    orthanc: Orthanc, bundle_service: RunningService, tmp_path: Path
+) -> None:
+    datasets = chest((1.0, 0.0, 0.0, 0.0, -1.0, 0.0), description="chest, rows flipped")
+    job = send_study(orthanc, bundle_service, datasets, tmp_path)
+    assert job["state"] == "done", f"{job['error']}\n{bundle_service.log()[-4000:]}"
+    assert job["pipelines"] == ["lung"]
+    path, _ = fetch_one(orthanc, str(datasets[0].StudyInstanceUID), "SR", tmp_path)
+    assert dciodvfy_errors(path) == []
+    assert_sr_box_on_the_nodule(path, datasets)

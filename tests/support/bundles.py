@@ -131,8 +131,9 @@ def threshold_weights(
 class TinyFpn(torch.nn.Module):
     """A small 3D feature pyramid for RetinaNet (two levels, strides 2 and 4).
 
-    The Model Zoo detector uses MONAI's ResNet-FPN, which needs torchvision (not installed
-    here); MONAI's RetinaNet takes any module with ``out_channels`` returning feature maps.
+    Small enough to train in a test; MONAI's RetinaNet takes any module with
+    ``out_channels`` returning feature maps (the Model Zoo detector's ResNet-50 FPN is run in
+    tests/unit/pipelines/test_bundle_lung_nodule.py with constructed weights).
     """
 
     def __init__(self, out_channels: int = 16) -> None:
@@ -211,16 +212,7 @@ def detection_config(*, intensity: tuple[float, float], pixdim: Sequence[float])
 
 
 def train_detector(detector: Any, *, steps: int, shape: Sequence[int], seed: int = 0) -> None:
-    """Train a RetinaNetDetector briefly on bright spheres in noise (image voxel space).
-
-    MONAI's training path checks ``isinstance(matcher, torchvision's Matcher)`` even with
-    its own ATSS matcher; torchvision is not installed here, so that name is stubbed for
-    the training only (inference never touches it).
-    """
-    from monai.apps.detection.networks import retinanet_detector
-
-    if not isinstance(retinanet_detector.Matcher, type):
-        retinanet_detector.Matcher = type("Matcher", (), {})
+    """Train a RetinaNetDetector briefly on bright spheres in noise (image voxel space)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)

@@ -7,7 +7,7 @@ running any of its code: that happens in the worker, once per process.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydicom.sr.codedict import codes
@@ -81,6 +81,10 @@ class BundlePipelineSettings(Section):
     labels: dict[str, LabelCodeSettings] = Field(default_factory=dict)
     min_score: float = Field(default=0.5, ge=0.0, le=1.0)
     amp: bool = True
+    #: Config values set before the bundle is parsed, as `monai.bundle run --ID VALUE` does.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    #: Output class names by index (a detector's classes); empty: the metadata's channel_def.
+    class_names: tuple[str, ...] = ()
     queue: str = DEFAULT_QUEUE
     oom_fallback_queue: str | None = None
     time_limit_seconds: float | None = Field(default=None, gt=0)

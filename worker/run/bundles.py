@@ -40,6 +40,8 @@ def bundle_spec(name: str, settings: BundlePipelineSettings) -> BundleSpec:
         labels={label: label_code(code) for label, code in settings.labels.items()},
         min_score=settings.min_score,
         amp=settings.amp,
+        overrides=dict(settings.overrides),
+        class_names=settings.class_names,
     )
 
 
