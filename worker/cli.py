@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     from worker.admin.cli import add_admin_commands
 
     add_admin_commands(sub, config)
+    from worker.admin.tokens_cli import add_token_commands
+
+    add_token_commands(sub, config)
     return p
 
 
@@ -166,6 +169,10 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     require_broker_url(settings.broker_url, "a worker needs a Redis URL")
     settings = with_worker_options(settings, device=args.device, queues=args.queues)
+    if settings.worker.central_url:
+        from worker.run.transfer import check_central
+
+        check_central(settings)  # a refused token stops the worker here (exit status 2)
     app = worker_app(settings)
     install_heartbeat(settings, worker_queues(settings))
     concurrency = args.concurrency or settings.worker.concurrency
@@ -296,6 +303,12 @@ def _cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
     return run_admin_command(settings, args)
 
 
+def _cmd_worker_token(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.admin.tokens_cli import run_token_command
+
+    return run_token_command(settings, args)
+
+
 def _cmd_monitor(settings: Settings, args: argparse.Namespace) -> int:
     from worker.monitor.server import serve
 
@@ -361,4 +374,5 @@ _COMMANDS = {
     "flower": _cmd_admin,
     "purge": _cmd_admin,
     "annotate": _cmd_annotate,
+    "worker-token": _cmd_worker_token,
 }
