@@ -52,6 +52,8 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # Alembic narrates every plugin and context it sets up; our migrations log the upgrade.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # httpx logs every request's URL (a remote worker's downloads: one line per instance).
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # This highdicom warning quotes the patient's name: no PHI in logs.
     warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name")
 
