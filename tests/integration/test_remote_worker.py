@@ -69,7 +69,9 @@ class TwoMachines:
             str(self.central_data),
         ]  # fmt: skip
 
-    def remote_config(self, name: str, token: Path, **changes: Any) -> Path:
+    def remote_config(
+        self, name: str, token: Path, file: str = "config.yaml", **changes: Any
+    ) -> Path:
         """A remote worker's config: its own data_dir, the shared broker and database."""
         settings: dict[str, Any] = {
             "data_dir": str(self.remote_root / name / "data"),
@@ -86,9 +88,7 @@ class TwoMachines:
             else:
                 settings[key] = value
         (self.remote_root / name).mkdir(parents=True, exist_ok=True)
-        return write_split_config(
-            self.central_config, self.remote_root / name / "config.yaml", **settings
-        )
+        return write_split_config(self.central_config, self.remote_root / name / file, **settings)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -293,21 +293,33 @@ def test_remote_worker_killed_mid_transfer_and_mid_job_loses_nothing(
     machines: TwoMachines, orthanc: Orthanc, tmp_path: Path
 ) -> None:
     """One study, four remote attempts: killed while downloading, killed while processing,
-    failed delivering (its PACS link is down), then retried by the admin."""
+    failed delivering (its PACS link is down), then retried by the admin and delivered."""
     token = machines.token("remote2")
     markers = machines.remote_root / "markers"
-    (uid,) = _send(machines, tmp_path, orthanc, 1)
-
-    # 1. Downloads crawl (2 s per file): kill the worker with the study half fetched.
+    config = machines.remote_config("remote2", token)
+    # Each next worker starts while the previous one holds the job (its lease alive, so
+    # nothing reaches the newcomer): a worker's start-up overlaps the previous one's stall.
     crawling = machines.start(
         "remote2-crawling",
-        machines.remote_config("remote2", token),
+        config,
         prefix=machines.isolated(),
         module="tests.support.slow_transfer",
-        env={"PA_TEST_CHUNK_SECONDS": "2", "PA_TEST_SLOW_MARKERS": str(markers)},
+        env={"PA_TEST_CHUNK_SECONDS": "60", "PA_TEST_SLOW_MARKERS": str(markers)},
     )
+    machines.wait("the crawling worker to be ready", lambda: _ready(crawling))
+    (uid,) = _send(machines, tmp_path, orthanc, 1)
+
+    # 1. Downloads crawl (a minute per file): kill the worker with the study partly fetched.
     machines.wait("the transfer to start", lambda: any(markers.glob("transfer-*")) or None)
     job_id = next(j["id"] for j in machines.jobs() if j["study_uid"] == uid)
+    stalling = machines.start(
+        "remote2-stalling",
+        config,
+        prefix=machines.isolated(),
+        module="tests.support.slow_worker",
+        env={"PA_TEST_SLOW_SECONDS": "600", "PA_TEST_SLOW_MARKERS": str(markers)},
+    )
+    machines.wait("the stalling worker to be ready", lambda: _ready(stalling))
     crawling.kill()
     staging = machines.remote_root / "remote2" / "data" / "remote" / "studies"
     partial = staging / f"{job_id}.partial"
@@ -318,28 +330,23 @@ def test_remote_worker_killed_mid_transfer_and_mid_job_loses_nothing(
     assert len(list(sealed.glob("*/*.dcm"))) == 8, "the central copy is whole"
 
     # 2. The job comes back (stale lease): this worker stalls in the pipelines; kill it.
-    stalling = machines.start(
-        "remote2-stalling",
-        machines.remote_config("remote2", token),
-        prefix=machines.isolated(),
-        module="tests.support.slow_worker",
-        env={"PA_TEST_SLOW_SECONDS": "600", "PA_TEST_SLOW_MARKERS": str(markers)},
-    )
     machines.wait("the job to run again", lambda: any(markers.glob("started-*")) or None)
     assert machines.job(job_id)["state"] == "running"
-    stalling.kill()
-    assert not (machines.central_data / "results" / job_id / "manifest.json").exists()
-
+    assert (staging / job_id).is_dir() and not partial.exists(), "fetched whole, then run"
     # 3. Back again on a remote worker whose PACS link is down: results are committed on
     #    the central node, delivery fails, the job fails with the reason.
     cut_off = machines.remote_config(
         "remote2",
         token,
+        "no-pacs.yaml",
         destinations={"orthanc": {"ae_title": orthanc.aet, "host": "127.0.0.1",
                                   "port": free_port(), "default": True}},
         delivery={"max_retries": 0, "retry_delay_seconds": 1, "timeout_seconds": 10},
     )  # fmt: skip
     broken = machines.start("remote2-no-pacs", cut_off, prefix=machines.isolated())
+    machines.wait("the worker without a PACS to be ready", lambda: _ready(broken))
+    stalling.kill()
+    assert not (machines.central_data / "results" / job_id / "manifest.json").exists()
     failed = machines.wait(
         "the job to fail delivering",
         lambda: ((j := machines.job(job_id))["state"] == "failed" and j) or None,
@@ -348,7 +355,7 @@ def test_remote_worker_killed_mid_transfer_and_mid_job_loses_nothing(
     assert failed["attempts"] == 3
     assert (machines.central_data / "results" / job_id / "manifest.json").is_file()
     broken.stop()
-    assert instances_of_modality(orthanc, uid, "SEG") == []
+    assert orthanc.study_id_for_uid(uid) is None, "nothing reached the PACS yet"
 
     with machines.api() as api:
         preview = api.get(f"/api/jobs/{job_id}/preview.png")
@@ -356,9 +363,7 @@ def test_remote_worker_killed_mid_transfer_and_mid_job_loses_nothing(
         # 4. The admin retries; a remote worker delivers the committed results.
         retried = api.post(f"/api/jobs/{job_id}/retry")
         assert retried.status_code == 200, retried.text
-    good = machines.start(
-        "remote2-good", machines.remote_config("remote2", token), prefix=machines.isolated()
-    )
+    good = machines.start("remote2-good", config, prefix=machines.isolated())
     done = machines.wait(
         "the retried job to finish",
         lambda: ((j := machines.job(job_id))["state"] in ("done", "failed") and j) or None,

@@ -52,8 +52,9 @@ def build_runtime(settings: Settings) -> Runtime:
     central = None
     if settings.worker.central_url:
         central = CentralClient(settings)
-        # Copies left by attempts of a worker killed long ago (a live job's are newer).
-        central.sweep(older_than_seconds=settings.worker.effective_visibility_timeout)
+        # Copies left by attempts of a worker killed long ago: no job runs longer than
+        # its time limit, so a live job's copies are newer.
+        central.sweep(older_than_seconds=settings.worker.job_time_limit_seconds + 600)
     return Runtime(
         settings=settings,
         store=JobStore(settings.effective_database_url),
