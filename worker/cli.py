@@ -165,16 +165,16 @@ def _cmd_scp(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.jobs.queues import worker_queues
-    from worker.run.heartbeat import install_heartbeat
-    from worker.run.tasks import worker_app
-
     require_broker_url(settings.broker_url, "a worker needs a Redis URL")
     settings = with_worker_options(settings, device=args.device, queues=args.queues)
     if settings.worker.central_url:
         from worker.run.transfer import check_central
 
         check_central(settings)  # a refused token stops the worker here (exit status 2)
+    from worker.jobs.queues import worker_queues
+    from worker.run.heartbeat import install_heartbeat
+    from worker.run.tasks import worker_app
+
     app = worker_app(settings)
     install_heartbeat(settings, worker_queues(settings))
     concurrency = args.concurrency or settings.worker.concurrency

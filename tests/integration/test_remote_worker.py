@@ -354,7 +354,7 @@ def test_remote_worker_killed_mid_transfer_and_mid_job_loses_nothing(
     assert "delivery failed" in failed["error"], failed["error"]
     assert failed["attempts"] == 3
     assert (machines.central_data / "results" / job_id / "manifest.json").is_file()
-    broken.stop()
+    broken.kill()  # nothing in flight: no need to wait for a warm shutdown
     assert orthanc.study_id_for_uid(uid) is None, "nothing reached the PACS yet"
 
     with machines.api() as api:
