@@ -33,6 +33,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from scu_scp.spool import Spool, UnknownBatchError, fsync_dir, validate_uid
 from worker.config import Settings
@@ -143,7 +144,7 @@ class StudyApi:
             fh.flush()
             os.fsync(fh.fileno())
         try:
-            verify_file(part, entry)
+            await run_in_threadpool(verify_file, part, entry)
         except ManifestError as exc:
             part.unlink(missing_ok=True)
             raise HTTPException(400, f"upload refused: {exc}") from exc
@@ -285,7 +286,7 @@ def add_study_api(app: FastAPI, settings: Settings, store: JobStore, spool: Spoo
             entries = parse_entries(await request.json(), check_result_name)
         except (ManifestError, ValueError) as exc:
             raise HTTPException(400, f"commit refused: {exc}") from exc
-        committed = api.commit(job, upload_id, entries)
+        committed = await run_in_threadpool(api.commit, job, upload_id, entries)
         if not committed:
             log.info("job %s: results already committed; upload of %s dropped", job.id, worker)
         return {"committed": committed}

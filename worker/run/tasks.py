@@ -17,7 +17,7 @@ from worker.delivery.senders import make_sender
 from worker.jobs.broker import PROCESS_STUDY
 from worker.jobs.queues import JobRoute
 from worker.jobs.reliability import LeaseRefresher
-from worker.jobs.store import JobStore
+from worker.jobs.store import FINAL_STATES, JobStore
 from worker.run.bundles import configured_pipelines, load_models
 from worker.run.celery_app import create_app, enqueue_job
 from worker.run.processing import Runtime, process_job
@@ -105,6 +105,9 @@ def register_tasks(
         except TransferError as exc:
             # The central node is unreachable or answered wrongly: run the job again later
             # (here or on another worker); the central copy of the study is untouched.
+            if rt.store.get(job_id).state in FINAL_STATES:  # finished elsewhere meanwhile
+                log.warning("job %s: transfer failed, job already final: %s", job_id, exc)
+                return
             if self.request.retries >= settings.delivery.max_retries:
                 rt.store.mark_failed(job_id, f"study transfer failed: {exc}")
                 return
