@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import shutil
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,7 +84,9 @@ class CentralClient:
         self._sleep = sleep
         self.studies = settings.data_dir / "remote" / "studies"
         self.results_dir = settings.results_dir
-        verify: str | bool = str(config.central_ca_file) if config.central_ca_file else True
+        verify: ssl.SSLContext | bool = True
+        if config.central_ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(config.central_ca_file))
         self._http = httpx.Client(
             base_url=config.central_url + API,
             headers={"Authorization": f"Bearer {token}"},
