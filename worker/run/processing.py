@@ -95,7 +95,8 @@ def _failure_summary(outcomes: Sequence[dict[str, Any]]) -> str | None:
 
 
 def process_job(rt: Runtime, job_id: str) -> Job:
-    """Run one job to a final state, or raise TransientDeliveryError for the caller to retry.
+    """Run one job to a final state, or raise TransientDeliveryError (or, on a remote
+    worker, TransferError) for the caller to retry.
 
     Idempotent: outputs have UIDs derived from their inputs, so running a job again sends
     the same instances and the PACS keeps one copy.
