@@ -279,7 +279,7 @@ def test_studies_spread_over_a_local_and_a_remote_worker(
     for job_id in by_remote:
         assert (machines.central_data / "results" / job_id / "manifest.json").is_file()
     assert not list((remote_data / "remote" / "studies").iterdir())
-    assert not list((remote_data / "results").iterdir())
+    assert not list((remote_data / "remote" / "results").iterdir())
     assert "central node" in remote.log() and "knows this worker as remote1" in remote.log()
 
     # Previews of the remote worker's jobs, over HTTPS from the central monitor.

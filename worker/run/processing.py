@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -42,8 +43,17 @@ class Runtime:
     central: CentralClient | None = None
 
 
+def results_folder(rt: Runtime, job_id: str) -> Path:
+    """Where this worker keeps a job's results: the central ``data_dir/results/<job>``, or on
+    a remote worker its own copy under ``data_dir/remote/`` (never the central folder, even
+    if a remote worker were given the central data_dir)."""
+    if rt.central is not None:
+        return rt.central.results_dir / job_id
+    return rt.settings.results_dir / job_id
+
+
 def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]]]:
-    folder = rt.settings.results_dir / job.id
+    folder = results_folder(rt, job.id)
     if rt.central is not None:
         rt.central.fetch_results(job.id, folder)
     saved = load_results(folder)
@@ -146,7 +156,7 @@ def _run(rt: Runtime, job: Job) -> Job:
 def _deliver(
     rt: Runtime, job: Job, outputs: list[Dataset], outcomes: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    folder = rt.settings.results_dir / job.id
+    folder = results_folder(rt, job.id)
     try:
         with timed(folder, "deliver"):
             return deliver(

@@ -10,7 +10,7 @@ job it claims, it:
    resumes with ``Range``, a corrupt one is fetched again), then renames the folder to
    ``<job>``: the pipelines never see a partial study;
 4. after the pipelines, uploads the results folder and commits it on the central node;
-5. removes its local copies when the job ends, whatever the outcome.
+5. removes its local copies (``data_dir/remote/``) when the job ends, whatever the outcome.
 
 Every request is retried with exponential back-off (``worker.transfer_attempts``,
 ``worker.transfer_backoff_seconds``) on network errors, 5xx answers and corrupt data;
@@ -83,7 +83,7 @@ class CentralClient:
         self.backoff = config.transfer_backoff_seconds
         self._sleep = sleep
         self.studies = settings.data_dir / "remote" / "studies"
-        self.results_dir = settings.results_dir
+        self.results_dir = settings.data_dir / "remote" / "results"
         verify: ssl.SSLContext | bool = True
         if config.central_ca_file is not None:
             verify = ssl.create_default_context(cafile=str(config.central_ca_file))
@@ -202,11 +202,6 @@ class CentralClient:
 
     def _download(self, url: str, target: Path, entry: FileEntry) -> None:
         """Fetch one file into ``target``, resuming a partial one; verified before renamed."""
-        if target.is_file():
-            with contextlib.suppress(ManifestError):
-                verify_file(target, entry)
-                return
-            target.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")
         have = part.stat().st_size if part.exists() else 0

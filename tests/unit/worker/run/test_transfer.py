@@ -9,6 +9,7 @@ corrupted byte, a central node that does not answer.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -328,7 +329,7 @@ def test_a_remote_worker_runs_a_job_end_to_end(
     assert {"fetch", "pipelines", "save", "deliver"} <= timings.keys()
     # Nothing of the study or its results stays on the remote machine.
     assert not list((settings.data_dir / "remote" / "studies").iterdir())
-    assert not (settings.results_dir / job_id).exists()
+    assert not (settings.data_dir / "remote" / "results" / job_id).exists()
 
     admin = TestClient(
         create_monitor_app(central.settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -347,4 +348,18 @@ def test_a_remote_worker_runs_a_job_end_to_end(
     again = process_job(rt, job_id)
     assert again.state is JobState.DONE, again.error
     assert sorted(uid for _, uid in pacs.received[2:]) == first
-    assert not (settings.results_dir / job_id).exists()
+    assert not (settings.data_dir / "remote" / "results" / job_id).exists()
+
+
+def test_copies_of_attempts_killed_long_ago_are_swept(
+    central: Central, tmp_path: Path, token: str
+) -> None:
+    client, _ = client_for(remote_settings(central, tmp_path, token))
+    old = client.studies / "20260101T000000Z-00000000.partial"
+    new = client.results_dir / "20260101T000000Z-11111111"
+    for folder in (old, new):
+        (folder / "1.2").mkdir(parents=True)
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert client.sweep(older_than_seconds=3600) == 1
+    assert not old.exists() and new.exists()
