@@ -164,7 +164,7 @@ class CentralClient:
         """Add the stages measured after the commit (delivery); never fails the job."""
         try:
             self._request("PUT", f"/jobs/{quote(job_id)}/timings", what="timings", json=timings)
-        except (TransferError, _RefusedError) as exc:
+        except TransferError as exc:  # refused (4xx) included
             log.warning("job %s: timings not recorded on the central node: %s", job_id, exc)
 
     def discard(self, job_id: str) -> None:
