@@ -3,6 +3,7 @@
 # needs, a virtual environment at .venv in the repository root, and the project in it.
 #   deploy/install.sh          to run the service (adds redis-server for the embedded broker)
 #   deploy/install.sh --dev    also what the tests need: Orthanc, dcmtk, dicom3tools, chromium, openssl,
+#                              systemd (systemd-analyze) and docker-compose for the deploy/ checks,
 #                              npm (the browser tests drive Debian's chromium), and the prebuilt
 #                              OHIF Viewer from npm in .cache/ohif/VERSION/ (the viewer test)
 # Safe to run again: it installs only what is missing.
@@ -22,6 +23,8 @@ if [ "$dev" = 1 ]; then
   # independent readers of our SEG/SR: PixelMed's validators (libpixelmed-java names no JRE;
   # the JDK's source launcher runs tests/support/PixelmedBatch.java, one JVM for many files)
   packages+=(libpixelmed-java default-jdk-headless)
+  # the deploy/ checks: systemd-analyze verify for the unit files, docker-compose config
+  packages+=(systemd docker-compose)
   # npm fetches the OHIF Viewer. A machine whose Node.js comes from elsewhere (NodeSource's
   # nodejs ships npm and conflicts with Debian's npm package) already has the command.
   command -v npm >/dev/null 2>&1 || packages+=(npm)

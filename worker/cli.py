@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, default=50)
     j.add_argument("--json", action="store_true", help="machine-readable output")
 
+    wk = sub.add_parser(
+        "workers",
+        parents=[config],
+        help="list worker processes: host, device, queues, current job, jobs per hour",
+    )
+    wk.add_argument("--json", action="store_true", help="machine-readable output")
+
     a = sub.add_parser(
         "annotate", parents=[config], help="pull a study from a DICOMweb source and queue it"
     )
@@ -258,6 +265,23 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
+    """The workers the monitor lists, from their heartbeats in the job database."""
+    from worker.jobs.ops_store import OpsStore
+    from worker.jobs.store import JobStore, utc_now
+    from worker.monitor.fleet import format_workers_table, worker_records
+
+    store = JobStore(settings.effective_database_url)
+    try:
+        records = worker_records(
+            store, OpsStore(store.engine), utc_now(), settings.monitor.worker_stale_seconds
+        )
+    finally:
+        store.close()
+    print(json.dumps(records, indent=2) if args.json else format_workers_table(records))
+    return EXIT_OK
+
+
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from pipelines.errors import DeviceOutOfMemoryError
     from pipelines.routing import RoutingRule
@@ -367,6 +391,7 @@ _COMMANDS = {
     "worker": _cmd_worker,
     "send": _cmd_send,
     "jobs": _cmd_jobs,
+    "workers": _cmd_workers,
     "run": _cmd_run,
     "monitor": _cmd_monitor,
     "hash-password": _cmd_hash_password,

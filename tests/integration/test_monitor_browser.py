@@ -247,3 +247,61 @@ def test_paused_intake_refuses_until_resumed(monitored: Monitored) -> None:
     assert len(accepted.instances) == len(datasets)
     job = _force_and_wait(monitored, str(datasets[0].StudyInstanceUID), ("done", "failed"))
     assert job["instances"] == len(datasets)  # the refused instance was sent again, not lost
+
+
+def test_dashboard_charts_the_last_day_per_queue_and_pipeline(
+    orthanc: Orthanc, monitored: Monitored, tmp_path: Path
+) -> None:
+    """A job run by the real worker is charted (jobs per hour, latency) on the dashboard,
+    with the queue it was taken from and the worker process that ran it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    require_binaries(CHROMIUM)
+    datasets = make_ct_phantom(slices=8, size=32, pixel_spacing=9.0, seed=24).datasets
+    study_uid = _upload(orthanc, datasets, tmp_path / "small")
+    _send_from_orthanc(orthanc, study_uid)
+    done = _force_and_wait(monitored, study_uid, ("done", "failed"))
+    assert done["state"] == "done", f"{done['error']}\n{monitored.log()}"
+    job = monitored.api("GET", f"/api/jobs/{done['id']}")
+    assert job["queue"] == "pacs-annotator", job  # Celery's delivery info, seen by the worker
+    workers = {w["name"]: w for w in monitored.api("GET", "/api/workers")}
+    assert job["worker"] in workers, (job["worker"], workers)
+    ran = workers[job["worker"]]
+    assert ran["jobs_per_hour"] >= 1 and ran["host"] == job["worker"].split("/")[0]
+    activity = monitored.api("GET", "/api/activity")
+    queue = next(g for g in activity["queues"] if g["name"] == "pacs-annotator")
+    assert queue["finished_per_hour"][-1] >= 1 and queue["latency_median_seconds"][-1] > 0
+    pipelines = {g["name"] for g in activity["pipelines"]}
+    assert set(job["pipelines"]) <= pipelines and job["pipelines"]
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            refused: list[str] = []  # a chart the CSP blocked would be reported here
+            page.on("console", lambda m: refused.append(m.text) if "Refused" in m.text else None)
+            page.goto(monitored.url + "/")
+            page.fill("#password", PASSWORD)
+            page.click("#login")
+            row = page.locator('#activity-queues tr[data-group="pacs-annotator"]')
+            expect(row).to_be_visible()
+            jobs_chart = row.locator('svg[data-chart="jobs"]')
+            assert int(jobs_chart.get_attribute("data-total") or 0) == queue["total_finished"]
+            bar = jobs_chart.locator("rect.bar").last
+            box = bar.bounding_box()
+            assert box is not None and box["height"] > 1 and box["width"] > 1  # drawn, not empty
+            line = row.locator('svg[data-chart="latency"] circle').first
+            assert (line.bounding_box() or {"width": 0})["width"] > 0
+            for name in job["pipelines"]:
+                group = page.locator(f'#activity-pipelines tr[data-group="{name}"]')
+                expect(group.locator('svg[data-chart="jobs"] rect.bar').first).to_be_visible()
+            worker_row = page.locator(f'tr[data-worker="{job["worker"]}"]')
+            assert int(worker_row.locator("td.jobs-per-hour").inner_text()) >= 1
+            page.locator("#activity-queues").screenshot(path=str(tmp_path / "activity.png"))
+            page.goto(f"{monitored.url}/jobs/{job['id']}")
+            expect(page.locator("#job-worker")).to_have_text(
+                f"{job['worker']} from queue pacs-annotator"
+            )
+            assert not refused, refused
+        finally:
+            browser.close()

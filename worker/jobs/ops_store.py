@@ -37,6 +37,7 @@ class _WorkerRow(_Base):
     __tablename__ = "workers"
 
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), default="")
     device: Mapped[str] = mapped_column(String(64))
     queues: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
@@ -83,6 +84,7 @@ class WorkerStatus:
     current_job: str | None
     started_at: datetime
     last_seen: datetime
+    host: str = ""
 
     def online(self, now: datetime, stale_after: float) -> bool:
         return (now - self.last_seen).total_seconds() <= stale_after
@@ -136,12 +138,14 @@ class OpsStore:
         pid: int,
         current_job: str | None,
         started_at: datetime,
+        host: str = "",
     ) -> None:
         with self._session() as s:
             row = s.get(_WorkerRow, name, with_for_update=True)
             if row is None:
                 row = _WorkerRow(name=name, started_at=started_at)
                 s.add(row)
+            row.host = host
             row.device = device
             row.queues = ",".join(queues)
             row.pid = pid
@@ -167,6 +171,7 @@ class OpsStore:
                     current_job=r.current_job,
                     started_at=_aware(r.started_at),
                     last_seen=_aware(r.last_seen),
+                    host=r.host or "",
                 )
                 for r in s.scalars(query)
             ]

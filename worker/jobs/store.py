@@ -76,7 +76,9 @@ class _JobRow(_Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     delivering_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     delivery_failures: Mapped[int] = mapped_column(Integer, default=0)
@@ -86,6 +88,9 @@ class _JobRow(_Base):
     results_purged_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # Set when a worker process takes the job's message (worker/run/heartbeat.py).
+    queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,10 @@ class Job:
     # Set by the retention purge (worker/jobs/retention.py): the data is gone from disk.
     inputs_purged_at: datetime | None = None
     results_purged_at: datetime | None = None
+    # The Celery queue its last attempt was taken from and the worker process (host/pid)
+    # that took it; None until a worker picks it up (and for jobs from before 0004).
+    queue: str | None = None
+    worker: str | None = None
 
     @classmethod
     def _from_row(cls, row: _JobRow) -> Job:
@@ -163,6 +172,8 @@ class Job:
             updated_at=_aware(row.updated_at),
             inputs_purged_at=_aware(row.inputs_purged_at),
             results_purged_at=_aware(row.results_purged_at),
+            queue=row.queue,
+            worker=row.worker,
         )
 
 
@@ -195,6 +206,8 @@ def job_record(job: Job) -> dict[str, Any]:
         "delivered": list(job.delivered),
         "inputs_purged_at": iso(job.inputs_purged_at),
         "results_purged_at": iso(job.results_purged_at),
+        "queue": job.queue,
+        "worker": job.worker,
     }
 
 
@@ -336,14 +349,15 @@ class JobStore:
             instances, failures = s.execute(query).one()
         return int(instances), int(failures)
 
-    def finished(self, limit: int = 10000) -> builtins.list[Job]:
-        """Jobs in a final state, most recent first: what duration histograms are built from."""
-        query = (
-            select(_JobRow)
-            .where(_JobRow.finished_at.is_not(None))
-            .order_by(_JobRow.finished_at.desc())
-            .limit(limit)
-        )
+    def finished(self, limit: int = 10000, *, since: datetime | None = None) -> builtins.list[Job]:
+        """Jobs in a final state, most recent first: what duration histograms are built from.
+
+        ``since``: only those that finished at or after it (the dashboard's last 24 hours).
+        """
+        query = select(_JobRow).where(_JobRow.finished_at.is_not(None))
+        if since is not None:
+            query = query.where(_JobRow.finished_at >= since)
+        query = query.order_by(_JobRow.finished_at.desc()).limit(limit)
         with self._session() as s:
             return [Job._from_row(r) for r in s.scalars(query)]
 
@@ -442,6 +456,25 @@ class JobStore:
         with self._session() as s:
             claimed = s.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
         return self.get(job_id) if claimed else None
+
+    def note_pickup(self, job_id: str, *, worker: str, queue: str) -> bool:
+        """Record which worker process took a waiting job's message, from which queue.
+
+        Only while the job still waits: a duplicate message reaching a second worker while
+        the first runs the job changes nothing. False when the job was not waiting.
+        """
+        waiting = (JobState.RECEIVED, JobState.QUEUED)
+        return self._transition(job_id, waiting, worker=worker[:255], queue=queue[:64])
+
+    def finished_per_worker(self, since: datetime) -> dict[str, int]:
+        """Jobs each worker process brought to a final state since ``since`` (jobs per hour)."""
+        query = (
+            select(_JobRow.worker, func.count())
+            .where(_JobRow.finished_at >= since, _JobRow.worker.is_not(None))
+            .group_by(_JobRow.worker)
+        )
+        with self._session() as s:
+            return {str(name): int(n) for name, n in s.execute(query)}
 
     def touch(self, job_id: str) -> None:
         """Refresh a job's ``updated_at``: the running worker's lease, or a re-queue time."""

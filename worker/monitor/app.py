@@ -25,7 +25,7 @@ from worker.monitor.pages import add_page_routes
 from worker.monitor.security import CrossSiteRequestError, add_security_headers
 from worker.monitor.state import readiness, ready_min_free_bytes, storage
 from worker.monitor.study_api import add_study_api
-from worker.monitor.views import job_detail_dict, job_dict, worker_dict
+from worker.monitor.views import job_detail_dict, job_dict
 from worker.run.timings import read_timings
 from worker.sources.pull import PullError, annotate_from_source
 
@@ -227,15 +227,21 @@ def _add_api_routes(app: FastAPI, monitor: Monitor) -> None:
 
     @app.get("/api/workers", tags=["queue"])
     def workers(_: Actor) -> list[dict[str, Any]]:
-        """Worker processes from their heartbeats; ``online`` if seen recently."""
-        now = utc_now()
-        stale = src.settings.monitor.worker_stale_seconds
-        return [worker_dict(w, now, stale) for w in src.ops.workers()]
+        """Worker processes from their heartbeats (``online`` if seen recently), with the
+        jobs each finished in the last hour (``jobs_per_hour``)."""
+        return monitor.workers(utc_now())
 
     @app.get("/api/queues", tags=["queue"])
     def queues(_: Actor) -> dict[str, int | None]:
-        """Messages waiting per Celery queue."""
+        """Messages waiting per Celery queue: every configured queue and every queue a
+        worker takes."""
         return monitor.queues()
+
+    @app.get("/api/activity", tags=["queue"])
+    def activity(_: Actor) -> dict[str, Any]:
+        """Last 24 h per hour, per queue and per pipeline: jobs finished (and failed), and
+        queue-to-result latency (median, p95) of the done ones."""
+        return monitor.activity(utc_now())
 
     @app.get("/api/audit", tags=["actions"])
     def audit(_: Actor, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, str]]:

@@ -19,12 +19,12 @@ from worker.config import Settings
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.store import JobStore, utc_now
 from worker.monitor.auth import Credentials, TokenChecker
+from worker.monitor.fleet import activity_dict, recent_activity, worker_records
 from worker.monitor.preview import render_preview
 from worker.monitor.previews import PreviewCache, preview_version
 from worker.monitor.security import SAFE_METHODS, CrossSiteRequestError, same_origin
 from worker.monitor.sessions import LoginThrottle, Session, SessionStore
 from worker.monitor.state import Sources, pending_studies, queue_depth, storage
-from worker.monitor.views import worker_dict
 from worker.run.celery_app import job_enqueuer
 
 HERE = Path(__file__).resolve().parent
@@ -80,15 +80,24 @@ class Monitor:
     def summary(self) -> dict[str, Any]:
         src = self.sources
         now = utc_now()
-        stale = src.settings.monitor.worker_stale_seconds
         return {
             "counts": {s.value: n for s, n in src.store.counts().items()},
             "queues": self.queues(),
-            "workers": [worker_dict(w, now, stale) for w in src.ops.workers()],
+            "workers": self.workers(now),
             "intake_paused": src.ops.intake_paused(),
             "pending_studies": self.pending(),
             "data": self.data(now),
         }
+
+    def workers(self, now: datetime) -> list[dict[str, Any]]:
+        """Worker processes with host, device, queues, current job and jobs per hour."""
+        src = self.sources
+        stale = src.settings.monitor.worker_stale_seconds
+        return worker_records(src.store, src.ops, now, stale)
+
+    def activity(self, now: datetime) -> dict[str, Any]:
+        """Jobs per hour and queue-to-result latency over the last 24 h, per queue/pipeline."""
+        return activity_dict(recent_activity(self.sources.store, now), now)
 
     def data(self, now: datetime) -> dict[str, Any]:
         """Bytes, counts and oldest age per kind of data, and what disk pressure cannot free."""

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from scu_scp.admission import free_disk_bytes
 from worker.jobs.store import JobState, utc_now
+from worker.monitor.fleet import processing_by_pipeline, queue_wait_by_queue
 from worker.monitor.state import Sources, pending_studies, queue_depth, storage
 
 JOB_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
@@ -90,6 +91,18 @@ class ServiceCollector(Collector):
             values = [s[name] for s in (j.stage_seconds() for j in finished) if name in s]
             stage.add_metric([name], _histogram_buckets(values, STAGE_BUCKETS), sum(values))
         yield stage
+        yield _labelled_histogram(
+            "pacs_annotator_queue_wait_seconds",
+            "Queue wait (queued to started) of finished jobs, per queue the job was taken from",
+            "queue",
+            queue_wait_by_queue(finished),
+        )
+        yield _labelled_histogram(
+            "pacs_annotator_pipeline_processing_seconds",
+            "Processing stage of finished jobs, per pipeline the job ran (once per pipeline)",
+            "pipeline",
+            processing_by_pipeline(finished),
+        )
 
         ops = self._src.ops
         online = ops.workers(seen_within=self._src.settings.monitor.worker_stale_seconds)
@@ -114,6 +127,15 @@ class ServiceCollector(Collector):
             for queue, n in depths.items():
                 depth.add_metric([queue], n)
             yield depth
+
+
+def _labelled_histogram(
+    name: str, documentation: str, label: str, by_label: dict[str, list[float]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=[label])
+    for value, seconds in sorted(by_label.items()):
+        family.add_metric([value], _histogram_buckets(seconds, STAGE_BUCKETS), sum(seconds))
+    return family
 
 
 def _data_metrics(src: Sources) -> Iterable[Metric]:

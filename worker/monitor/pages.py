@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from worker.admin.actions import ActionError, cancellable, inputs_purged_reason, retryable
 from worker.jobs.store import JobState, UnknownJobError, utc_now
 from worker.monitor.auth import check_login
+from worker.monitor.charts import jobs_per_hour_chart, latency_chart
 from worker.monitor.context import SESSION_COOKIE, LoginRequiredError, Monitor
 from worker.monitor.security import same_origin
 from worker.run.timings import read_timings
@@ -157,6 +158,7 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
         states = [JobState(state)] if state in {s.value for s in JobState} else []
         src = monitor.sources
         jobs = src.store.list(states=states, search=q or None, limit=max(1, min(limit, 1000)))
+        now = utc_now()
         return render(
             request,
             "dashboard.html",
@@ -167,7 +169,8 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
             state=state,
             q=q,
             audit=src.ops.audit_entries(15),
-            now=utc_now(),
+            activity=_activity_charts(monitor.activity(now)),
+            now=now,
         )
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -190,6 +193,28 @@ def add_page_routes(app: FastAPI, monitor: Monitor) -> None:
             preview_version=monitor.preview_version(job.id),
             audit=audit,
         )
+
+    def _activity_charts(activity: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """Each queue's and pipeline's numbers with its two charts (server-side SVG)."""
+        return {
+            kind: [
+                {
+                    **group,
+                    "jobs_chart": jobs_per_hour_chart(
+                        f"jobs per hour, {kind[:-1]} {group['name']}",
+                        group["finished_per_hour"],
+                        group["failed_per_hour"],
+                    ),
+                    "latency_chart": latency_chart(
+                        f"queue-to-result latency, {kind[:-1]} {group['name']}",
+                        group["latency_median_seconds"],
+                        group["latency_p95_seconds"],
+                    ),
+                }
+                for group in activity[kind]
+            ]
+            for kind in ("queues", "pipelines")
+        }
 
     def act(back: str, action: Callable[[], object], done: str) -> RedirectResponse:
         """Run an admin action and return to ``back`` with its outcome."""

@@ -105,12 +105,23 @@ class Sources:
     redis: redis.Redis | None
 
 
+def monitored_queues(sources: Sources) -> tuple[str, ...]:
+    """Every queue a job may wait in: those this configuration names (the default, the
+    pipelines' ``queue`` and ``oom_fallback_queue``, ``worker.queues``) and those a worker
+    announces in its heartbeat (a worker on another machine may have its own settings)."""
+    settings = sources.settings
+    queues = dict.fromkeys((*configured_queues(settings), *settings.worker.queues))
+    for w in sources.ops.workers(seen_within=settings.monitor.worker_stale_seconds):
+        queues.update(dict.fromkeys(w.queues))
+    return tuple(queues)
+
+
 def queue_depth(sources: Sources) -> dict[str, int]:
-    """Messages waiting in every configured queue; {} without a broker or when it is down."""
+    """Messages waiting in every monitored queue; {} without a broker or when it is down."""
     if sources.redis is None:
         return {}
     try:
-        return queue_depths(sources.redis, configured_queues(sources.settings))
+        return queue_depths(sources.redis, monitored_queues(sources))
     except redis.RedisError as exc:
         log.warning("cannot read queue depth: %s", exc)
         return {}

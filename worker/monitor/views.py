@@ -24,6 +24,7 @@ def job_detail_dict(job: Job, steps: dict[str, float]) -> dict[str, Any]:
 def worker_dict(w: WorkerStatus, now: datetime, stale_after: float) -> dict[str, Any]:
     return {
         "name": w.name,
+        "host": w.host,
         "device": w.device,
         "queues": list(w.queues),
         "pid": w.pid,

@@ -1,7 +1,9 @@
 """Worker heartbeats: each Celery pool process writes a row the monitor reads.
 
-A row per process (host/pid): its device, queues, the job it runs now and when it was last
-seen. Hooked to Celery signals, so it runs only inside worker processes.
+A row per process (host/pid): its host, device, queues, the job it runs now and when it was
+last seen. Hooked to Celery signals, so it runs only inside worker processes. When a process
+takes a job's message it also records on the job which queue the message came from and which
+process took it: the monitor's per-queue wait times and jobs per hour per worker read those.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from worker.config import Settings
 from worker.jobs.ops_store import OpsStore
-from worker.jobs.store import JobStore, utc_now
+from worker.jobs.store import JobStore, UnknownJobError, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ class Heartbeat:
         self, ops: OpsStore, *, device: str, queues: tuple[str, ...], interval: float
     ) -> None:
         self._ops = ops
-        self.name = f"{socket.gethostname()}/{os.getpid()}"
+        self.host = socket.gethostname()
+        self.name = f"{self.host}/{os.getpid()}"
         self._device = device
         self._queues = queues
         self._interval = interval
@@ -61,6 +64,7 @@ class Heartbeat:
         try:
             self._ops.heartbeat(
                 self.name,
+                host=self.host,
                 device=self._device,
                 queues=self._queues,
                 pid=os.getpid(),
@@ -75,12 +79,21 @@ class Heartbeat:
             self.beat()
 
 
+def _delivered_from(task: Any) -> str | None:
+    """The queue a task's message was taken from (its routing key), if Celery says."""
+    info = getattr(getattr(task, "request", None), "delivery_info", None) or {}
+    queue = info.get("routing_key") if isinstance(info, dict) else None
+    return str(queue) if queue else None
+
+
 def install_heartbeat(settings: Settings, queues: tuple[str, ...]) -> None:
     """Start a heartbeat in each pool process and track the job it runs."""
     state: dict[str, Heartbeat] = {}
+    stores: dict[str, JobStore] = {}
 
     def started(**_: Any) -> None:
         store = JobStore(settings.effective_database_url)
+        stores["jobs"] = store
         beat = Heartbeat(
             OpsStore(store.engine),
             device=settings.worker.device,
@@ -94,9 +107,20 @@ def install_heartbeat(settings: Settings, queues: tuple[str, ...]) -> None:
         if "beat" in state:
             state.pop("beat").stop()
 
-    def prerun(args: Any = None, **_: Any) -> None:
-        if "beat" in state and args:
-            state["beat"].set_current(str(args[0]))
+    def prerun(args: Any = None, task: Any = None, **_: Any) -> None:
+        if "beat" not in state or not args:
+            return
+        beat, job_id = state["beat"], str(args[0])
+        beat.set_current(job_id)
+        queue = _delivered_from(task)
+        if queue is None:
+            return
+        try:
+            stores["jobs"].note_pickup(job_id, worker=beat.name, queue=queue)
+        except UnknownJobError:
+            pass  # the task itself reports an unknown job
+        except SQLAlchemyError as exc:  # statistics only: the job runs anyway
+            log.warning("could not record which worker took job %s: %s", job_id, exc)
 
     def postrun(**_: Any) -> None:
         if "beat" in state:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
 from celery import signals
 
+from tests.support.jobs import create_job
 from worker.config import load_settings
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.store import JobStore
@@ -73,3 +75,36 @@ def test_installed_heartbeat_follows_the_pool_process_and_its_jobs(tmp_path: Pat
     assert ops.workers() == []  # a late signal does not bring a stopped heartbeat back
     signals.worker_process_shutdown.send(sender=None)  # nor does a second shutdown fail
     assert ops.workers() == []
+
+
+class _Request:
+    def __init__(self, routing_key: str) -> None:
+        self.delivery_info = {"exchange": "", "routing_key": routing_key}
+
+
+class _Task:
+    """What Celery passes to task_prerun: the task, whose request says where it came from."""
+
+    def __init__(self, routing_key: str) -> None:
+        self.request = _Request(routing_key)
+
+
+@pytest.mark.usefixtures("worker_signals")
+def test_taking_a_message_records_its_queue_and_the_worker_on_the_job(tmp_path: Path) -> None:
+    settings = load_settings(None, data_dir=tmp_path, worker={"device": "cuda:0"})
+    store = JobStore(settings.effective_database_url)
+    create_job(store, "job-1")
+    store.mark_queued("job-1")
+    install_heartbeat(settings, ("gpu",))
+    signals.worker_process_init.send(sender=None)
+    try:
+        (row,) = OpsStore(store.engine).workers()
+        assert row.host == socket.gethostname() and row.name == f"{row.host}/{os.getpid()}"
+        signals.task_prerun.send(sender=None, task_id="t1", task=_Task("gpu"), args=["job-1"])
+        job = store.get("job-1")
+        assert (job.queue, job.worker) == ("gpu", row.name)
+        # A message for a job that does not exist is the task's to report: nothing breaks.
+        signals.task_prerun.send(sender=None, task_id="t2", task=_Task("gpu"), args=["nope"])
+    finally:
+        signals.worker_process_shutdown.send(sender=None)
+    store.close()
