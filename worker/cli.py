@@ -52,6 +52,8 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # Alembic narrates every plugin and context it sets up; our migrations log the upgrade.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # httpx logs every request's URL (a remote worker's downloads: one line per instance).
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # This highdicom warning quotes the patient's name: no PHI in logs.
     warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name")
 
@@ -125,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     from worker.admin.cli import add_admin_commands
 
     add_admin_commands(sub, config)
+    from worker.admin.tokens_cli import add_token_commands
+
+    add_token_commands(sub, config)
     return p
 
 
@@ -167,12 +172,16 @@ def _cmd_scp(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    require_broker_url(settings.broker_url, "a worker needs a Redis URL")
+    settings = with_worker_options(settings, device=args.device, queues=args.queues)
+    if settings.worker.central_url:
+        from worker.run.transfer import check_central
+
+        check_central(settings)  # a refused token stops the worker here (exit status 2)
     from worker.jobs.queues import worker_queues
     from worker.run.heartbeat import install_heartbeat
     from worker.run.tasks import worker_app
 
-    require_broker_url(settings.broker_url, "a worker needs a Redis URL")
-    settings = with_worker_options(settings, device=args.device, queues=args.queues)
     app = worker_app(settings)
     install_heartbeat(settings, worker_queues(settings))
     concurrency = args.concurrency or settings.worker.concurrency
@@ -320,6 +329,12 @@ def _cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
     return run_admin_command(settings, args)
 
 
+def _cmd_worker_token(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.admin.tokens_cli import run_token_command
+
+    return run_token_command(settings, args)
+
+
 def _cmd_monitor(settings: Settings, args: argparse.Namespace) -> int:
     from worker.monitor.server import serve
 
@@ -386,4 +401,5 @@ _COMMANDS = {
     "flower": _cmd_admin,
     "purge": _cmd_admin,
     "annotate": _cmd_annotate,
+    "worker-token": _cmd_worker_token,
 }

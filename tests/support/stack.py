@@ -108,12 +108,14 @@ class ServiceProcess:
         *,
         module: str = "worker",
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``prefix``: a command the process runs under (e.g. ``unshare`` for its own mounts)."""
         self.name = name
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
+                [*prefix, sys.executable, "-m", module, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

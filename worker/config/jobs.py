@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from worker.config.base import Section
+from worker.config.base import Section, check_ca_bundle, check_http_url
 
 #: The queue every job goes to unless a pipeline names another one.
 DEFAULT_QUEUE = "pacs-annotator"
@@ -44,9 +45,31 @@ class WorkerSettings(Section):
     visibility_timeout_seconds: float | None = Field(default=None, gt=0)
     # A running job whose worker stopped refreshing its lease for this long may be taken over.
     lease_seconds: float = Field(default=60.0, gt=0, le=86400)
+    # A remote worker (no shared disk with the central node): the central monitor's URL,
+    # from which it downloads each job's study and to which it uploads the results (README
+    # "Workers on other machines"). Empty: the spool and results are in data_dir.
+    central_url: str | None = None
+    central_token_file: Path | None = None  # the token from `pacs-annotator worker-token create`
+    central_ca_file: Path | None = None  # CA bundle for an https central_url; empty: system CAs
+    transfer_attempts: int = Field(default=6, ge=1, le=100)  # per request, then the job fails
+    transfer_backoff_seconds: float = Field(default=1.0, gt=0, le=600)  # doubles, capped at 60
+    transfer_timeout_seconds: float = Field(default=60.0, gt=0)  # connect and each read
 
     _device = field_validator("device")(check_device)
     _queues = field_validator("queues")(check_queues)
+    _central_url = field_validator("central_url")(check_http_url)
+    _central_ca = field_validator("central_ca_file")(check_ca_bundle)
+
+    @model_validator(mode="after")
+    def _central_credentials(self) -> WorkerSettings:
+        if self.central_url and self.central_token_file is None:
+            raise ValueError(
+                "worker.central_url needs worker.central_token_file (a token from "
+                "`pacs-annotator worker-token create NAME` on the central node)"
+            )
+        if self.central_token_file is not None and not self.central_token_file.is_file():
+            raise ValueError(f"worker.central_token_file {self.central_token_file} is not a file")
+        return self
 
     @model_validator(mode="after")
     def _lease_below_visibility(self) -> WorkerSettings:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
 
 from worker.config.base import MIB, Section
 
@@ -35,6 +37,19 @@ class MonitorSettings(Section):
     trusted_origins: list[str] = Field(default_factory=list)
     preview_max_pixels: int = Field(default=4096 * 4096, ge=1)
     preview_cache_entries: int = Field(default=64, ge=1)
+    # HTTPS served by the monitor itself (PEM files), for remote workers and admins beyond
+    # this machine; empty: plain HTTP (or TLS from a reverse proxy in front).
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> MonitorSettings:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("monitor.tls_certificate and monitor.tls_private_key go together")
+        for path in (self.tls_certificate, self.tls_private_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"monitor TLS file {path} is not a readable file")
+        return self
 
     @field_validator("trusted_origins")
     @classmethod
@@ -60,4 +75,5 @@ class MonitorSettings(Section):
     def url(self) -> str:
         """Where an admin on this machine opens the monitor."""
         shown = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{shown}:{self.port}/"
+        scheme = "https" if self.tls_certificate is not None else "http"
+        return f"{scheme}://{shown}:{self.port}/"

@@ -24,6 +24,7 @@ from worker.monitor.metrics import render_metrics
 from worker.monitor.pages import add_page_routes
 from worker.monitor.security import CrossSiteRequestError, add_security_headers
 from worker.monitor.state import readiness, ready_min_free_bytes, storage
+from worker.monitor.study_api import add_study_api
 from worker.monitor.views import job_detail_dict, job_dict
 from worker.run.timings import read_timings
 from worker.sources.pull import PullError, annotate_from_source
@@ -79,6 +80,7 @@ def create_monitor_app(settings: Settings) -> FastAPI:
 
     _add_open_routes(app, monitor)
     _add_api_routes(app, monitor)
+    add_study_api(app, settings, monitor.sources.store, monitor.sources.spool)
     add_page_routes(app, monitor)
     return app
 

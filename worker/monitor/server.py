@@ -32,6 +32,8 @@ def serve(settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         access_log=False,  # URLs carry study UIDs and search terms; keep the log to our lines
         log_config=None,  # uvicorn's records go through the service's one-line log format
+        ssl_certfile=settings.monitor.tls_certificate,
+        ssl_keyfile=settings.monitor.tls_private_key,
     )
     uvicorn.Server(config).run()
     return 0

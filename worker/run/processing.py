@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -21,7 +22,8 @@ from worker.delivery.destinations import NoDestinationError
 from worker.delivery.senders import Sender, WebSender
 from worker.jobs.store import Job, JobStore
 from worker.run.results import load_results, save_results
-from worker.run.timings import record_timings, timed
+from worker.run.timings import read_timings, record_timings, timed
+from worker.run.transfer import CentralClient
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +38,35 @@ class Runtime:
     pipelines: dict[str, Pipeline]
     send: Sender
     send_web: WebSender = store_datasets
+    # Set on a remote worker (worker.central_url): the study comes from, and the results go
+    # to, the central node; this machine's copies are removed when the job ends.
+    central: CentralClient | None = None
+
+
+def results_folder(rt: Runtime, job_id: str) -> Path:
+    """Where this worker keeps a job's results: the central ``data_dir/results/<job>``, or on
+    a remote worker its own copy under ``data_dir/remote/`` (never the central folder, even
+    if a remote worker were given the central data_dir)."""
+    if rt.central is not None:
+        return rt.central.results_dir / job_id
+    return rt.settings.results_dir / job_id
 
 
 def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]]]:
-    folder = rt.settings.results_dir / job.id
+    folder = results_folder(rt, job.id)
+    if rt.central is not None:
+        rt.central.fetch_results(job.id, folder)
     saved = load_results(folder)
     if saved is not None:
         log.info("job %s: reusing results computed by an earlier attempt", job.id)
         return saved
-    study = rt.spool.open_sealed(job.id)
+    if rt.central is not None:
+        with timed(folder, "fetch"):
+            paths = rt.central.fetch_study(job.id)
+    else:
+        paths = rt.spool.instance_paths(rt.spool.open_sealed(job.id))
     result = annotate_study(
-        rt.spool.instance_paths(study),
+        paths,
         rules=rt.settings.routing_rules,
         pipelines=rt.pipelines,
         software_version=__version__,
@@ -54,6 +74,9 @@ def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]
     with timed(folder, "save"):
         save_results(folder, result)
     record_timings(folder, result.timings)
+    if rt.central is not None and not rt.central.commit_results(job.id, folder):
+        # Another attempt committed first: deliver its results, as a retry would.
+        rt.central.fetch_results(job.id, folder)
     # Deliver the saved files, not the objects just built: the first attempt sends the same
     # bytes as a retry would, and a dataset read from its file is sent as read (pydicom
     # writes its raw elements back) instead of encoded a second time.
@@ -82,7 +105,8 @@ def _failure_summary(outcomes: Sequence[dict[str, Any]]) -> str | None:
 
 
 def process_job(rt: Runtime, job_id: str) -> Job:
-    """Run one job to a final state, or raise TransientDeliveryError for the caller to retry.
+    """Run one job to a final state, or raise TransientDeliveryError (or, on a remote
+    worker, TransferError) for the caller to retry.
 
     Idempotent: outputs have UIDs derived from their inputs, so running a job again sends
     the same instances and the PACS keeps one copy.
@@ -95,6 +119,17 @@ def process_job(rt: Runtime, job_id: str) -> Job:
         return job
     job = claimed
     log.info("job %s: study %s, accession %s", job.id, job.study_uid, job.accession_number)
+    if rt.central is None:
+        return _run(rt, job)
+    rt.central.discard(job.id)  # a killed attempt's copies: the central node's are the truth
+    try:
+        return _run(rt, job)
+    finally:
+        rt.central.discard(job.id)
+
+
+def _run(rt: Runtime, job: Job) -> Job:
+    job_id = job.id
     try:
         outputs, outcomes = _annotate(rt, job)
     except InputError as exc:
@@ -105,16 +140,7 @@ def process_job(rt: Runtime, job_id: str) -> Job:
     delivered: list[dict[str, Any]] = []
     if outputs:
         try:
-            with timed(rt.settings.results_dir / job.id, "deliver"):
-                delivered = deliver(
-                    rt.settings,
-                    job.id,
-                    job.calling_ae,
-                    outputs,
-                    outcomes,
-                    send=rt.send,
-                    send_web=rt.send_web,
-                )
+            delivered = _deliver(rt, job, outputs, outcomes)
         except NoDestinationError as exc:
             return rt.store.mark_failed(job_id, str(exc))
         except TransientDeliveryError as exc:
@@ -125,3 +151,23 @@ def process_job(rt: Runtime, job_id: str) -> Job:
         log.warning("job %s: %s", job_id, failure)
         return rt.store.mark_failed(job_id, failure, delivered=delivered)
     return rt.store.mark_done(job_id, delivered=delivered)
+
+
+def _deliver(
+    rt: Runtime, job: Job, outputs: list[Dataset], outcomes: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    folder = results_folder(rt, job.id)
+    try:
+        with timed(folder, "deliver"):
+            return deliver(
+                rt.settings,
+                job.id,
+                job.calling_ae,
+                outputs,
+                outcomes,
+                send=rt.send,
+                send_web=rt.send_web,
+            )
+    finally:
+        if rt.central is not None:  # the monitor shows the central node's copy
+            rt.central.push_timings(job.id, read_timings(folder))

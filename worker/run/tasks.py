@@ -17,10 +17,11 @@ from worker.delivery.senders import make_sender
 from worker.jobs.broker import PROCESS_STUDY
 from worker.jobs.queues import JobRoute
 from worker.jobs.reliability import LeaseRefresher
-from worker.jobs.store import JobStore
+from worker.jobs.store import FINAL_STATES, JobStore
 from worker.run.bundles import configured_pipelines, load_models
 from worker.run.celery_app import create_app, enqueue_job
 from worker.run.processing import Runtime, process_job
+from worker.run.transfer import CentralClient, TransferError
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,19 @@ def build_runtime(settings: Settings) -> Runtime:
     """Runs in the worker process after fork: models load here, once, and stay warm."""
     pipelines = configured_pipelines(settings)
     load_models(pipelines)
+    central = None
+    if settings.worker.central_url:
+        central = CentralClient(settings)
+        # Copies left by attempts of a worker killed long ago: no job runs longer than
+        # its time limit, so a live job's copies are newer.
+        central.sweep(older_than_seconds=settings.worker.job_time_limit_seconds + 600)
     return Runtime(
         settings=settings,
         store=JobStore(settings.effective_database_url),
         spool=Spool(settings.spool_dir),
         pipelines=pipelines,
         send=make_sender(settings),
+        central=central,
     )
 
 
@@ -93,10 +101,18 @@ def register_tasks(
             if retries >= settings.delivery.max_retries:
                 rt.store.mark_failed(job_id, f"delivery failed after {retries + 1} attempts: {exc}")
                 return
-            delay = retry_delay(settings, retries)
-            rt.store.mark_retrying(job_id, f"{exc} (retry {retries + 1} in {delay:.0f} s)")
-            log.warning("job %s: %s; retrying in %.0f s", job_id, exc, delay)
-            raise self.retry(countdown=delay, exc=exc) from exc
+            raise _retry_later(self, rt, settings, job_id, exc, str(exc)) from exc
+        except TransferError as exc:
+            # The central node is unreachable or answered wrongly: run the job again later
+            # (here or on another worker); the central copy of the study is untouched.
+            if rt.store.get(job_id).state in FINAL_STATES:  # finished elsewhere meanwhile
+                log.warning("job %s: transfer failed, job already final: %s", job_id, exc)
+                return
+            if self.request.retries >= settings.delivery.max_retries:
+                rt.store.mark_failed(job_id, f"study transfer failed: {exc}")
+                return
+            reason = f"study transfer failed: {exc}"
+            raise _retry_later(self, rt, settings, job_id, exc, reason) from exc
         except SoftTimeLimitExceeded:
             limits = self.request.timelimit or (None, None)
             soft = limits[1] or app.conf.task_soft_time_limit
@@ -110,6 +126,18 @@ def register_tasks(
             # The edge of the job: record the reason so the admin sees it, then fail loudly.
             rt.store.mark_failed(job_id, f"internal error: {type(exc).__name__}: {exc}")
             raise
+
+
+def _retry_later(
+    task: Task, rt: Runtime, settings: Settings, job_id: str, exc: Exception, reason: str
+) -> BaseException:
+    """Mark the job queued with its reason; Celery's retry (with back-off) raises."""
+    retries: int = task.request.retries
+    delay = retry_delay(settings, retries)
+    rt.store.mark_retrying(job_id, f"{reason} (retry {retries + 1} in {delay:.0f} s)")
+    log.warning("job %s: %s; retrying in %.0f s", job_id, reason, delay)
+    retry: BaseException = task.retry(countdown=delay, exc=exc)
+    return retry
 
 
 def _out_of_memory(

@@ -82,3 +82,23 @@ def test_out_of_range_values_are_refused_naming_the_setting(
     tmp_path: Path, section: str, values: dict[str, Any], named: str
 ) -> None:
     assert f"  {named}: " in refusal(tmp_path, **{section: values})
+
+
+def test_a_remote_worker_needs_its_token_file(tmp_path: Path) -> None:
+    text = refusal(tmp_path, worker={"central_url": "https://central.example:8080"})
+    assert "worker.central_url needs worker.central_token_file" in text
+    missing = refusal(
+        tmp_path,
+        worker={"central_url": "https://c:8080", "central_token_file": str(tmp_path / "none")},
+    )
+    assert "is not a file" in missing
+    assert "http:// or https://" in refusal(tmp_path, worker={"central_url": "central:8080"})
+    token = tmp_path / "token"
+    token.write_text("pawt_x\n")
+    settings = load_settings(
+        None,
+        data_dir=tmp_path,
+        worker={"central_url": "https://central.example:8080/", "central_token_file": str(token)},
+    )
+    assert settings.worker.central_url == "https://central.example:8080"
+    assert settings.worker.transfer_attempts == 6

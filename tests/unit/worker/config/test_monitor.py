@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -24,3 +26,15 @@ def test_trusted_origins_must_be_bare_origins() -> None:
     for bad in ("monitor.example", "https://monitor.example/", "ftp://x", "https://"):
         with pytest.raises(ValidationError, match="is not an origin"):
             MonitorSettings(trusted_origins=[bad])
+
+
+def test_tls_needs_both_files_and_shows_https(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    tls = MonitorSettings(tls_certificate=cert, tls_private_key=key, port=8443)
+    assert tls.url == "https://127.0.0.1:8443/"
+    with pytest.raises(ValidationError, match="go together"):
+        MonitorSettings(tls_certificate=cert)
+    with pytest.raises(ValidationError, match="not a readable file"):
+        MonitorSettings(tls_certificate=cert, tls_private_key=tmp_path / "missing.pem")

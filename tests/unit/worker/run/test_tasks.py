@@ -27,6 +27,7 @@ from worker.run import tasks
 from worker.run.celery_app import create_app
 from worker.run.processing import Runtime
 from worker.run.tasks import register_tasks, retry_delay, worker_app
+from worker.run.transfer import TransferError
 
 JOB = "job-1"
 
@@ -213,3 +214,37 @@ def test_out_of_memory_without_a_fallback_fails_the_job_with_the_reason(
         JobState.FAILED,
         f"pipeline seg: out of memory on {device}",
     )
+
+
+def test_a_failed_study_transfer_is_retried_then_fails_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str | None] = []
+
+    def script(rt: Runtime, job_id: str, _n: int) -> Job:
+        seen.append(rt.store.get(job_id).error)
+        raise TransferError("job-1 study: the central node failed 6 times; last: ConnectError")
+
+    w = make_world(
+        tmp_path, monkeypatch, script, delivery={"max_retries": 1, "retry_delay_seconds": 10}
+    )
+    assert w.run().successful()
+    assert seen[1] == (
+        "study transfer failed: job-1 study: the central node failed 6 times; last: "
+        "ConnectError (retry 1 in 10 s)"
+    )
+    job = w.job()
+    assert job.state is JobState.FAILED
+    assert job.error is not None and job.error.startswith("study transfer failed: job-1 study")
+
+
+def test_a_transfer_failure_leaves_a_job_finished_elsewhere_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def script(rt: Runtime, job_id: str, _n: int) -> Job:
+        rt.store.mark_done(job_id, delivered=[])  # another worker took over and finished
+        raise TransferError("the central node refused ... (409): job-1 is done")
+
+    w = make_world(tmp_path, monkeypatch, script)
+    assert w.run().successful()
+    assert w.job().state is JobState.DONE
