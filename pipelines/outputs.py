@@ -23,8 +23,10 @@ How to add a kind:
    anything to draw?) and a small adapter from ``(volume, findings, ids, version,
    options)`` to your builder. A builder raises ``ValueError`` for findings it cannot write:
    the series' outcome then fails with that reason, the other kinds are still written.
-4. a kind-specific setting goes in ``OutputOptions`` (filled from the ``outputs_options``
-   settings by ``worker``), never read from the environment here.
+4. a setting of one kind is a field of ``OutputOptions``, filled from the settings where
+   ``worker/run/processing.py`` calls ``annotate_study(options=...)``; never read here.
+5. tests: the kind's SOP class in ``tests/support/dicom_validate.py``'s readers, and the
+   end-to-end test ``tests/integration/test_outputs_per_destination.py``.
 """
 
 from __future__ import annotations
