@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -130,59 +130,60 @@ def series_description(what: str, algorithm: Algorithm) -> str:
     return f"AI {what} ({algorithm.name})"[:64]
 
 
-def _seg(
-    volume: Volume, findings: Findings, ids: OutputIds, version: str, _: OutputOptions
-) -> tuple[Dataset, ...]:
-    return (
-        build_seg(
-            volume,
-            findings,
-            series_uid=ids.series_uid,
-            sop_uid=ids.sop_uid,
-            series_number=ids.series_number,
-            software_version=version,
-        ),
-    )
+class _OneInstance(Protocol):
+    """A builder of one dataset per series: ``build_seg``, ``build_rtstruct``."""
+
+    def __call__(
+        self,
+        volume: Volume,
+        findings: Findings,
+        *,
+        series_uid: str,
+        sop_uid: str,
+        series_number: int,
+        software_version: str,
+    ) -> Dataset: ...
 
 
-def _rtstruct(
-    volume: Volume, findings: Findings, ids: OutputIds, version: str, _: OutputOptions
-) -> tuple[Dataset, ...]:
-    return (
-        build_rtstruct(
-            volume,
-            findings,
-            series_uid=ids.series_uid,
-            sop_uid=ids.sop_uid,
-            series_number=ids.series_number,
-            software_version=version,
-        ),
-    )
+def _one_instance(build: _OneInstance) -> SeriesBuilder:
+    """The registry's adapter for a builder that writes one instance per series."""
+
+    def adapter(
+        volume: Volume, findings: Findings, ids: OutputIds, version: str, _: OutputOptions
+    ) -> tuple[Dataset, ...]:
+        return (
+            build(
+                volume,
+                findings,
+                series_uid=ids.series_uid,
+                sop_uid=ids.sop_uid,
+                series_number=ids.series_number,
+                software_version=version,
+            ),
+        )
+
+    return adapter
 
 
 def _sr(
     sources: Sequence[Dataset], results: Sequence[SeriesResult], ids: OutputIds, version: str
 ) -> Dataset:
-    return build_sr(
-        sources,
-        results,
-        series_uid=ids.series_uid,
-        sop_uid=ids.sop_uid,
-        series_number=ids.series_number,
-        software_version=version,
-    )
+    return build_sr(sources, results, **_document_ids(ids, version))
 
 
 def _kos(
-    sources: Sequence[Dataset], results: Sequence[SeriesResult], ids: OutputIds, version: str
+    _: Sequence[Dataset], results: Sequence[SeriesResult], ids: OutputIds, version: str
 ) -> Dataset:
-    return build_kos(
-        results,
-        series_uid=ids.series_uid,
-        sop_uid=ids.sop_uid,
-        series_number=ids.series_number,
-        software_version=version,
-    )
+    return build_kos(results, **_document_ids(ids, version))
+
+
+def _document_ids(ids: OutputIds, version: str) -> dict[str, Any]:
+    return {
+        "series_uid": ids.series_uid,
+        "sop_uid": ids.sop_uid,
+        "series_number": ids.series_number,
+        "software_version": version,
+    }
 
 
 def _has_segments(findings: Findings) -> bool:
@@ -195,7 +196,12 @@ KEY_IMAGES_SERIES_NUMBER = 9001
 
 SERIES_KINDS: dict[str, SeriesKind] = {
     "seg": SeriesKind(
-        "seg", "SEG", frozenset({str(SegmentationStorage)}), 1000, _has_segments, _seg
+        "seg",
+        "SEG",
+        frozenset({str(SegmentationStorage)}),
+        1000,
+        _has_segments,
+        _one_instance(build_seg),
     ),
     "rtstruct": SeriesKind(
         "rtstruct",
@@ -203,7 +209,7 @@ SERIES_KINDS: dict[str, SeriesKind] = {
         frozenset({str(RTStructureSetStorage)}),
         2000,
         has_structures,
-        _rtstruct,
+        _one_instance(build_rtstruct),
     ),
 }
 
