@@ -14,7 +14,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from pipelines.outputs import output_kind
+from pipelines.output_kinds import output_kind
 from scu_scp.models import DeliveryError, DeliveryResult
 from worker.config import Destination, Settings
 from worker.delivery.destinations import plan_deliveries

@@ -38,14 +38,14 @@ def test_what_each_destination_receives_and_what_the_job_builds(tmp_path: Path) 
         "b": {"ae_title": "B", "host": "h", "port": 2, "default": True},
         "web": {"type": "dicomweb", "url": "https://archive.example"},
     }
-    rules = [{"to": ["web"], "modality": "MR", "outputs": ["sc"]}]
+    rules = [{"to": ["web"], "modality": "MR", "outputs": ["sr"]}]
     settings = load_settings(None, data_dir=tmp_path, destinations=dests, delivery={"rules": rules})
     assert [(d.name, d.outputs) for d in plan_deliveries(settings, "A")] == [
         ("a", ("rtstruct", "kos"))
     ]
     assert [(d.name, d.outputs) for d in plan_deliveries(settings, "X")] == [("b", ("seg", "sr"))]
     assert needed_outputs(settings, "A") == ("rtstruct", "kos")
-    assert needed_outputs(settings, "X", modalities=["MR"]) == ("sc",)  # the rule's own
+    assert needed_outputs(settings, "X", modalities=["MR"]) == ("sr",)  # the rule's own
     both = load_settings(
         None,
         data_dir=tmp_path,
