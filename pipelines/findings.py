@@ -20,6 +20,9 @@ class Algorithm:
 
 
 RGB = tuple[int, int, int]
+#: SNOMED CT segment categories of anatomy: "Anatomical Structure" (91723000, and 123037004
+#: as DICOM CID 7150 codes it) and "Tissue" (85756007).
+ANATOMY_CATEGORIES = frozenset({"91723000", "123037004", "85756007"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +38,15 @@ class Segment:
     category: Code
     property_type: Code
     color: RGB | None = None
+
+    @property
+    def is_anatomy(self) -> bool:
+        """A structure of the body (category anatomical structure or tissue), not a finding
+        such as a lesion: context for a radiologist, an ORGAN in an RTSTRUCT."""
+        return (
+            self.category.scheme_designator in ("SCT", "SRT")
+            and self.category.value in ANATOMY_CATEGORIES
+        )
 
     def __post_init__(self) -> None:
         if self.mask.dtype != np.bool_:

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
-
 from pipelines.base import Pipeline
 from pipelines.errors import InputError
 from pipelines.runner import annotate_study
@@ -17,11 +15,11 @@ from scu_scp.dicomweb import store_datasets
 from scu_scp.spool import Spool
 from worker import __version__
 from worker.config import Settings
-from worker.delivery.deliver import TransientDeliveryError, deliver
-from worker.delivery.destinations import NoDestinationError
+from worker.delivery.deliver import TransientDeliveryError, deliver, delivery_facts
+from worker.delivery.destinations import NoDestinationError, needed_outputs
 from worker.delivery.senders import Sender, WebSender
 from worker.jobs.store import Job, JobStore
-from worker.run.results import load_results, save_results
+from worker.run.results import SavedResults, load_results, save_results
 from worker.run.timings import read_timings, record_timings, timed
 from worker.run.transfer import CentralClient
 
@@ -52,14 +50,21 @@ def results_folder(rt: Runtime, job_id: str) -> Path:
     return rt.settings.results_dir / job_id
 
 
-def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]]]:
+def _annotate(rt: Runtime, job: Job) -> SavedResults:
     folder = results_folder(rt, job.id)
     if rt.central is not None:
         rt.central.fetch_results(job.id, folder)
     saved = load_results(folder)
     if saved is not None:
-        log.info("job %s: reusing results computed by an earlier attempt", job.id)
-        return saved
+        missing = set(_outputs_for(rt, job, *delivery_facts(saved.outcomes))) - set(saved.built)
+        if not missing:
+            log.info("job %s: reusing results computed by an earlier attempt", job.id)
+            return saved
+        log.info(
+            "job %s: computing again, the destinations now also want %s",
+            job.id,
+            ", ".join(sorted(missing)),
+        )
     if rt.central is not None:
         with timed(folder, "fetch"):
             paths = rt.central.fetch_study(job.id)
@@ -70,6 +75,7 @@ def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]
         rules=rt.settings.routing_rules,
         pipelines=rt.pipelines,
         software_version=__version__,
+        outputs=lambda modalities, pipelines: _outputs_for(rt, job, modalities, pipelines),
     )
     with timed(folder, "save"):
         save_results(folder, result)
@@ -84,6 +90,13 @@ def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]
     if saved is None:
         raise RuntimeError(f"job {job.id}: results saved in {folder} but not readable")
     return saved
+
+
+def _outputs_for(
+    rt: Runtime, job: Job, modalities: Sequence[str], pipelines: Sequence[str]
+) -> tuple[str, ...]:
+    """The output kinds the job's destinations receive, together: what the job builds."""
+    return needed_outputs(rt.settings, job.calling_ae, modalities=modalities, pipelines=pipelines)
 
 
 def _failure_summary(outcomes: Sequence[dict[str, Any]]) -> str | None:
@@ -131,16 +144,17 @@ def process_job(rt: Runtime, job_id: str) -> Job:
 def _run(rt: Runtime, job: Job) -> Job:
     job_id = job.id
     try:
-        outputs, outcomes = _annotate(rt, job)
+        saved = _annotate(rt, job)
     except InputError as exc:
         log.warning("job %s failed: %s", job_id, exc)
         return rt.store.mark_failed(job_id, str(exc))
+    outputs, outcomes = saved.outputs, saved.outcomes
     pipelines = sorted({o["pipeline"] for o in outcomes if o["pipeline"]})
     rt.store.mark_delivering(job_id, pipelines=pipelines, outcomes=outcomes)
     delivered: list[dict[str, Any]] = []
     if outputs:
         try:
-            delivered = _deliver(rt, job, outputs, outcomes)
+            delivered = _deliver(rt, job, saved)
         except NoDestinationError as exc:
             return rt.store.mark_failed(job_id, str(exc))
         except TransientDeliveryError as exc:
@@ -153,9 +167,7 @@ def _run(rt: Runtime, job: Job) -> Job:
     return rt.store.mark_done(job_id, delivered=delivered)
 
 
-def _deliver(
-    rt: Runtime, job: Job, outputs: list[Dataset], outcomes: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def _deliver(rt: Runtime, job: Job, saved: SavedResults) -> list[dict[str, Any]]:
     folder = results_folder(rt, job.id)
     try:
         with timed(folder, "deliver"):
@@ -163,10 +175,11 @@ def _deliver(
                 rt.settings,
                 job.id,
                 job.calling_ae,
-                outputs,
-                outcomes,
+                saved.outputs,
+                saved.outcomes,
                 send=rt.send,
                 send_web=rt.send_web,
+                kinds=saved.kinds,
             )
     finally:
         if rt.central is not None:  # the monitor shows the central node's copy
