@@ -35,6 +35,9 @@ class MonitorSettings(Section):
     trusted_origins: list[str] = Field(default_factory=list)
     preview_max_pixels: int = Field(default=4096 * 4096, ge=1)
     preview_cache_entries: int = Field(default=64, ge=1)
+    # The data per kind (dashboard, /metrics, /readyz) walks the spool and results trees;
+    # its result is reused this long (0: walk at every request). Free space is always fresh.
+    data_usage_cache_seconds: float = Field(default=15.0, ge=0, le=3600)
 
     @field_validator("trusted_origins")
     @classmethod

@@ -319,6 +319,30 @@ class Purger:
 
     # -- running -------------------------------------------------------------------------
 
+    def release_delivered_inputs(self, job: Job) -> int:
+        """Under disk pressure, a job just delivered gives back its received images at once.
+
+        The worker calls this after ``mark_done``: queued studies get the room at the moment
+        it is free, not at the SCP process's next look. Bytes freed; 0 without pressure.
+        """
+        threshold = self._retention.effective_pressure_free_bytes(
+            self._settings.scp.min_free_disk_bytes
+        )
+        path = self.inputs_path(job)
+        if not threshold or job.state is not JobState.DONE or not path.is_dir():
+            return 0
+        if self._free_bytes(self._spool.root) >= threshold:
+            return 0
+        since = job.finished_at or self._now()
+        item = PurgeItem(Kind.DELIVERED_INPUTS, job.id, path, tree_bytes(path), since, job)
+        item = replace(item, why="pressure")
+        if not self._remove(item):
+            return 0
+        summary = PurgeReport(dry_run=False, items=[item], pressure=True).summary()
+        log.info("disk pressure: purge removed: %s", summary)
+        self._ops.audit("disk pressure", "purge", "retention", summary)
+        return item.bytes
+
     def run(self, *, dry_run: bool = False, actor: str = "purge") -> PurgeReport:
         """Remove the planned set (or, ``dry_run``, only list it); log and audit the totals."""
         report = self.plan()

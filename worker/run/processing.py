@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.base import Pipeline
 from pipelines.errors import InputError
@@ -19,6 +20,8 @@ from worker.config import Settings
 from worker.delivery.deliver import TransientDeliveryError, deliver
 from worker.delivery.destinations import NoDestinationError
 from worker.delivery.senders import Sender, WebSender
+from worker.jobs.ops_store import OpsStore
+from worker.jobs.retention import Purger
 from worker.jobs.store import Job, JobStore
 from worker.run.results import load_results, save_results
 from worker.run.timings import record_timings, timed
@@ -124,4 +127,17 @@ def process_job(rt: Runtime, job_id: str) -> Job:
     if failure:
         log.warning("job %s: %s", job_id, failure)
         return rt.store.mark_failed(job_id, failure, delivered=delivered)
-    return rt.store.mark_done(job_id, delivered=delivered)
+    done = rt.store.mark_done(job_id, delivered=delivered)
+    _release_under_disk_pressure(rt, done)
+    return done
+
+
+def _release_under_disk_pressure(rt: Runtime, job: Job) -> None:
+    """A delivered job's received images go at once while the spool disk is short of space
+    (``retention.pressure_free_bytes``), so a backlog of queued studies never waits for the
+    SCP process's purge to find the room (see README "Disk pressure")."""
+    purger = Purger(rt.settings, rt.store, OpsStore(rt.store.engine), rt.spool)
+    try:
+        purger.release_delivered_inputs(job)
+    except (OSError, SQLAlchemyError) as exc:  # the job is done; the SCP's purge tries again
+        log.warning("job %s: could not free its inputs under disk pressure: %s", job.id, exc)
