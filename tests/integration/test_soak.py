@@ -12,7 +12,6 @@ C-STORE may be refused, and the service must stay up. Figures at scale: bench/so
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,14 @@ from tests.integration.conftest import ANNOTATOR_AET, run_up, write_config
 from tests.support.orthanc import Orthanc
 from tests.support.phantom import make_ct_phantom
 from tests.support.processes import free_port, require_binaries
-from tests.support.soak import DiskSampler, MountError, Sent, send_steadily, tmpfs
+from tests.support.soak import (
+    DiskSampler,
+    MountError,
+    Sent,
+    send_steadily,
+    tmpfs,
+    wait_until_final,
+)
 from tests.support.stack import write_split_config
 from worker.jobs.store import JobState, JobStore
 
@@ -60,15 +66,6 @@ def _results_in_orthanc(orthanc: Orthanc, study_uid: str) -> set[str]:
     return {s["MainDicomTags"].get("Modality", "") for s in orthanc.series_of_study(study_id)}
 
 
-def _wait_until_final(store: JobStore, count: int, proc: subprocess.Popen[bytes]) -> None:
-    """Until ``count`` jobs are done or failed (or the service stopped, or 5 minutes)."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(store.list(states=[JobState.DONE, JobState.FAILED], limit=10_000)) >= count:
-            return
-        time.sleep(0.5)
-
-
 def test_three_times_the_disk_received_annotated_and_delivered_without_a_refusal(
     small_disk: Path, orthanc: Orthanc, tmp_path: Path
 ) -> None:
@@ -98,7 +95,7 @@ def test_three_times_the_disk_received_annotated_and_delivered_without_a_refusal
             port, ANNOTATOR_AET, sources, tmp_path / "warm", total_bytes=1, interval=0
         )
         assert warm_up[0].ok, warm_up[0].output
-        _wait_until_final(store, 1, service.proc)
+        wait_until_final(store, 1, service.proc)
 
         def service_up(_sent: list[Sent]) -> bool:
             return service.proc.poll() is None
@@ -114,7 +111,7 @@ def test_three_times_the_disk_received_annotated_and_delivered_without_a_refusal
         )
         sending = time.monotonic() - started
         if all(s.ok for s in sent):
-            _wait_until_final(store, len(warm_up) + len(sent), service.proc)
+            wait_until_final(store, len(warm_up) + len(sent), service.proc)
         sent = warm_up + sent
         jobs = {j.study_uid: j for j in store.list(limit=10_000)}
         alive = service.proc.poll() is None

@@ -21,6 +21,7 @@ from pathlib import Path
 import pydicom
 
 from tests.support.studies import write_copy
+from worker.jobs.store import JobState, JobStore
 
 
 class MountError(RuntimeError):
@@ -142,3 +143,14 @@ def send_steadily(
         total += size
         time.sleep(max(0.0, interval - (time.monotonic() - tick)))
     return sent
+
+
+def wait_until_final(
+    store: JobStore, count: int, proc: subprocess.Popen[bytes], timeout: float = 300.0
+) -> None:
+    """Until ``count`` jobs are done or failed, the service stops, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(store.list(states=[JobState.DONE, JobState.FAILED], limit=100_000)) >= count:
+            return
+        time.sleep(0.5)
