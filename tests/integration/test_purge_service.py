@@ -11,6 +11,7 @@ it cannot run again.
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -59,11 +60,13 @@ class Made:
         return {"inputs": data / "spool" / "studies" / job_id, "results": data / "results" / job_id}
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float = 240.0) -> None:
+def _wait(
+    what: str, check: Callable[[], bool], detail: Callable[[], str], timeout: float = 240.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}: {detail()}")
         time.sleep(0.5)
 
 
@@ -106,7 +109,7 @@ def made(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         },
     )
     good = list(make_ct_phantom(slices=6, size=48, pixel_spacing=6.0).datasets)
-    broken = [ds.copy() for ds in good]
+    broken = copy.deepcopy(good)
     del broken[2].ImagePositionPatient
     plan = {  # label -> (sources, calling AE)
         "done-new": (good, "PACS"),
@@ -146,7 +149,16 @@ def made(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     return False
             return True
 
-        _wait("every job done, failed or waiting for its delivery retry", settled)
+        def states() -> str:
+            jobs = by_study()
+            return ", ".join(
+                f"{label} {jobs[uid].state.value} {jobs[uid].delivery_failures} {jobs[uid].error}"
+                if uid in jobs
+                else f"{label} no job"
+                for label, uid in studies.items()
+            )
+
+        _wait("every job done, failed or waiting for its delivery retry", settled, states)
         jobs = {label: by_study()[uid].id for label, uid in studies.items()}
         cancelled = service.cli("cancel", jobs["cancelled-400h"])
         assert cancelled.returncode == 0, cancelled.stderr
