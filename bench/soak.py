@@ -26,6 +26,7 @@ Run: .venv/bin/python bench/soak.py [--size-mb 300] [--factor 3] [--interval S] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ from tests.support.soak import (
     DiskSampler,
     MountError,
     Sent,
+    modalities_in_orthanc,
     send_steadily,
     tmpfs,
     wait_until_final,
@@ -83,13 +85,6 @@ def start_up(
     return launch_up(root, config, port), port
 
 
-def results_in_orthanc(orthanc: Orthanc, study_uid: str) -> set[str]:
-    study_id = orthanc.study_id_for_uid(study_uid)
-    if study_id is None:
-        return set()
-    return {s["MainDicomTags"].get("Modality", "") for s in orthanc.series_of_study(study_id)}
-
-
 @dataclass
 class Outcome:
     studies: list[str]
@@ -110,16 +105,14 @@ def soak(
     args: argparse.Namespace, sources: Sequence[Any], pressure_mb: int, *, stop_on_refusal: bool
 ) -> Outcome:
     """One run on a fresh tmpfs; ``pressure_mb`` 0 is the peer (no disk pressure)."""
-    try:
-        mounted = tmpfs(args.size_mb)
-        fs = mounted.__enter__()
-    except MountError as exc:
-        raise SystemExit(str(exc)) from exc
-    try:
-        with tempfile.TemporaryDirectory(prefix="pa-bench-soak-") as tmp, Orthanc() as orthanc:
-            return _soak_on(Path(tmp), fs, orthanc, args, sources, pressure_mb, stop_on_refusal)
-    finally:
-        mounted.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:
+        try:
+            fs = stack.enter_context(tmpfs(args.size_mb))
+        except MountError as exc:
+            raise SystemExit(str(exc)) from exc
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pa-bench-soak-")))
+        orthanc = stack.enter_context(Orthanc())
+        return _soak_on(root, fs, orthanc, args, sources, pressure_mb, stop_on_refusal)
 
 
 def _soak_on(
@@ -163,7 +156,7 @@ def _soak_on(
             sent_bytes=sum(s.bytes for s in sent),
             refused=sum(not s.ok for s in sent),
             done=len(done),
-            in_orthanc=sum({"SEG", "SR"} <= results_in_orthanc(orthanc, s) for s in done),
+            in_orthanc=sum({"SEG", "SR"} <= modalities_in_orthanc(orthanc, s) for s in done),
             purged=sum(1 for j in jobs.values() if j.inputs_purged_at is not None),
             alive=proc.poll() is None,
             peak_used=disk.peak_used,

@@ -11,6 +11,7 @@ C-STORE may be refused, and the service must stay up. Figures at scale: bench/so
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from tests.support.soak import (
     DiskSampler,
     MountError,
     Sent,
+    modalities_in_orthanc,
     send_steadily,
     tmpfs,
     wait_until_final,
@@ -48,22 +50,12 @@ INTERVAL = 3.0
 def small_disk() -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("soak needs root to mount a small tmpfs for data_dir")
-    try:
-        mount = tmpfs(DISK_MB)
-        fs = mount.__enter__()
-    except MountError as exc:
-        pytest.skip(str(exc))
-    try:
+    with contextlib.ExitStack() as mounted:
+        try:
+            fs = mounted.enter_context(tmpfs(DISK_MB))
+        except MountError as exc:
+            pytest.skip(str(exc))
         yield fs
-    finally:
-        mount.__exit__(None, None, None)
-
-
-def _results_in_orthanc(orthanc: Orthanc, study_uid: str) -> set[str]:
-    study_id = orthanc.study_id_for_uid(study_uid)
-    if study_id is None:
-        return set()
-    return {s["MainDicomTags"].get("Modality", "") for s in orthanc.series_of_study(study_id)}
 
 
 def test_three_times_the_disk_received_annotated_and_delivered_without_a_refusal(
@@ -137,7 +129,7 @@ def test_three_times_the_disk_received_annotated_and_delivered_without_a_refusal
         assert job is not None, f"study {study.study_uid} never became a job; {figures}"
         assert job.instance_count == study.instances, f"job {job.id} lost instances"
         assert job.state is JobState.DONE, f"job {job.id}: {job.state} {job.error}; {figures}"
-        assert {"SEG", "SR"} <= _results_in_orthanc(orthanc, study.study_uid), job.id
+        assert {"SEG", "SR"} <= modalities_in_orthanc(orthanc, study.study_uid), job.id
     # Only disk pressure could make room: the 6-hour retention had not expired anything.
     purged = sum(1 for j in jobs.values() if j.inputs_purged_at is not None)
     assert purged >= len(sent) // 2, f"only {purged} inputs purged; {figures}"

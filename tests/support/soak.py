@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pydicom
 
+from tests.support.orthanc import Orthanc
 from tests.support.studies import write_copy
 from worker.jobs.store import JobState, JobStore
 
@@ -154,3 +155,11 @@ def wait_until_final(
         if len(store.list(states=[JobState.DONE, JobState.FAILED], limit=100_000)) >= count:
             return
         time.sleep(0.5)
+
+
+def modalities_in_orthanc(orthanc: Orthanc, study_uid: str) -> set[str]:
+    """Modalities of the series Orthanc holds for a study ({"SEG", "SR"}: results arrived)."""
+    study_id = orthanc.study_id_for_uid(study_uid)
+    if study_id is None:
+        return set()
+    return {s["MainDicomTags"].get("Modality", "") for s in orthanc.series_of_study(study_id)}
