@@ -12,7 +12,9 @@ What may go, per kind (``retention.*`` settings, 0 = keep forever):
 
 A job that is receiving, queued, running or delivering is never a candidate: only final
 jobs are. Disk pressure (free space below ``retention.pressure_free_bytes``) adds a done
-job's data before it expires, oldest first, until there is room again. Quarantine and
+job's data before it expires, oldest first, until there is room again; while it lasts,
+the worker also frees each job's received instances as soon as it is delivered
+(``release_delivered_inputs``). Quarantine and
 superseded copies are never purged: an admin decides about those.
 
 Removal is crash-safe: the job row is marked purged (only if it is still in the state the
