@@ -3,11 +3,12 @@
 `pacs-annotator up` (embedded Redis, SQLite, one CPU worker) runs with `data_dir` on a
 tmpfs of --size-mb (300 by default) mounted by this script (it needs root; without it, it
 says so and stops). A real Orthanc receives the results. dcmtk `storescu` sends copies of a
-CT phantom study (fresh UIDs each) at a steady rate until at least --factor (3) times the
-file system's size has been sent. The retention settings are the defaults (delivered
-images kept 6 hours): only disk pressure can keep the disk from filling, which is what is
-measured. The SCP refuses below `scp.min_free_disk_bytes` (--refuse-mb, 30); the pressure
-threshold is --pressure-mb (90).
+CT phantom study (fresh UIDs each), one first and, once the worker has annotated it (a
+service still starting is not ready for a PACS at full rate), the rest at a steady rate
+until at least --factor (3) times the file system's size has been sent. The retention
+settings are the defaults (delivered images kept 6 hours): only disk pressure can keep the
+disk from filling, which is what is measured. The SCP refuses below
+`scp.min_free_disk_bytes` (--refuse-mb, 30); the pressure threshold is --pressure-mb (90).
 
 Checked: every study received (no association refused, storescu succeeded), annotated
 (job done) and its SEG and SR in Orthanc; the service still running at the end.
@@ -26,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,69 +42,19 @@ from bench.end_to_end import launch_up
 from tests.support.orthanc import Orthanc
 from tests.support.phantom import make_ct_phantom
 from tests.support.processes import free_port, stop_process
-from tests.support.studies import write_copy
+from tests.support.soak import (
+    DiskSampler,
+    MountError,
+    Sent,
+    modalities_in_orthanc,
+    send_steadily,
+    tmpfs,
+    wait_until_final,
+)
 from worker.jobs.store import JobState, JobStore
 
 AET = "PACS_ANNOTATOR"
 MB = 1024 * 1024
-
-
-@contextlib.contextmanager
-def tmpfs(size_mb: int) -> Iterator[Path]:
-    """A tmpfs of ``size_mb`` mounted for the run (root only), unmounted after."""
-    mountpoint = Path(tempfile.mkdtemp(prefix="pa-soak-fs-"))
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(mountpoint)],
-            check=True,
-            capture_output=True,
-        )
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        mountpoint.rmdir()
-        detail = getattr(exc, "stderr", b"") or b""
-        reason = detail.decode().strip()
-        raise SystemExit(f"cannot mount a tmpfs here (needs root): {reason}") from exc
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-        mountpoint.rmdir()
-
-
-@dataclass
-class DiskSampler:
-    """Samples used and free bytes of the file system in a thread; keeps peaks and times."""
-
-    path: Path
-    refuse_below: int
-    pressure_below: int
-    peak_used: int = 0
-    seconds_at_risk: float = 0.0
-    seconds_under_pressure: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def _run(self) -> None:
-        last = time.monotonic()
-        while not self._stop.wait(0.2):
-            st = os.statvfs(self.path)
-            free = st.f_bavail * st.f_frsize
-            used = (st.f_blocks - st.f_bfree) * st.f_frsize
-            now = time.monotonic()
-            self.peak_used = max(self.peak_used, used)
-            if free < self.refuse_below:
-                self.seconds_at_risk += now - last
-            if free < self.pressure_below:
-                self.seconds_under_pressure += now - last
-            last = now
-
-    def __enter__(self) -> DiskSampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def start_up(
@@ -136,22 +85,6 @@ def start_up(
     return launch_up(root, config, port), port
 
 
-def send(port: int, paths: Sequence[Path]) -> bool:
-    """One association, as a PACS sends a study; False if anything was refused."""
-    done = subprocess.run(
-        ["storescu", "-aet", "SOAK_PACS", "-aec", AET, "127.0.0.1", str(port), *map(str, paths)],
-        capture_output=True,
-    )
-    return done.returncode == 0
-
-
-def results_in_orthanc(orthanc: Orthanc, study_uid: str) -> set[str]:
-    study_id = orthanc.study_id_for_uid(study_uid)
-    if study_id is None:
-        return set()
-    return {s["MainDicomTags"].get("Modality", "") for s in orthanc.series_of_study(study_id)}
-
-
 @dataclass
 class Outcome:
     studies: list[str]
@@ -172,64 +105,76 @@ def soak(
     args: argparse.Namespace, sources: Sequence[Any], pressure_mb: int, *, stop_on_refusal: bool
 ) -> Outcome:
     """One run on a fresh tmpfs; ``pressure_mb`` 0 is the peer (no disk pressure)."""
-    with (
-        tempfile.TemporaryDirectory(prefix="pa-bench-soak-") as tmp,
-        tmpfs(args.size_mb) as fs,
-        Orthanc() as orthanc,
-    ):
-        root = Path(tmp)
-        proc, port = start_up(root, fs / "data", orthanc, args, pressure_mb)
-        store = JobStore(f"sqlite:///{(fs / 'data' / 'jobs.sqlite3').resolve()}")
-        sent_bytes, studies, refused = 0, [], 0
-        started = time.monotonic()
+    with contextlib.ExitStack() as stack:
         try:
-            with DiskSampler(fs, args.refuse_mb * MB, pressure_mb * MB) as disk:
-                n = 0
-                while sent_bytes < args.factor * args.size_mb * MB:
-                    tick = time.monotonic()
-                    study, paths = write_copy(sources, root / "out" / f"s{n}")
-                    ok = send(port, paths)
-                    refused += not ok
-                    sent_bytes += sum(p.stat().st_size for p in paths)
-                    studies.append(study)
-                    for p in paths:
-                        p.unlink()
-                    n += 1
-                    if proc.poll() is not None or (stop_on_refusal and not ok):
-                        break
-                    time.sleep(max(0.0, args.interval - (time.monotonic() - tick)))
-                deadline = time.monotonic() + 900
-                while time.monotonic() < deadline and not (stop_on_refusal and refused):
-                    finished = store.list(states=[JobState.DONE, JobState.FAILED], limit=100_000)
-                    if len(finished) >= len(studies) or proc.poll() is not None:
-                        break
-                    time.sleep(1.0)
-            jobs = {j.study_uid: j for j in store.list(limit=100_000)}
-            done = [s for s in studies if s in jobs and jobs[s].state is JobState.DONE]
-            return Outcome(
-                studies=studies,
-                sent_bytes=sent_bytes,
-                refused=refused,
-                done=len(done),
-                in_orthanc=sum({"SEG", "SR"} <= results_in_orthanc(orthanc, s) for s in done),
-                purged=sum(1 for j in jobs.values() if j.inputs_purged_at is not None),
-                alive=proc.poll() is None,
-                peak_used=disk.peak_used,
-                seconds_at_risk=disk.seconds_at_risk,
-                seconds_under_pressure=disk.seconds_under_pressure,
-                seconds=time.monotonic() - started,
-                longest_held=max(
-                    (
-                        (j.finished_at - j.received_at).total_seconds()
-                        for j in jobs.values()
-                        if j.finished_at is not None
-                    ),
-                    default=0.0,
-                ),
+            fs = stack.enter_context(tmpfs(args.size_mb))
+        except MountError as exc:
+            raise SystemExit(str(exc)) from exc
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pa-bench-soak-")))
+        orthanc = stack.enter_context(Orthanc())
+        return _soak_on(root, fs, orthanc, args, sources, pressure_mb, stop_on_refusal)
+
+
+def _soak_on(
+    root: Path,
+    fs: Path,
+    orthanc: Orthanc,
+    args: argparse.Namespace,
+    sources: Sequence[Any],
+    pressure_mb: int,
+    stop_on_refusal: bool,
+) -> Outcome:
+    proc, port = start_up(root, fs / "data", orthanc, args, pressure_mb)
+    store = JobStore(f"sqlite:///{(fs / 'data' / 'jobs.sqlite3').resolve()}")
+    started = time.monotonic()
+    try:
+        with DiskSampler(fs, args.refuse_mb * MB, pressure_mb * MB, every=0.2) as disk:
+            # As the soak test: send at full rate once the worker has annotated a first study.
+            sent = send_steadily(port, AET, sources, root / "warm", total_bytes=1, interval=0)
+            wait_until_final(store, 1, proc, timeout=900)
+
+            def keep_going(so_far: list[Sent]) -> bool:
+                refused = stop_on_refusal and any(not s.ok for s in so_far)
+                return proc.poll() is None and not refused
+
+            sent += send_steadily(
+                port,
+                AET,
+                sources,
+                root / "out",
+                total_bytes=int(args.factor * args.size_mb * MB) - sent[0].bytes,
+                interval=args.interval,
+                keep_going=keep_going,
             )
-        finally:
-            stop_process(proc, timeout=60)
-            store.close()
+            if not (stop_on_refusal and any(not s.ok for s in sent)):
+                wait_until_final(store, len(sent), proc, timeout=900)
+        jobs = {j.study_uid: j for j in store.list(limit=100_000)}
+        studies = [s.study_uid for s in sent]
+        done = [s for s in studies if s in jobs and jobs[s].state is JobState.DONE]
+        return Outcome(
+            studies=studies,
+            sent_bytes=sum(s.bytes for s in sent),
+            refused=sum(not s.ok for s in sent),
+            done=len(done),
+            in_orthanc=sum({"SEG", "SR"} <= modalities_in_orthanc(orthanc, s) for s in done),
+            purged=sum(1 for j in jobs.values() if j.inputs_purged_at is not None),
+            alive=proc.poll() is None,
+            peak_used=disk.peak_used,
+            seconds_at_risk=disk.seconds_at_risk,
+            seconds_under_pressure=disk.seconds_under_pressure,
+            seconds=time.monotonic() - started,
+            longest_held=max(
+                (
+                    (j.finished_at - j.received_at).total_seconds()
+                    for j in jobs.values()
+                    if j.finished_at is not None
+                ),
+                default=0.0,
+            ),
+        )
+    finally:
+        stop_process(proc, timeout=60)
+        store.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,10 @@ class MonitorSettings(Section):
                 raise ValueError(f"monitor TLS file {path} is not a readable file")
         return self
 
+    # The data per kind (dashboard, /metrics, /readyz) walks the spool and results trees;
+    # its result is reused this long (0: walk at every request). Free space is always fresh.
+    data_usage_cache_seconds: float = Field(default=15.0, ge=0, le=3600)
+
     @field_validator("trusted_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:

@@ -12,7 +12,9 @@ What may go, per kind (``retention.*`` settings, 0 = keep forever):
 
 A job that is receiving, queued, running or delivering is never a candidate: only final
 jobs are. Disk pressure (free space below ``retention.pressure_free_bytes``) adds a done
-job's data before it expires, oldest first, until there is room again. Quarantine and
+job's data before it expires, oldest first, until there is room again; while it lasts,
+the worker also frees each job's received instances as soon as it is delivered
+(``release_delivered_inputs``). Quarantine and
 superseded copies are never purged: an admin decides about those.
 
 Removal is crash-safe: the job row is marked purged (only if it is still in the state the
@@ -318,6 +320,30 @@ class Purger:
         return chosen
 
     # -- running -------------------------------------------------------------------------
+
+    def release_delivered_inputs(self, job: Job) -> int:
+        """Under disk pressure, a job just delivered gives back its received images at once.
+
+        The worker calls this after ``mark_done``: queued studies get the room at the moment
+        it is free, not at the SCP process's next look. Bytes freed; 0 without pressure.
+        """
+        threshold = self._retention.effective_pressure_free_bytes(
+            self._settings.scp.min_free_disk_bytes
+        )
+        path = self.inputs_path(job)
+        if not threshold or job.state is not JobState.DONE or not path.is_dir():
+            return 0
+        if self._free_bytes(self._spool.root) >= threshold:
+            return 0
+        since = job.finished_at or self._now()
+        item = PurgeItem(Kind.DELIVERED_INPUTS, job.id, path, tree_bytes(path), since, job)
+        item = replace(item, why="pressure")
+        if not self._remove(item):
+            return 0
+        summary = PurgeReport(dry_run=False, items=[item], pressure=True).summary()
+        log.info("disk pressure: purge removed: %s", summary)
+        self._ops.audit("disk pressure", "purge", "retention", summary)
+        return item.bytes
 
     def run(self, *, dry_run: bool = False, actor: str = "purge") -> PurgeReport:
         """Remove the planned set (or, ``dry_run``, only list it); log and audit the totals."""

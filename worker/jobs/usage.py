@@ -5,11 +5,18 @@ Kinds: ``receiving`` (studies still arriving, and datasets mid-transfer), ``seal
 purge), ``results`` (results folders of those jobs), ``failed`` (inputs and results of
 failed and cancelled jobs), ``quarantine`` and ``superseded`` (never purged). Each has a
 count, bytes, and the age of its oldest item. Only counts, sizes and ages: no UIDs.
+
+The walk stats every file of the spool and the results folders, so the monitor keeps its
+result for ``monitor.data_usage_cache_seconds`` (``UsageCache``): a dashboard reloading
+every few seconds and a Prometheus scrape share one walk, and ages stay right because they
+are computed from the oldest item's time at each request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,3 +102,28 @@ def data_usage(store: JobStore, spool: Spool, results_dir: Path) -> DataUsage:
     for staging in _subdirs(spool.root / PULL_STAGING):
         kinds["receiving"].add(tree_bytes(staging), _mtime(staging))
     return usage
+
+
+class UsageCache:
+    """``data_usage`` at most once per ``ttl_seconds`` (0: at every call), shared by threads.
+
+    One lock around the walk: requests arriving while it runs wait for it and take its
+    result, instead of each walking the same trees at once.
+    """
+
+    def __init__(self, ttl_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if ttl_seconds < 0:
+            raise ValueError("ttl_seconds must be >= 0")
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._value: DataUsage | None = None
+        self._measured_at = 0.0
+
+    def get(self, store: JobStore, spool: Spool, results_dir: Path) -> DataUsage:
+        with self._lock:
+            if self._value is not None and self._clock() - self._measured_at < self._ttl:
+                return self._value
+            self._value = data_usage(store, spool, results_dir)
+            self._measured_at = self._clock()  # after the walk: a slow walk is not re-run at once
+            return self._value

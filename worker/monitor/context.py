@@ -18,6 +18,7 @@ from worker.admin.actions import Admin
 from worker.config import Settings
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.store import JobStore, utc_now
+from worker.jobs.usage import UsageCache
 from worker.monitor.auth import Credentials, TokenChecker
 from worker.monitor.fleet import activity_dict, recent_activity, worker_records
 from worker.monitor.preview import render_preview
@@ -42,7 +43,8 @@ class Monitor:
         store = JobStore(settings.effective_database_url)
         client = redis.Redis.from_url(settings.broker_url) if settings.broker_url else None
         spool = Spool(settings.spool_dir)
-        self.sources = Sources(settings, store, OpsStore(store.engine), spool, client)
+        usage = UsageCache(settings.monitor.data_usage_cache_seconds)
+        self.sources = Sources(settings, store, OpsStore(store.engine), spool, client, usage)
         self.admin = Admin(store, self.sources.ops, spool, job_enqueuer(settings, spool))
         self.credentials = credentials
         config = settings.monitor

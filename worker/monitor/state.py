@@ -1,13 +1,16 @@
-"""What the monitor shows, read fresh from the job DB, the spool and Redis at each request.
+"""What the monitor shows, read from the job DB, the spool and Redis at each request.
 
 The SCP, the workers and the monitor are separate processes: nothing here is kept in memory
-between requests, so every number is the same whichever process serves it.
+between requests, so every number is the same whichever process serves it, except the
+data per kind, a walk of the spool and results trees kept for
+``monitor.data_usage_cache_seconds`` (``worker.jobs.usage.UsageCache``); free space is
+read fresh.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from worker.jobs.broker import queue_depths
 from worker.jobs.ops_store import OpsStore
 from worker.jobs.queues import configured_queues
 from worker.jobs.store import JobStore
-from worker.jobs.usage import DataUsage, data_usage
+from worker.jobs.usage import DataUsage, UsageCache
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,7 @@ class Sources:
     ops: OpsStore
     spool: Spool
     redis: redis.Redis | None
+    usage: UsageCache = field(default_factory=lambda: UsageCache(0))
 
 
 def monitored_queues(sources: Sources) -> tuple[str, ...]:
@@ -152,8 +156,9 @@ def disk_pressure_check(settings: Settings, usage: DataUsage, free: int) -> Chec
 
 
 def storage(src: Sources) -> tuple[DataUsage, Check]:
-    """Data per kind on this node and the disk-pressure check, read fresh from disk."""
-    usage = data_usage(src.store, src.spool, src.settings.results_dir)
+    """Data per kind on this node (the cached walk) and the disk-pressure check (free space
+    read now)."""
+    usage = src.usage.get(src.store, src.spool, src.settings.results_dir)
     try:
         free = free_disk_bytes(src.spool.root)
     except OSError as exc:

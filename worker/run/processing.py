@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from pipelines.base import Pipeline
 from pipelines.errors import InputError
 from pipelines.runner import annotate_study
@@ -18,6 +20,8 @@ from worker.config import Settings
 from worker.delivery.deliver import TransientDeliveryError, deliver, delivery_facts
 from worker.delivery.destinations import NoDestinationError, needed_outputs
 from worker.delivery.senders import Sender, WebSender
+from worker.jobs.ops_store import OpsStore
+from worker.jobs.retention import Purger
 from worker.jobs.store import Job, JobStore
 from worker.run.results import SavedResults, load_results, save_results
 from worker.run.timings import read_timings, record_timings, timed
@@ -164,7 +168,21 @@ def _run(rt: Runtime, job: Job) -> Job:
     if failure:
         log.warning("job %s: %s", job_id, failure)
         return rt.store.mark_failed(job_id, failure, delivered=delivered)
-    return rt.store.mark_done(job_id, delivered=delivered)
+    done = rt.store.mark_done(job_id, delivered=delivered)
+    if rt.central is None:  # a remote worker's spool is not where the study lives
+        _release_under_disk_pressure(rt, done)
+    return done
+
+
+def _release_under_disk_pressure(rt: Runtime, job: Job) -> None:
+    """A delivered job's received images go at once while the spool disk is short of space
+    (``retention.pressure_free_bytes``), so a backlog of queued studies never waits for the
+    SCP process's purge to find the room (see README "Disk pressure")."""
+    purger = Purger(rt.settings, rt.store, OpsStore(rt.store.engine), rt.spool)
+    try:
+        purger.release_delivered_inputs(job)
+    except (OSError, SQLAlchemyError) as exc:  # the job is done; the SCP's purge tries again
+        log.warning("job %s: could not free its inputs under disk pressure: %s", job.id, exc)
 
 
 def _deliver(rt: Runtime, job: Job, saved: SavedResults) -> list[dict[str, Any]]:

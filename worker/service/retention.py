@@ -1,8 +1,11 @@
 """The purge on a schedule inside ``up``/``scp``, and early under disk pressure.
 
-The SCP must never be the one to find the disk full: free space is looked at every few
-seconds, and below ``retention.pressure_free_bytes`` the purge runs at once (it then also
-removes delivered data before it expires). Otherwise it runs every
+The SCP must never be the one to find the disk full: free space is looked at every second
+(a statvfs call), and below ``retention.pressure_free_bytes`` the purge runs at once (it
+then also removes delivered data before it expires, oldest first). While the disk stays
+short, the worker frees each job's received images the moment it is delivered
+(``Purger.release_delivered_inputs``), so room reaches a backlog without waiting for the
+next look here. Otherwise it runs every
 ``retention.purge_interval_seconds``. It runs in a thread of its own, so a long removal
 never delays the SCP process's controls or its recovery loop.
 """
@@ -25,7 +28,7 @@ from worker.jobs.retention import PurgeReport
 log = logging.getLogger(__name__)
 
 #: How often free space is compared with the pressure threshold.
-PRESSURE_CHECK_SECONDS = 5.0
+PRESSURE_CHECK_SECONDS = 1.0
 #: Under pressure with nothing left to free, the purge is tried again this often, not more.
 PRESSURE_RETRY_SECONDS = 30.0
 

@@ -338,3 +338,27 @@ def test_no_pressure_above_the_threshold(tmp_path: Path) -> None:
     w.free = 10 * GIB
     report = w.purger().run()
     assert not report.pressure and report.items == []
+
+
+def test_under_pressure_a_delivered_job_frees_its_inputs_at_once(tmp_path: Path) -> None:
+    """What the worker calls after mark_done: the just-delivered job's received images go
+    while the disk is short, marked and audited; its results stay; any other job is kept."""
+    w = _world(tmp_path, pressure_free_bytes=10 * GIB)
+    done = w.job("done", JobState.DONE)
+    w.job("delivering", JobState.DELIVERING)
+    w.job("failed", JobState.FAILED)
+    w.free = 10 * GIB  # no pressure: kept for its 6 hours
+    assert w.purger().release_delivered_inputs(w.store.get(done)) == 0
+    assert w.inputs("done").is_dir()
+    w.free = 10 * GIB - 1
+    for label in ("delivering", "failed"):  # not done: never released here
+        assert w.purger().release_delivered_inputs(w.store.get(w.jobs[label])) == 0
+        assert w.inputs(label).is_dir()
+    assert w.purger().release_delivered_inputs(w.store.get(done)) > 0
+    assert not w.inputs("done").exists() and w.results("done").is_dir()
+    assert w.store.get(done).inputs_purged_at is not None
+    assert w.store.get(done).results_purged_at is None
+    (entry,) = w.ops.audit_entries()
+    assert (entry.actor, entry.action) == ("disk pressure", "purge")
+    assert "delivered_inputs 1" in entry.detail
+    assert w.purger().release_delivered_inputs(w.store.get(done)) == 0  # already gone

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 
 from tests.unit.worker.monitor.conftest import OWN_ORIGIN, Env, bearer, login
@@ -104,3 +106,48 @@ def test_the_example_alert_rules_use_only_metrics_the_monitor_serves(client: Tes
     exprs = [rule["expr"] for group in groups for rule in group["rules"]]
     used = {name for expr in exprs for name in re.findall(r"\bpacs_annotator_\w+", expr)}
     assert used and used <= served, used - served
+
+
+def test_the_data_walk_is_reused_for_its_ttl_then_taken_again(tmp_path: Path) -> None:
+    from scu_scp.spool import Spool
+    from worker.jobs.store import JobStore
+    from worker.jobs.usage import UsageCache
+
+    now = [100.0]
+    cache = UsageCache(15.0, clock=lambda: now[0])
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    spool, results = Spool(tmp_path / "spool"), tmp_path / "results"
+    (results / "job-a").mkdir(parents=True)
+    (results / "job-a" / "seg.dcm").write_bytes(b"x" * 100)
+    first = cache.get(store, spool, results)
+    assert first.kinds["results"].bytes == 100
+    (results / "job-a" / "sr.dcm").write_bytes(b"y" * 50)
+    now[0] += 14.9
+    assert cache.get(store, spool, results).kinds["results"].bytes == 100  # not walked again
+    now[0] += 0.2
+    assert cache.get(store, spool, results).kinds["results"].bytes == 150
+    assert UsageCache(0).get(store, spool, results).kinds["results"].bytes == 150
+    store.close()
+
+
+def test_metrics_and_readyz_share_the_monitors_cached_walk(env: Env, tmp_path: Path) -> None:
+    """The monitor process keeps one walk for ``monitor.data_usage_cache_seconds``: a second
+    scrape does not see a new file, a monitor with 0 does."""
+    settings = env.settings.model_copy(update={"data_dir": tmp_path / "data"})
+    results = settings.results_dir / "job-b"
+    results.mkdir(parents=True)
+    (results / "seg.dcm").write_bytes(b"x" * 1000)
+    line = 'pacs_annotator_data_bytes{kind="results"}'
+
+    def scrape(c: TestClient) -> float:
+        return _value(c.get("/metrics").text, line)
+
+    cached = settings.monitor.model_copy(update={"data_usage_cache_seconds": 3600.0})
+    with TestClient(create_monitor_app(settings.model_copy(update={"monitor": cached}))) as c:
+        assert scrape(c) == 1000
+        (results / "sr.dcm").write_bytes(b"y" * 500)
+        assert c.get("/readyz").json()["checks"]["disk_pressure"]["ok"] is True
+        assert scrape(c) == 1000  # the walk of the first scrape, reused
+    fresh = settings.monitor.model_copy(update={"data_usage_cache_seconds": 0.0})
+    with TestClient(create_monitor_app(settings.model_copy(update={"monitor": fresh}))) as c:
+        assert scrape(c) == 1500

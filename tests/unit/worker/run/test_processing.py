@@ -266,3 +266,29 @@ def test_a_retry_builds_again_when_a_destination_now_wants_more(
     job = process_job(dataclasses.replace(runtime, settings=wider), job_id)
     assert job.state is JobState.DONE, job.error
     assert set(_received_kinds(job.delivered)["pacs"]) == {"rtstruct"}
+
+
+@pytest.mark.parametrize("pressure", [True, False])
+def test_under_disk_pressure_a_delivered_job_frees_its_received_images_at_once(
+    tmp_path: Path, pacs: FakePacs, phantom: list[Dataset], pressure: bool
+) -> None:
+    """More free space wanted than any disk has: the worker frees the inputs as it marks the
+    job done (the results stay); with pressure off they stay for their retention."""
+    settings = make_settings(
+        tmp_path,
+        scp={"min_free_disk_bytes": 1},
+        retention={"pressure_free_bytes": 10**18 if pressure else 0},
+    )
+    rt = Runtime(
+        settings=settings,
+        store=JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}"),
+        spool=Spool(settings.spool_dir),
+        pipelines=dict(builtin_pipelines()),
+        send=pacs,
+    )
+    job = process_job(rt, spool_study(rt, phantom))
+    assert job.state is JobState.DONE, job.error
+    assert (rt.spool.studies / job.id).exists() is not pressure
+    assert (rt.store.get(job.id).inputs_purged_at is not None) is pressure
+    assert (settings.results_dir / job.id).is_dir()
+    assert pacs.received
