@@ -115,6 +115,11 @@ def segment_colors(wanted: Sequence[tuple[RGB | None, Code]]) -> list[hd.color.C
 
     Given colours are kept as they are; the others are made distinct from those before them.
     """
+    return [hd.color.CIELabColor.from_rgb(*color) for color in segment_rgb(wanted)]
+
+
+def segment_rgb(wanted: Sequence[tuple[RGB | None, Code]]) -> list[RGB]:
+    """The sRGB colours ``segment_colors`` encodes (RTSTRUCT ROIs take them as they are)."""
     chosen: list[RGB] = []
     spare = itertools.cycle(_spare_colors())
     for given, property_type in wanted:
@@ -122,7 +127,7 @@ def segment_colors(wanted: Sequence[tuple[RGB | None, Code]]) -> list[hd.color.C
         if color is None or (given is None and _too_close(color, chosen)):
             color = _next_distinct(spare, chosen)
         chosen.append(color)
-    return [hd.color.CIELabColor.from_rgb(*color) for color in chosen]
+    return chosen
 
 
 def _next_distinct(spare: Iterator[RGB], chosen: Sequence[RGB]) -> RGB:

@@ -36,6 +36,15 @@ class Segment:
     property_type: Code
     color: RGB | None = None
 
+    @property
+    def is_anatomy(self) -> bool:
+        """A structure of the body (category SCT 123037004 "Anatomical Structure"), not a
+        finding such as a lesion: context for a radiologist, an ORGAN in an RTSTRUCT."""
+        return self.category.value == "123037004" and self.category.scheme_designator in (
+            "SCT",
+            "SRT",
+        )
+
     def __post_init__(self) -> None:
         if self.mask.dtype != np.bool_:
             raise TypeError(f"Segment {self.label!r}: mask must be boolean, got {self.mask.dtype}")

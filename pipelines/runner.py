@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,17 +32,28 @@ from pydicom.uid import (
 from pipelines.base import Pipeline
 from pipelines.errors import InputError
 from pipelines.findings import Findings
+from pipelines.outputs import (
+    DEFAULT_OPTIONS,
+    DEFAULT_OUTPUTS,
+    REPORT_SERIES_NUMBER,
+    SERIES_KINDS,
+    STUDY_KINDS,
+    OutputIds,
+    OutputOptions,
+    kinds_to_build,
+    series_number,
+)
 from pipelines.routing import RoutingRule, select_pipelines
-from pipelines.seg import build_seg, non_empty_segments
-from pipelines.sr import build_sr
+from pipelines.seg import non_empty_segments
 from pipelines.sr_root import SeriesResult
-from pipelines.uids import derive_uid
 from pipelines.volume import Volume, load_series, scan_files
 
 logger = logging.getLogger(__name__)
 
 Status = Literal["done", "skipped", "failed"]
-_OutcomeFactory = Callable[[str | None, Status, str | None, tuple[Dataset, ...]], "SeriesOutcome"]
+#: Which output kinds the job needs, from the modalities of its series and the pipelines
+#: that ran (what delivery rules match on): ``worker`` asks its destinations.
+OutputPlanner = Callable[[Sequence[str], Sequence[str]], Collection[str]]
 
 #: SOP classes that carry pixel data but are results, not images to segment.
 _RESULT_SOP_CLASSES = frozenset({str(SegmentationStorage)})
@@ -57,8 +68,14 @@ _IMAGE_SOP_CLASSES = frozenset(
         EnhancedMRImageStorage,
     )
 )
-#: SeriesNumber of the study's SR (SEGs use source + 1000).
-REPORT_SERIES_NUMBER = 9000
+__all__ = [
+    "REPORT_SERIES_NUMBER",
+    "OutputPlanner",
+    "SeriesOutcome",
+    "Status",
+    "StudyResult",
+    "annotate_study",
+]
 
 
 @dataclass(frozen=True)
@@ -78,18 +95,21 @@ class SeriesOutcome:
 
 @dataclass(frozen=True)
 class StudyResult:
-    """Outcomes per series and pipeline, plus the study's SR (None when nothing ran)."""
+    """Outcomes per series and pipeline, the study's SR (None when nothing ran or it was
+    not wanted) and its other study-level documents (the KOS)."""
 
     outcomes: tuple[SeriesOutcome, ...]
     report: Dataset | None = None
     #: Seconds spent per stage ("load", "pipelines", "write"), for benchmarks and logs.
     timings: dict[str, float] = field(default_factory=dict)
+    documents: tuple[Dataset, ...] = ()
 
     @property
     def outputs(self) -> tuple[Dataset, ...]:
-        """Everything to deliver: the SEGs, then the SR."""
+        """Everything to deliver: the per-series objects (SEG, RTSTRUCT...), the SR, the KOS."""
         per_series = tuple(ds for outcome in self.outcomes for ds in outcome.outputs)
-        return per_series if self.report is None else (*per_series, self.report)
+        report = () if self.report is None else (self.report,)
+        return (*per_series, *report, *self.documents)
 
     @property
     def failures(self) -> tuple[SeriesOutcome, ...]:
@@ -100,6 +120,22 @@ class StudyResult:
         return tuple(outcome for outcome in self.outcomes if outcome.status == "skipped")
 
 
+@dataclass(frozen=True, eq=False)
+class _Ran:
+    """A pipeline that ran on a series; its outputs are written once the job knows which."""
+
+    series_uid: str
+    modality: str
+    pipeline: str
+    volume: Volume
+    findings: Findings
+
+    def outcome(
+        self, status: Status, reason: str | None, outputs: tuple[Dataset, ...] = ()
+    ) -> SeriesOutcome:
+        return SeriesOutcome(self.series_uid, self.modality, self.pipeline, status, reason, outputs)
+
+
 def annotate_study(
     paths: Iterable[Path],
     *,
@@ -107,31 +143,44 @@ def annotate_study(
     pipelines: Mapping[str, Pipeline],
     software_version: str,
     only: str | None = None,
+    outputs: Collection[str] | OutputPlanner = DEFAULT_OUTPUTS,
+    options: OutputOptions = DEFAULT_OPTIONS,
 ) -> StudyResult:
     """Run the routed (or ``only`` the named) pipelines on every image series in ``paths``.
 
-    Raises ``ValueError`` when a rule or ``only`` names a pipeline that does not exist
-    (a configuration error, found before any work). Bad input never raises: it becomes a
-    "failed" outcome with the reason, and the other series go on.
+    ``outputs`` are the kinds to write (``pipelines.outputs.OUTPUT_KINDS``), or a function
+    of the study's modalities and the pipelines that ran which says so (the job's
+    destinations decide). Raises ``ValueError`` when a rule or ``only`` names a pipeline that
+    does not exist, or an output kind is unknown (configuration errors, found before any
+    work). Bad input never raises: it becomes a "failed" outcome with the reason, and the
+    other series go on.
     """
     _check_pipeline_names(rules, pipelines, only)
+    if not callable(outputs):
+        kinds_to_build(outputs)  # an unknown kind is refused before any work
     timings = {"load": 0.0, "pipelines": 0.0, "write": 0.0}
     started = time.perf_counter()
     scan = scan_files(paths)
     timings["load"] += time.perf_counter() - started
-    outcomes = [
+    entries: list[SeriesOutcome | _Ran] = [
         SeriesOutcome("", "", None, "failed", f"unreadable file {bad.path}: {bad.reason}", ())
         for bad in scan.unreadable
     ]
-    results: list[SeriesResult] = []
     for series_uid in sorted(scan.series):
-        outcomes.extend(
-            _annotate_series(
-                scan.series[series_uid], rules, pipelines, software_version, only, results, timings
-            )
-        )
+        entries.extend(_run_series(scan.series[series_uid], rules, pipelines, only, timings))
+    wanted = kinds_to_build(outputs(*_delivery_facts(entries)) if callable(outputs) else outputs)
     started = time.perf_counter()
-    report = _report(results, software_version, outcomes)
+    outcomes: list[SeriesOutcome] = []
+    results: list[SeriesResult] = []
+    for entry in entries:
+        if isinstance(entry, SeriesOutcome):
+            outcomes.append(entry)
+            continue
+        written, seg, reportable = _write_results(entry, wanted, software_version, options)
+        outcomes.append(written)
+        if reportable:
+            results.append((entry.volume, entry.findings, seg))
+    documents = _study_documents(results, wanted, software_version, outcomes)
     timings["write"] += time.perf_counter() - started
     for outcome in outcomes:
         logger.info(
@@ -141,48 +190,67 @@ def annotate_study(
             outcome.status,
             f" ({outcome.reason})" if outcome.reason else "",
         )
-    return StudyResult(outcomes=tuple(outcomes), report=report, timings=timings)
+    report = documents.pop("sr", None)
+    return StudyResult(
+        outcomes=tuple(outcomes),
+        report=report,
+        timings=timings,
+        documents=tuple(documents.values()),
+    )
 
 
-def _report(
-    results: list[SeriesResult], software_version: str, outcomes: list[SeriesOutcome]
-) -> Dataset | None:
-    """The study's SR over every finished result; a failure to write it is an outcome."""
+def _delivery_facts(entries: Sequence[SeriesOutcome | _Ran]) -> tuple[list[str], list[str]]:
+    """The study's modalities and the pipelines that ran, as delivery rules see them."""
+    modalities = [entry.modality for entry in entries]
+    ran = [
+        entry.pipeline
+        for entry in entries
+        if entry.pipeline and (isinstance(entry, _Ran) or entry.status != "failed")
+    ]
+    return modalities, ran
+
+
+def _study_documents(
+    results: list[SeriesResult],
+    wanted: Collection[str],
+    software_version: str,
+    outcomes: list[SeriesOutcome],
+) -> dict[str, Dataset]:
+    """The study-level kinds (SR, KOS) over every finished result; a failure is an outcome."""
     if not results:
-        return None
+        return {}
     sources = {str(ds.SOPInstanceUID): ds for volume, _, _ in results for ds in volume.datasets}
     keys = sorted(
         "|".join(_uid_key(volume, findings.algorithm.name, findings.algorithm.version))
         for volume, findings, _ in results
     )
     study_uid = results[0][0].study_uid
-    try:
-        return build_sr(
-            list(sources.values()),
-            results,
-            series_uid=derive_uid("sr-series", study_uid, *keys),
-            sop_uid=derive_uid("sr-instance", study_uid, *keys),
-            series_number=REPORT_SERIES_NUMBER,
-            software_version=software_version,
-        )
-    except ValueError as exc:
-        logger.warning("cannot write the SR for study %s: %s", study_uid, exc)
-        outcomes.append(SeriesOutcome("", "SR", None, "failed", f"cannot write the SR: {exc}", ()))
-        return None
+    documents: dict[str, Dataset] = {}
+    for kind in STUDY_KINDS.values():
+        if kind.name not in wanted or not kind.applies(results):
+            continue
+        ids = OutputIds(kind.name, (study_uid, *keys), kind.series_number)
+        try:
+            documents[kind.name] = kind.build(
+                list(sources.values()), results, ids, software_version
+            )
+        except ValueError as exc:
+            logger.warning("cannot write the %s for study %s: %s", kind.title, study_uid, exc)
+            reason = f"cannot write the {kind.title}: {exc}"
+            outcomes.append(SeriesOutcome("", kind.title, None, "failed", reason, ()))
+    return documents
 
 
-def _annotate_series(
+def _run_series(
     datasets: list[Dataset],
     rules: Sequence[RoutingRule],
     pipelines: Mapping[str, Pipeline],
-    software_version: str,
     only: str | None,
-    collected: list[SeriesResult],
     timings: dict[str, float],
-) -> list[SeriesOutcome]:
-    """Outcomes of one series; each finished result is appended to ``collected`` for the SR.
+) -> list[SeriesOutcome | _Ran]:
+    """Outcomes of one series where nothing ran, and the findings of each pipeline that did.
 
-    Time spent loading, running and writing is added to ``timings``.
+    Time spent loading and running is added to ``timings``.
     """
     first = datasets[0]
     series_uid = str(first.SeriesInstanceUID)
@@ -195,28 +263,26 @@ def _annotate_series(
         modality or "-",
     )
 
-    def outcome(
-        pipeline: str | None, status: Status, reason: str | None, outputs: tuple[Dataset, ...]
-    ) -> SeriesOutcome:
-        return SeriesOutcome(series_uid, modality, pipeline, status, reason, outputs)
+    def outcome(pipeline: str | None, status: Status, reason: str | None) -> SeriesOutcome:
+        return SeriesOutcome(series_uid, modality, pipeline, status, reason, ())
 
     names = (only,) if only is not None else select_pipelines(rules, first)
     if not names:
-        return [outcome(None, "skipped", f"no routing rule matches modality {modality or '-'}", ())]
+        return [outcome(None, "skipped", f"no routing rule matches modality {modality or '-'}")]
     not_image = _why_not_image_series(first)
     if not_image:
         # An image SOP class without pixels is broken input; a document or report is not.
         broken = str(first.get("SOPClassUID", "")) in _IMAGE_SOP_CLASSES
-        return [outcome(None, "failed" if broken else "skipped", not_image, ())]
+        return [outcome(None, "failed" if broken else "skipped", not_image)]
 
-    results: list[SeriesOutcome] = []
+    results: list[SeriesOutcome | _Ran] = []
     volume: Volume | None = None
     for name in names:
         pipeline = pipelines[name]
         if modality not in pipeline.modalities:
             handled = ", ".join(sorted(pipeline.modalities))
             results.append(
-                outcome(name, "skipped", f"pipeline {name} handles {handled}, not {modality}", ())
+                outcome(name, "skipped", f"pipeline {name} handles {handled}, not {modality}")
             )
             continue
         try:
@@ -228,49 +294,52 @@ def _annotate_series(
             findings = pipeline.run(volume)
             timings["pipelines"] += time.perf_counter() - started
         except InputError as exc:
-            results.append(outcome(name, "failed", str(exc), ()))
+            results.append(outcome(name, "failed", str(exc)))
             continue
-        started = time.perf_counter()
-        written, seg = _write_results(volume, name, findings, software_version, outcome)
-        timings["write"] += time.perf_counter() - started
-        results.append(written)
-        if written.status == "done":
-            collected.append((volume, findings, seg))
+        results.append(_Ran(series_uid, modality, name, volume, findings))
     return results
 
 
 def _write_results(
-    volume: Volume,
-    name: str,
-    findings: Findings,
-    software_version: str,
-    outcome: _OutcomeFactory,
-) -> tuple[SeriesOutcome, Dataset | None]:
-    """The outcome and the SEG (None when the pipeline produced no non-empty segment)."""
+    ran: _Ran, wanted: Collection[str], software_version: str, options: OutputOptions
+) -> tuple[SeriesOutcome, Dataset | None, bool]:
+    """The outcome, the SEG (None without segments or when not wanted), and whether the
+    result goes into the study's SR and KOS (not when its SEG could not be written)."""
+    volume, findings = ran.volume, ran.findings
     present = non_empty_segments(findings)
+    if not present and findings.is_empty:
+        labels = ", ".join(segment.label for segment in findings.segments)
+        detail = f": every segment is empty ({labels})" if labels else ""
+        return ran.outcome("done", f"no findings{detail}"), None, True
+    key = _uid_key(volume, ran.pipeline, findings.algorithm.version)
+    written: list[Dataset] = []
+    problems: list[str] = []
+    seg: Dataset | None = None
+    for kind in SERIES_KINDS.values():
+        if kind.name not in wanted or not kind.applies(findings):
+            continue
+        ids = OutputIds(kind.name, key, series_number(volume, kind.series_offset))
+        try:
+            datasets = kind.build(volume, findings, ids, software_version, options)
+        except ValueError as exc:
+            # e.g. highdicom refuses source headers it cannot derive a valid SEG from.
+            logger.warning(
+                "cannot write the %s for series %s: %s", kind.title, volume.series_uid, exc
+            )
+            if kind.name == "seg":  # the SR measures the SEG: without it, nothing is written
+                return ran.outcome("failed", f"cannot write the SEG: {exc}"), None, False
+            problems.append(f"cannot write the {kind.title}: {exc}")
+            continue
+        written.extend(datasets)
+        if kind.name == "seg":
+            seg = datasets[0]
+    if problems:
+        return ran.outcome("failed", "; ".join(problems), tuple(written)), seg, True
     if not present:
-        if findings.is_empty:
-            labels = ", ".join(segment.label for segment in findings.segments)
-            detail = f": every segment is empty ({labels})" if labels else ""
-            return outcome(name, "done", f"no findings{detail}", ()), None
-        return outcome(name, "done", _summary(findings), ()), None
-    key = _uid_key(volume, name, findings.algorithm.version)
-    try:
-        seg = build_seg(
-            volume,
-            findings,
-            series_uid=derive_uid("seg-series", *key),
-            sop_uid=derive_uid("seg-instance", *key),
-            series_number=_series_number(volume),
-            software_version=software_version,
-        )
-    except ValueError as exc:
-        # highdicom refuses source headers it cannot derive a valid SEG from.
-        logger.warning("cannot write SEG for series %s: %s", volume.series_uid, exc)
-        return outcome(name, "failed", f"cannot write the SEG: {exc}", ()), None
+        return ran.outcome("done", _summary(findings), tuple(written)), None, True
     omitted = [segment.label for segment in findings.segments if segment not in present]
     reason = f"empty segments left out: {', '.join(omitted)}" if omitted else None
-    return outcome(name, "done", reason, (seg,)), seg
+    return ran.outcome("done", reason, tuple(written)), seg, True
 
 
 def _summary(findings: Findings) -> str:
@@ -287,13 +356,6 @@ def _uid_key(volume: Volume, pipeline_name: str, algorithm_version: str) -> tupl
     """Everything that identifies one result: same inputs and algorithm, same UIDs."""
     sop_uids = sorted(str(ds.SOPInstanceUID) for ds in volume.datasets)
     return (volume.study_uid, volume.series_uid, pipeline_name, algorithm_version, *sop_uids)
-
-
-def _series_number(volume: Volume) -> int:
-    """Source SeriesNumber + 1000, so results sort next to their source in viewers."""
-    source = volume.datasets[0].get("SeriesNumber")
-    number = int(source) if source not in (None, "") else 0
-    return 1000 + number % 1_000_000
 
 
 def _why_not_image_series(ds: Dataset) -> str | None:

@@ -246,7 +246,7 @@ def _detection_groups(
     where = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         referenced_region=_image_region(region), **common
     )
-    where[0].ContentSequence.append(text_item(_detection_summary(detection, volume)))
+    where[0].ContentSequence.append(text_item(detection_summary(detection, volume)))
     measured = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         referenced_region=_image_region(region),
         measurements=[
@@ -271,7 +271,7 @@ def _detection_groups(
     return where, measured
 
 
-def _detection_summary(detection: Detection, volume: Volume) -> str:
+def detection_summary(detection: Detection, volume: Volume) -> str:
     """One line a viewer can show as the finding's label (OHIF lists it by its comment)."""
     diameter = round_to(detection.longest_diameter_mm, min(volume.spacing))
     return f"{detection.label}: {diameter:g} mm, score {round(detection.score, SCORE_DECIMALS):g}"

@@ -1,0 +1,128 @@
+"""Findings -> one Key Object Selection document per job: the images a radiologist should see.
+
+PACS viewers that show neither SEG nor SR list a study's key images (often as a "key
+images" button or a flag on the thumbnails). The key image of a finding is the one where
+it shows best, the same one the SR draws it on (``pipelines.regions``): the slice through
+a detection's centre, and the slice where a segment is largest. The document title is
+"Of Interest" (DCM 113000, CID 7010), and its description says why each image was flagged
+("Nodule 1: 21 mm, score 0.99, series 2 image 23 (ct-lung-nodules)").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from pipelines.findings import Findings
+from pipelines.regions import detection_region, segment_region
+from pipelines.seg import copy_required_source_attributes, non_empty_segments
+from pipelines.sr import detection_summary
+from pipelines.sr_root import SeriesResult, device_observer, distinct_algorithms, equipment
+from pipelines.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+#: CID 7010 "Key Object Selection Document Title": the images show the findings.
+DOCUMENT_TITLE = codes.DCM.OfInterest
+#: Key Object Description is a TEXT item of at most 1024 characters.
+MAX_DESCRIPTION = 1024
+
+
+def has_key_images(results: Sequence[SeriesResult]) -> bool:
+    """Whether any result has a detection or a non-empty segment to point at."""
+    return any(findings.detections or non_empty_segments(findings) for _, findings, _ in results)
+
+
+def build_kos(
+    results: Sequence[SeriesResult],
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    software_version: str,
+) -> Dataset:
+    """A KOS of the key image of every detection and segment in ``results``.
+
+    Raises ``ValueError`` when no result has anything to point at.
+    """
+    images: dict[str, Dataset] = {}
+    reasons: list[str] = []
+    for volume, findings, _ in results:
+        for image, why in _key_images(volume, findings):
+            images.setdefault(str(image.SOPInstanceUID), image)
+            reasons.append(why)
+    if not images:
+        raise ValueError("no detection or segment to select a key image for")
+    description = "Key images of the AI findings: " + "; ".join(reasons)
+    if len(description) > MAX_DESCRIPTION:
+        description = description[: MAX_DESCRIPTION - 3] + "..."
+    algorithms = distinct_algorithms(results)
+    names = ", ".join(sorted({algorithm.name for algorithm in algorithms}))
+    content = hd.ko.KeyObjectSelection(
+        document_title=DOCUMENT_TITLE,
+        referenced_objects=list(images.values()),
+        observer_device_context=device_observer(software_version),
+        description=description,
+    )
+    first = next(iter(images.values()))
+    document = hd.ko.KeyObjectSelectionDocument(
+        evidence=list(images.values()),
+        content=content,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=algorithms[0].manufacturer,
+        contributing_equipment=[equipment(algorithm) for algorithm in algorithms],
+        series_description=f"AI key images ({names})"[:64],
+    )
+    copy_required_source_attributes(first, document)
+    # highdicom names each image item "Source"; TID 2010 forbids a concept name (Purpose of
+    # Reference) on the selected images, and PixelMed's DicomSRValidator reports it.
+    for item in document.ContentSequence:
+        if item.ValueType in ("IMAGE", "COMPOSITE") and "ConceptNameCodeSequence" in item:
+            del item.ConceptNameCodeSequence
+    logger.info(
+        "built KOS %s for study %s: %d key image(s)",
+        sop_uid,
+        str(first.StudyInstanceUID),
+        len(images),
+    )
+    return document
+
+
+def _key_images(volume: Volume, findings: Findings) -> list[tuple[Dataset, str]]:
+    """(key image, why) for each detection and non-empty segment of one result."""
+    series = volume.datasets[0].get("SeriesNumber")
+    where = f"series {series}" if series not in (None, "") else f"series {volume.series_uid}"
+    algorithm = findings.algorithm.name
+    selected = []
+    for detection in findings.detections:
+        region = detection_region(volume, detection)
+        text = (
+            f"{detection_summary(detection, volume)}, {where} image "
+            f"{_image_number(region.image, region.slice_index)} ({algorithm})"
+        )
+        selected.append((region.image, text))
+    segments = non_empty_segments(findings)
+    # Anatomy (lungs, bone) is context, not a finding: it is a key image only when the
+    # result has nothing else to show (an organ segmentation model).
+    lesions = [segment for segment in segments if not segment.is_anatomy]
+    for segment in lesions if (lesions or findings.detections) else segments:
+        region = segment_region(volume, segment.mask)
+        text = (
+            f"{segment.label}: largest extent, {where} image "
+            f"{_image_number(region.image, region.slice_index)} ({algorithm})"
+        )
+        selected.append((region.image, text))
+    return selected
+
+
+def _image_number(image: Dataset, slice_index: int) -> str:
+    """The InstanceNumber viewers show, else the slice's place in the stack (from 1)."""
+    number = image.get("InstanceNumber")
+    return str(number) if number not in (None, "") else f"#{slice_index + 1}"
