@@ -89,14 +89,12 @@ def build_gsps(
         )
     graphic_layers: list[hd.pr.GraphicLayer] = []
     annotations: list[hd.pr.GraphicAnnotation] = []
-    for number, (segment, color) in enumerate(
-        zip(layers.segments, layers.segment_colors, strict=True), start=1
-    ):
+    for number, segment in enumerate(layers.segments, start=1):
         layer = hd.pr.GraphicLayer(
             layer_name=f"SEGMENT {number}",
             order=number,
             description=segment.label[:64],
-            display_color=color,
+            display_color=layers.lab(number - 1),
         )
         graphic_layers.append(layer)
         tracking = derive_uid("gsps-tracking", sop_uid, "segment", str(number))
@@ -122,7 +120,7 @@ def build_gsps(
             layer_name=f"DETECTION {offset}",
             order=len(layers.segments) + offset,
             description=finding_type.meaning[:64],
-            display_color=layers.colors[len(layers.segments) + offset - 1],
+            display_color=layers.lab(len(layers.segments) + offset - 1),
         )
         graphic_layers.append(layer)
         drawn = {}

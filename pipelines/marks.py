@@ -26,7 +26,7 @@ from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 from skimage import measure
 
-from pipelines.colors import segment_colors
+from pipelines.colors import RGB, segment_rgb
 from pipelines.findings import Detection, Findings, Segment
 from pipelines.measurements import round_to
 from pipelines.seg import non_empty_segments
@@ -73,21 +73,28 @@ class Window:
 class Layers:
     """What is drawn, grouped as viewers show it, and the colour of each group: the
     non-empty segments (the SEG's segments, in its colours), then the detections' finding
-    types (each in a colour apart from those of the segments)."""
+    types (each in a colour apart from those of the segments). ``rgb`` holds one sRGB
+    colour per group, segments first."""
 
     segments: tuple[Segment, ...]
     finding_types: tuple[Code, ...]
-    colors: tuple[hd.color.CIELabColor, ...]
+    rgb: tuple[RGB, ...]
+
+    def lab(self, index: int) -> hd.color.CIELabColor:
+        """The CIELab colour of group ``index`` (what a DICOM object states)."""
+        return hd.color.CIELabColor.from_rgb(*self.rgb[index])
 
     @property
-    def segment_colors(self) -> tuple[hd.color.CIELabColor, ...]:
-        return self.colors[: len(self.segments)]
+    def segment_rgb(self) -> tuple[RGB, ...]:
+        return self.rgb[: len(self.segments)]
 
-    def detection_color(self, detection: Detection) -> hd.color.CIELabColor:
-        index = [finding_key(code) for code in self.finding_types].index(
-            finding_key(detection.finding_type)
-        )
-        return self.colors[len(self.segments) + index]
+    @property
+    def finding_type_rgb(self) -> tuple[RGB, ...]:
+        return self.rgb[len(self.segments) :]
+
+    def detection_rgb(self, detection: Detection) -> RGB:
+        keys = [finding_key(code) for code in self.finding_types]
+        return self.finding_type_rgb[keys.index(finding_key(detection.finding_type))]
 
     @property
     def is_empty(self) -> bool:
@@ -100,11 +107,11 @@ def overlay_layers(findings: Findings) -> Layers:
     types: dict[tuple[str, str], Code] = {}
     for detection in findings.detections:
         types.setdefault(finding_key(detection.finding_type), detection.finding_type)
-    colors = segment_colors(
+    rgb = segment_rgb(
         [(segment.color, segment.property_type) for segment in segments]
         + [(None, code) for code in types.values()]
     )
-    return Layers(segments, tuple(types.values()), tuple(colors))
+    return Layers(segments, tuple(types.values()), tuple(rgb))
 
 
 def finding_key(code: Code) -> tuple[str, str]:

@@ -28,6 +28,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 
+from pipelines.colors import RGB
 from pipelines.findings import Findings
 from pipelines.marks import (
     Ellipse,
@@ -52,8 +53,6 @@ FILL_OPACITY = 0.25
 NOT_FOR_DIAGNOSIS = "NOT FOR PRIMARY DIAGNOSIS"
 #: Purpose of reference of the source slice (CID 7202 "Source Image Purposes of Reference").
 SOURCE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
-
-RGB = tuple[int, int, int]
 
 
 class EmptyCaptureError(ValueError):
@@ -110,7 +109,7 @@ def build_sc(
         )
     ellipses: dict[int, list[tuple[Ellipse, RGB, str]]] = {}
     for detection in findings.detections:
-        color = layers.detection_color(detection).to_rgb(clip=True)
+        color = layers.detection_rgb(detection)
         caption = detection_caption(detection, volume)
         for ellipse in detection_ellipses(volume, detection):
             ellipses.setdefault(ellipse.slice_index, []).append((ellipse, color, caption))
@@ -166,11 +165,11 @@ def render_capture(
     if volume.datasets[k].get("PhotometricInterpretation") == "MONOCHROME1":
         grey = 255.0 - grey
     image = np.repeat(grey[..., None], 3, axis=2)
-    for segment, lab in zip(layers.segments, layers.segment_colors, strict=True):
+    for segment, color in zip(layers.segments, layers.segment_rgb, strict=True):
         inside = segment.mask[k]
         if not inside.any():
             continue
-        tint = np.array(lab.to_rgb(clip=True), dtype=np.float32)
+        tint = np.array(color, dtype=np.float32)
         image[inside] = (1.0 - FILL_OPACITY) * image[inside] + FILL_OPACITY * tint
         edge = inside & ~ndimage.binary_erosion(inside, border_value=0)
         image[edge] = tint
@@ -197,16 +196,9 @@ def render_capture(
 
 
 def _legend_entries(layers: Layers) -> list[tuple[RGB, str]]:
-    entries = [
-        (lab.to_rgb(clip=True), segment.label)
-        for segment, lab in zip(layers.segments, layers.segment_colors, strict=True)
-    ]
-    offset = len(layers.segments)
-    entries += [
-        (layers.colors[offset + i].to_rgb(clip=True), code.meaning)
-        for i, code in enumerate(layers.finding_types)
-    ]
-    return entries
+    names = [segment.label for segment in layers.segments]
+    names += [code.meaning for code in layers.finding_types]
+    return list(zip(layers.rgb, names, strict=True))
 
 
 def _strip_height(legend: list[tuple[RGB, str]], style: _Style) -> int:
