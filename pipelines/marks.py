@@ -101,6 +101,11 @@ class Layers:
         return not (self.segments or self.finding_types)
 
 
+def has_marks(findings: Findings) -> bool:
+    """Whether there is anything to draw: a non-empty segment or a detection."""
+    return bool(findings.detections) or bool(non_empty_segments(findings))
+
+
 def overlay_layers(findings: Findings) -> Layers:
     """The segments and finding types of ``findings`` that are drawn, with their colours."""
     segments = non_empty_segments(findings)

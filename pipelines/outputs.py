@@ -36,14 +36,19 @@ from typing import Final
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     Comprehensive3DSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
     KeyObjectSelectionDocumentStorage,
     RTStructureSetStorage,
+    SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
 
 from pipelines.findings import Algorithm, Findings
+from pipelines.gsps import build_gsps
 from pipelines.kos import build_kos, has_key_images
+from pipelines.marks import has_marks
 from pipelines.rtstruct import build_rtstruct, has_structures
+from pipelines.sc import build_sc
 from pipelines.seg import build_seg, non_empty_segments
 from pipelines.sr import build_sr
 from pipelines.sr_root import SeriesResult
@@ -158,6 +163,37 @@ def _rtstruct(
     )
 
 
+def _gsps(
+    volume: Volume, findings: Findings, ids: OutputIds, version: str, _: OutputOptions
+) -> tuple[Dataset, ...]:
+    return (
+        build_gsps(
+            volume,
+            findings,
+            series_uid=ids.series_uid,
+            sop_uid=ids.sop_uid,
+            series_number=ids.series_number,
+            software_version=version,
+        ),
+    )
+
+
+def _sc(
+    volume: Volume, findings: Findings, ids: OutputIds, version: str, options: OutputOptions
+) -> tuple[Dataset, ...]:
+    return tuple(
+        build_sc(
+            volume,
+            findings,
+            series_uid=ids.series_uid,
+            series_number=ids.series_number,
+            software_version=version,
+            sop_uid_for=ids.sop_uid_for,
+            every_slice=options.sc_every_slice,
+        )
+    )
+
+
 def _sr(
     sources: Sequence[Dataset], results: Sequence[SeriesResult], ids: OutputIds, version: str
 ) -> Dataset:
@@ -202,6 +238,22 @@ SERIES_KINDS: dict[str, SeriesKind] = {
         2000,
         has_structures,
         _rtstruct,
+    ),
+    "gsps": SeriesKind(
+        "gsps",
+        "GSPS",
+        frozenset({str(GrayscaleSoftcopyPresentationStateStorage)}),
+        3000,
+        has_marks,
+        _gsps,
+    ),
+    "sc": SeriesKind(
+        "sc",
+        "secondary capture",
+        frozenset({str(SecondaryCaptureImageStorage)}),
+        4000,
+        has_marks,
+        _sc,
     ),
 }
 
