@@ -10,6 +10,9 @@ then opens the study in OHIF's basic viewer:
 * SR: OHIF builds one measurement per tracking UID with image-referenced geometry, as many
   as the SR holds (at least one per detection); stepping through them in the SR viewport
   shows each on the image the SR references, with its mark and values drawn;
+* SC: each secondary capture series (the findings burned in, ``outputs: sc``) is listed as
+  an image series and shows as images: the viewport loads its instances and draws their
+  colours;
 * never a TypeError, an uncaught exception or OHIF's error boundary.
 
 Screenshots go to the test's tmp dir; with ``PACS_ANNOTATOR_README_SCREENSHOT=1`` the SEG and
@@ -22,19 +25,22 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import pydicom
 import pytest
+import yaml
 from PIL import Image
 from pydicom.dataset import Dataset
 
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import run_up, write_config
-from tests.integration.test_round_trip import fetch_one, send_and_wait
+from tests.integration.test_round_trip import fetch_one, instances_of_modality, send_and_wait
 from tests.support.ohif import (
     OHIF_VERSION,
     OhifServer,
@@ -80,6 +86,8 @@ class ViewerStudy:
     job: dict[str, Any]
     seg: Dataset
     sr: Dataset
+    #: The secondary captures delivered (headers and pixels), every series of them.
+    captures: Sequence[Dataset]
     shots: Path
 
     @property
@@ -138,14 +146,26 @@ def viewer_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStu
         config = write_config(
             root / "config.yaml", data_dir=root / "data", port=service_port, orthanc=pacs
         )
+        _set_outputs(config, ["seg", "sr", "sc"])
         with run_up(config, port=service_port, orthanc=pacs, timeout=90) as service:
             job = send_and_wait(pacs, service, study_uid)
         _, seg = fetch_one(pacs, study_uid, "SEG", root)
         _, sr = fetch_one(pacs, study_uid, "SR", root)
+        captures = [
+            pydicom.dcmread(pacs.download_instance(instance, root / f"sc-{n}.dcm"))
+            for n, instance in enumerate(instances_of_modality(pacs, study_uid, "OT"))
+        ]
         shots = root / "screenshots"
         shots.mkdir()
-        yield ViewerStudy(viewer, study_uid, job, seg, sr, shots)
+        yield ViewerStudy(viewer, study_uid, job, seg, sr, captures, shots)
         print(f"OHIF {OHIF_VERSION} screenshots: {shots}")
+
+
+def _set_outputs(config: Path, outputs: list[str]) -> None:
+    """The Orthanc destination receives ``outputs`` (the job writes what it receives)."""
+    values = yaml.safe_load(config.read_text())
+    values["destinations"]["orthanc"]["outputs"] = outputs
+    config.write_text(yaml.safe_dump(values))
 
 
 @pytest.fixture(scope="module")
@@ -371,6 +391,61 @@ def _check_colours(segments: list[SegSegment], shown: list[tuple[str, tuple[int,
         assert segment.rgb is not None
         off = max(abs(a - b) for a, b in zip(rgb, segment.rgb, strict=True))
         assert off <= 3, f"{segment.label}: OHIF shows rgb{rgb}, the SEG says rgb{segment.rgb}"
+
+
+# ---------------------------------------------------------------------- SC
+
+
+def test_ohif_shows_each_secondary_capture_series_as_images(
+    viewer_page: tuple[Any, Console], viewer_study: ViewerStudy
+) -> None:
+    """Each SC series is an image series in the study browser; opened, its images show."""
+    page, console = viewer_page
+    series: dict[str, list[Dataset]] = {}
+    for capture in viewer_study.captures:
+        series.setdefault(str(capture.SeriesInstanceUID), []).append(capture)
+    assert len(series) >= 2, "ct-basic and ct-lung-nodules should each give an SC series"
+    for index, (series_uid, captures) in enumerate(sorted(series.items())):
+        description = str(captures[0].SeriesDescription)
+        assert "not for primary diagnosis" in description
+        thumbnail = page.locator("[data-cy=study-browser-thumbnail]", has_text=description)
+        assert thumbnail.count() == 1, f"{description!r} is not listed as an image series"
+        thumbnail.dblclick()
+        shown = page.wait_for_function(
+            """(uid) => {
+                const vp = window.cornerstone.getEnabledElements()[0]?.viewport;
+                const id = vp?.getCurrentImageId?.();
+                const meta = id && window.cornerstone.metaData.get('instance', id);
+                return meta?.SeriesInstanceUID === uid && vp.getImageData?.()
+                    ? {sop: meta.SOPInstanceUID, count: vp.getImageIds().length}
+                    : null;
+            }""",
+            arg=series_uid,
+        ).json_value()
+        assert shown["count"] == len(captures)
+        assert shown["sop"] in {str(c.SOPInstanceUID) for c in captures}
+        # The image drawn is the capture's: its overlay's colour is on the canvas.
+        (capture,) = [c for c in captures if str(c.SOPInstanceUID) == shown["sop"]]
+        color = _overlay_colour(capture)
+        _poll(partial(_hue_shown, page, color), f"rgb{color} of {description!r} drawn")
+        _move_mouse_away(page)
+        shot = viewer_study.shots / f"ohif-sc-{index + 1}.png"
+        page.locator(".viewport-element").first.screenshot(path=str(shot))
+        _check_no_crash(page, console)
+
+
+def _overlay_colour(capture: Dataset) -> tuple[int, int, int]:
+    """The capture's most frequent strong colour: an outline's, a ring's or a swatch's."""
+    pixels = capture.pixel_array.reshape(-1, 3).astype(int)
+    colored = pixels[(pixels.max(axis=1) - pixels.min(axis=1)) > 30]
+    assert len(colored), "the capture has no colour"
+    values, counts = np.unique(colored, axis=0, return_counts=True)
+    r, g, b = (int(v) for v in values[int(np.argmax(counts))])
+    return (r, g, b)
+
+
+def _hue_shown(page: Any, rgb: tuple[int, int, int]) -> bool:
+    return _pixels_of_hue(page, rgb) >= 20
 
 
 # ---------------------------------------------------------------------- SR
