@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from skimage import draw
@@ -18,7 +20,9 @@ from pipelines.findings import Algorithm, Detection, Findings, Segment
 from pipelines.gsps import EmptyPresentationStateError, build_gsps
 from pipelines.seg import build_seg
 from pipelines.volume import Volume, load_series
+from tests.conftest import REPO_ROOT
 from tests.support.dicom_validate import dciodvfy_messages
+from tests.support.ohif import dicom_lab_to_rgb
 from tests.support.phantom import image_point_mm, make_ct_phantom
 from tests.unit.pipelines.overlay_checks import (
     assert_pixelmed_valid,
@@ -315,3 +319,73 @@ def test_real_ct(tmp_path: Path, real_volume: Volume, real_findings: Findings) -
             g.points for g in graphics if g.slice_index == k and names[g.layer] == segment.label
         ]
         assert np.array_equal(_even_odd_fill(polylines, segment.mask.shape[1:]), segment.mask[k])
+
+
+def _render(gsps: Dataset, image: Dataset, k: int, volume: Volume) -> Image.Image:
+    """The slice as the GSPS says to show it, from the file alone: its window over the
+    image's modality values, then every graphic and text of the slice in its layer's colour
+    (a reader's drawing, for the README; no viewer here draws GSPS)."""
+    (voi,) = gsps.SoftcopyVOILUTSequence
+    center, width = float(voi.WindowCenter), float(voi.WindowWidth)
+    values = volume.voxels[k]
+    grey = np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0, 1) * 255
+    scale = 4  # drawn larger, so text is legible
+    canvas = Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+    pen = ImageDraw.Draw(canvas)
+    colors = {
+        item.GraphicLayer: dicom_lab_to_rgb(item.GraphicLayerRecommendedDisplayCIELabValue)
+        for item in gsps.GraphicLayerSequence
+    }
+    for annotation in gsps.GraphicAnnotationSequence:
+        if annotation.ReferencedImageSequence[0].ReferencedSOPInstanceUID != image.SOPInstanceUID:
+            continue
+        color = colors[annotation.GraphicLayer]
+        for item in annotation.get("GraphicObjectSequence", []):
+            points = np.asarray(item.GraphicData, dtype=float).reshape(-1, 2) * scale
+            if item.GraphicType == "POLYLINE":
+                pen.line([tuple(p) for p in points], fill=color, width=2)
+            elif item.GraphicType == "CIRCLE":
+                r = float(np.linalg.norm(points[1] - points[0]))
+                (x, y) = points[0]
+                pen.ellipse((x - r, y - r, x + r, y + r), outline=color, width=2)
+            else:  # ELLIPSE: major axis ends, then minor axis ends (axis-aligned here)
+                xs, ys = points[:, 0], points[:, 1]
+                pen.ellipse((xs.min(), ys.min(), xs.max(), ys.max()), outline=color, width=2)
+        for item in annotation.get("TextObjectSequence", []):
+            left, top = (float(v) * scale for v in item.BoundingBoxTopLeftHandCorner)
+            pen.text((left, top), item.UnformattedTextValue, fill=color, font_size=16)
+    return canvas
+
+
+def test_readme_rendering(
+    written: dict[str, Path],
+    tmp_path: Path,
+    phantom_volume: Volume,
+    nodule_volume: Volume,
+    nodule_findings: Findings,
+) -> None:
+    """What a GSPS viewer is asked to draw, drawn by this reader: the outlines fall on the
+    phantom's segment boundaries and a nodule's circle on its slice. With
+    PACS_ANNOTATOR_README_SCREENSHOT=1 it is the README's image (docs/images/gsps.png)."""
+    segments = pydicom.dcmread(written["segments"])
+    k = phantom_volume.voxels.shape[0] // 2
+    left = _render(segments, phantom_volume.datasets[k], k, phantom_volume)
+    detections = pydicom.dcmread(written["detections"])
+    largest = max(nodule_findings.detections, key=lambda d: d.longest_diameter_mm)
+    _, texts = drawn_objects(detections, nodule_volume)
+    (j,) = [t.slice_index for t in texts if t.item.UnformattedTextValue.startswith(largest.label)]
+    right = _render(detections, nodule_volume.datasets[j], j, nodule_volume)
+    for canvas in (left, right):
+        pixels = np.asarray(canvas).reshape(-1, 3).astype(int)
+        assert ((pixels.max(axis=1) - pixels.min(axis=1)) > 40).sum() > 100, "nothing drawn"
+    height = 512
+    left = left.resize((round(left.width * height / left.height), height))
+    right = right.resize((round(right.width * height / right.height), height))
+    both = Image.new("RGB", (left.width + right.width + 8, height))
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width + 8, 0))
+    both.save(tmp_path / "gsps.png")
+    if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
+        (REPO_ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
+        both.save(REPO_ROOT / "docs" / "images" / "gsps.png", optimize=True)
