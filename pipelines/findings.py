@@ -20,6 +20,9 @@ class Algorithm:
 
 
 RGB = tuple[int, int, int]
+#: SNOMED CT segment categories of anatomy: "Anatomical Structure" (91723000, and 123037004
+#: as DICOM CID 7150 codes it) and "Tissue" (85756007).
+ANATOMY_CATEGORIES = frozenset({"91723000", "123037004", "85756007"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,11 +41,11 @@ class Segment:
 
     @property
     def is_anatomy(self) -> bool:
-        """A structure of the body (category SCT 123037004 "Anatomical Structure"), not a
-        finding such as a lesion: context for a radiologist, an ORGAN in an RTSTRUCT."""
-        return self.category.value == "123037004" and self.category.scheme_designator in (
-            "SCT",
-            "SRT",
+        """A structure of the body (category anatomical structure or tissue), not a finding
+        such as a lesion: context for a radiologist, an ORGAN in an RTSTRUCT."""
+        return (
+            self.category.scheme_designator in ("SCT", "SRT")
+            and self.category.value in ANATOMY_CATEGORIES
         )
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from pipelines.findings import Findings
+from pipelines.findings import Findings, Segment
 from pipelines.regions import detection_region, segment_region
 from pipelines.seg import copy_required_source_attributes, non_empty_segments
 from pipelines.sr import detection_summary
@@ -51,16 +51,24 @@ def build_kos(
     """
     images: dict[str, Dataset] = {}
     reasons: list[str] = []
-    for volume, findings, _ in results:
-        for image, why in _key_images(volume, findings):
+    # Anatomy (lungs, bone) is context, not a finding: its images are key only in a study
+    # without any other finding (an organ segmentation model).
+    anatomy = not any(_lesions(findings) or findings.detections for _, findings, _ in results)
+    contributed: list[SeriesResult] = []
+    for result in results:
+        volume, findings, _ = result
+        selected = _key_images(volume, findings, anatomy=anatomy)
+        for image, why in selected:
             images.setdefault(str(image.SOPInstanceUID), image)
             reasons.append(why)
+        if selected:
+            contributed.append(result)
     if not images:
         raise ValueError("no detection or segment to select a key image for")
     description = "Key images of the AI findings: " + "; ".join(reasons)
     if len(description) > MAX_DESCRIPTION:
         description = description[: MAX_DESCRIPTION - 3] + "..."
-    algorithms = distinct_algorithms(results)
+    algorithms = distinct_algorithms(contributed)
     names = ", ".join(sorted({algorithm.name for algorithm in algorithms}))
     content = hd.ko.KeyObjectSelection(
         document_title=DOCUMENT_TITLE,
@@ -95,8 +103,12 @@ def build_kos(
     return document
 
 
-def _key_images(volume: Volume, findings: Findings) -> list[tuple[Dataset, str]]:
-    """(key image, why) for each detection and non-empty segment of one result."""
+def _lesions(findings: Findings) -> list[Segment]:
+    return [segment for segment in non_empty_segments(findings) if not segment.is_anatomy]
+
+
+def _key_images(volume: Volume, findings: Findings, *, anatomy: bool) -> list[tuple[Dataset, str]]:
+    """(key image, why) for each detection and non-empty segment (anatomy only if asked)."""
     series = volume.datasets[0].get("SeriesNumber")
     where = f"series {series}" if series not in (None, "") else f"series {volume.series_uid}"
     algorithm = findings.algorithm.name
@@ -108,11 +120,7 @@ def _key_images(volume: Volume, findings: Findings) -> list[tuple[Dataset, str]]
             f"{_image_number(region.image, region.slice_index)} ({algorithm})"
         )
         selected.append((region.image, text))
-    segments = non_empty_segments(findings)
-    # Anatomy (lungs, bone) is context, not a finding: it is a key image only when the
-    # result has nothing else to show (an organ segmentation model).
-    lesions = [segment for segment in segments if not segment.is_anatomy]
-    for segment in lesions if (lesions or findings.detections) else segments:
+    for segment in non_empty_segments(findings) if anatomy else _lesions(findings):
         region = segment_region(volume, segment.mask)
         text = (
             f"{segment.label}: largest extent, {where} image "

@@ -46,9 +46,6 @@ logger = logging.getLogger(__name__)
 
 #: The "study component" SOP class RT objects name to reference a study (PS3.3 C.8.8.5).
 STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
-#: Douglas-Peucker tolerance (pixels) when dropping contour points: only points on (or
-#: within a hundredth of a pixel of) a straight run go, the outline keeps its shape.
-SIMPLIFY_TOLERANCE_PX = 0.01
 #: Points of a detection's circle.
 CIRCLE_POINTS = 24
 #: A detection's circle is at least this many pixels across, so a tiny lesion still shows.
@@ -204,14 +201,9 @@ def _contour(source: Dataset, points_mm: npt.NDArray[np.float64]) -> Dataset:
     item.ContourImageSequence = DicomSequence([_image_reference(source)])
     item.ContourGeometricType = "CLOSED_PLANAR"
     item.NumberOfContourPoints = len(points_mm)
-    item.ContourData = [_decimal(v) for v in points_mm.reshape(-1)]
+    # mm to a thousandth is far below a pixel, and keeps each DS value short.
+    item.ContourData = (np.round(points_mm.reshape(-1), 3) + 0.0).tolist()
     return item
-
-
-def _decimal(value: float) -> str:
-    """A DS value of at most 16 characters: mm to a thousandth is far below a pixel."""
-    text = f"{value:.3f}"
-    return "0.000" if text == "-0.000" else text
 
 
 def trace_slice(plane: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
@@ -220,15 +212,36 @@ def trace_slice(plane: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
     The first point of each is not repeated at its end; the even-odd fill of all of them is
     the mask (``rasterize_contours``).
     """
-    padded = np.pad(plane, 1).astype(np.float32)
+    rows, cols = np.nonzero(plane.any(axis=1))[0], np.nonzero(plane.any(axis=0))[0]
+    if not len(rows):
+        return []
+    # Trace only the mask's bounding box (padded, so contours touching it close).
+    top, left = int(rows[0]), int(cols[0])
+    box = plane[top : int(rows[-1]) + 1, left : int(cols[-1]) + 1]
+    padded = np.pad(box, 1).astype(np.float32)
+    offset = np.array([top - 1.0, left - 1.0])
     polygons = []
     for contour in measure.find_contours(padded, 0.5):  # type: ignore[no-untyped-call]
-        outline = measure.approximate_polygon(contour - 1.0, SIMPLIFY_TOLERANCE_PX)  # type: ignore[no-untyped-call]
-        if np.allclose(outline[0], outline[-1]):
-            outline = outline[:-1]
+        outline = _without_straight_runs(contour[:-1] if _closed(contour) else contour)
         if len(outline) >= 3:
-            polygons.append(np.asarray(outline, dtype=np.float64))
+            polygons.append(outline + offset)
     return polygons
+
+
+def _closed(contour: npt.NDArray[np.float64]) -> bool:
+    return len(contour) > 1 and bool(np.allclose(contour[0], contour[-1]))
+
+
+def _without_straight_runs(ring: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The closed polygon ``ring`` without the points inside straight runs (same shape).
+
+    A traced pixel boundary has a point at every pixel edge; those between two collinear
+    neighbours carry nothing and make up most of the points.
+    """
+    before = ring - np.roll(ring, 1, axis=0)
+    after = np.roll(ring, -1, axis=0) - ring
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    return ring[np.abs(cross) > 1e-9]
 
 
 def _segment_contours(volume: Volume, segment: Segment) -> list[Dataset]:

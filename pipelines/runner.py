@@ -103,6 +103,8 @@ class StudyResult:
     #: Seconds spent per stage ("load", "pipelines", "write"), for benchmarks and logs.
     timings: dict[str, float] = field(default_factory=dict)
     documents: tuple[Dataset, ...] = ()
+    #: The output kinds this run was asked for (what it built where there was something).
+    kinds: tuple[str, ...] = DEFAULT_OUTPUTS
 
     @property
     def outputs(self) -> tuple[Dataset, ...]:
@@ -196,6 +198,7 @@ def annotate_study(
         report=report,
         timings=timings,
         documents=tuple(documents.values()),
+        kinds=wanted,
     )
 
 

@@ -6,7 +6,9 @@
 - dcmqi's ``segimage2itkimage`` and ``tid1500reader``, which read a SEG and a TID 1500 SR
   back into label volumes and JSON, for comparison with what we wrote;
 - DCMTK's ``dsr2xml``, for the SR's spatial coordinates and the root's qualitative
-  evaluations (tid1500reader reads neither).
+  evaluations (tid1500reader reads neither);
+- DCMTK's ``drtdump``, which reads an RT Structure Set with DCMTK's RT library and names
+  every missing or wrong attribute of its modules (this PixelMed has no RT IOD).
 
 Every tool's output is parsed line by line: a line that is neither an error, a warning nor
 one of the tool's known informational lines, a crash or a non-zero exit becomes an error,
@@ -34,10 +36,16 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    RTStructureSetStorage,
+    SegmentationStorage,
+)
 
 DCIODVFY = "/usr/bin/dciodvfy"
 DSR2XML = "/usr/bin/dsr2xml"
+DRTDUMP = "/usr/bin/drtdump"
 #: Debian's libpixelmed-java; its manifest's Class-Path names the jars it depends on.
 PIXELMED_JAR = Path(os.environ.get("PIXELMED_JAR", "/usr/share/java/pixelmed.jar"))
 #: Runs a PixelMed validator over many files in one JVM (see the file).
@@ -165,6 +173,39 @@ def dciodvfy_messages(path: Path) -> Messages:
 def dciodvfy_errors(path: Path) -> list[str]:
     """The errors dciodvfy reports for ``path`` (warnings are left out)."""
     return list(dciodvfy_messages(path).errors)
+
+
+# --- DCMTK drtdump ---------------------------------------------------------------------------
+
+#: drtdump's log lines: "W: StructureSetLabel (3006,0002) absent in StructureSetModule (type 1)".
+_DRTDUMP_MESSAGE = re.compile(r"^(?P<level>[FEWI]): (?P<text>.+)$")
+
+
+def parse_drtdump(stderr: str, returncode: int) -> Messages:
+    """drtdump's complaints about an RT object, all errors: at its default log level it
+    says only what the IOD's modules miss or get wrong ("W: ... absent ... (type 1)").
+
+    Its stdout is the dump itself; any stderr line that is not a log message, or a non-zero
+    exit, is an error.
+    """
+    errors = []
+    for line in stderr.splitlines():
+        text = line.strip()
+        if not text:
+            continue
+        match = _DRTDUMP_MESSAGE.match(text)
+        errors.append(match.group("text") if match else f"unparsed drtdump output: {text}")
+    if returncode != 0:
+        errors.append(f"drtdump exited {returncode}")
+    return Messages(tuple(errors))
+
+
+def drtdump_messages(path: Path) -> Messages:
+    _require_file(path)
+    completed = _run([_tool("drtdump", DRTDUMP, "Debian package dcmtk"), str(path)], timeout=120)
+    if "RT Structure Set object" not in completed.stdout:
+        return Messages((f"drtdump did not read an RT Structure Set: {completed.stdout[:200]}",))
+    return parse_drtdump(completed.stderr, completed.returncode)
 
 
 # --- PixelMed --------------------------------------------------------------------------------
@@ -540,10 +581,11 @@ def validation_reports(paths: Iterable[Path], workdir: Path) -> dict[Path, Repor
     """dciodvfy, PixelMed and dcmqi on every file, batched: one JVM per PixelMed validator.
 
     SEG: dciodvfy, DicomInstanceValidator, segimage2itkimage (must read it). SR (TID 1500):
-    dciodvfy, DicomSRValidator, tid1500reader (must read it). This PixelMed's
-    DicomInstanceValidator has no SR IOD ("IOD (SOP Class) unrecognized"), so an SR's IOD
-    checks are dciodvfy's and its content checks DicomSRValidator's. Any other SOP class
-    gets dciodvfy only.
+    dciodvfy, DicomSRValidator, tid1500reader (must read it). KOS: dciodvfy and
+    DicomSRValidator (TID 2010). RTSTRUCT: dciodvfy and drtdump. This PixelMed's
+    DicomInstanceValidator knows none of the SR, KOS or RT IODs ("IOD (SOP Class)
+    unrecognized"), so their IOD checks are dciodvfy's (and DCMTK's for RT) and the
+    documents' content checks DicomSRValidator's. Any other SOP class gets dciodvfy only.
     """
     paths = list(paths)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -552,12 +594,16 @@ def validation_reports(paths: Iterable[Path], workdir: Path) -> dict[Path, Repor
     }
     segs = [p for p in paths if sop_classes[p] == SegmentationStorage]
     srs = [p for p in paths if sop_classes[p] == Comprehensive3DSRStorage]
+    documents = [p for p in paths if sop_classes[p] == KeyObjectSelectionDocumentStorage]
+    rtstructs = [p for p in paths if sop_classes[p] == RTStructureSetStorage]
     combined = {path: Messages() for path in paths}
     with ThreadPoolExecutor(max_workers=2) as pool:
         instance = pool.submit(pixelmed_messages, segs, "instance")
-        sr = pool.submit(pixelmed_messages, srs, "sr")
+        sr = pool.submit(pixelmed_messages, [*srs, *documents], "sr")
         for path in paths:
             combined[path] += _prefixed("dciodvfy", dciodvfy_messages(path))
+        for path in rtstructs:
+            combined[path] += _prefixed("drtdump", drtdump_messages(path))
         for index, path in enumerate(segs):
             try:
                 messages = dcmqi_segments(path, workdir / f"dcmqi-seg-{index}").messages

@@ -7,8 +7,21 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipelines.outputs import DEFAULT_OUTPUTS, OUTPUT_KINDS, check_kinds
 from worker.config.base import Section, check_ae_title, check_ca_bundle, check_http_url
 from worker.config.dicomweb import DicomwebAuthSettings
+
+
+def _kinds(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Known output kinds, in build order, each once (``pipelines.outputs.OUTPUT_KINDS``)."""
+    if not value:
+        raise ValueError("outputs must name at least one of " + ", ".join(OUTPUT_KINDS))
+    return check_kinds(value)
+
+
+def _outputs(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """As ``_kinds``; None (not set: the default applies) stays None."""
+    return None if value is None else _kinds(value)
 
 
 class DestinationTlsSettings(Section):
@@ -40,6 +53,10 @@ class Destination(Section):
     ca_bundle: Path | None = None
     default: bool = False
     tls: DestinationTlsSettings | None = None
+    #: The result objects it receives (seg, sr, rtstruct, gsps, kos, sc); None: delivery.outputs.
+    outputs: tuple[str, ...] | None = None
+
+    _outputs = field_validator("outputs")(_outputs)
 
     @field_validator("ae_title")
     @classmethod
@@ -65,12 +82,17 @@ class DeliveryRule(Section):
 
     ``source``: the DICOMweb source name or calling AE title the study came from;
     ``modality``: a modality of the study's series; ``pipelines``: any of these ran.
+    ``outputs``, when set, are the result objects the rule's destinations receive for such
+    a job, instead of their own ``outputs``.
     """
 
     to: tuple[str, ...] = Field(min_length=1)
     source: str | None = None
     modality: str | None = None
     pipelines: tuple[str, ...] = ()
+    outputs: tuple[str, ...] | None = None
+
+    _outputs = field_validator("outputs")(_outputs)
 
 
 class DeliverySettings(Section):
@@ -83,7 +105,11 @@ class DeliverySettings(Section):
     """
 
     to: tuple[str, ...] = ()
+    #: What a destination without its own ``outputs`` receives.
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     max_retries: int = Field(default=5, ge=0, le=100)
     retry_delay_seconds: float = Field(default=30.0, gt=0)
     timeout_seconds: float = Field(default=60.0, gt=0)
     rules: tuple[DeliveryRule, ...] = ()
+
+    _outputs = field_validator("outputs")(_kinds)

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.dataset import Dataset
-
 from pipelines.base import Pipeline
 from pipelines.errors import InputError
 from pipelines.runner import annotate_study
@@ -16,11 +14,11 @@ from scu_scp.dicomweb import store_datasets
 from scu_scp.spool import Spool
 from worker import __version__
 from worker.config import Settings
-from worker.delivery.deliver import TransientDeliveryError, deliver
-from worker.delivery.destinations import NoDestinationError
+from worker.delivery.deliver import TransientDeliveryError, deliver, delivery_facts
+from worker.delivery.destinations import NoDestinationError, needed_outputs
 from worker.delivery.senders import Sender, WebSender
 from worker.jobs.store import Job, JobStore
-from worker.run.results import load_results, save_results
+from worker.run.results import SavedResults, load_results, save_results
 from worker.run.timings import record_timings, timed
 
 log = logging.getLogger(__name__)
@@ -38,18 +36,26 @@ class Runtime:
     send_web: WebSender = store_datasets
 
 
-def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]]]:
+def _annotate(rt: Runtime, job: Job) -> SavedResults:
     folder = rt.settings.results_dir / job.id
     saved = load_results(folder)
     if saved is not None:
-        log.info("job %s: reusing results computed by an earlier attempt", job.id)
-        return saved
+        missing = set(_outputs_for(rt, job, *delivery_facts(saved.outcomes))) - set(saved.built)
+        if not missing:
+            log.info("job %s: reusing results computed by an earlier attempt", job.id)
+            return saved
+        log.info(
+            "job %s: computing again, the destinations now also want %s",
+            job.id,
+            ", ".join(sorted(missing)),
+        )
     study = rt.spool.open_sealed(job.id)
     result = annotate_study(
         rt.spool.instance_paths(study),
         rules=rt.settings.routing_rules,
         pipelines=rt.pipelines,
         software_version=__version__,
+        outputs=lambda modalities, pipelines: _outputs_for(rt, job, modalities, pipelines),
     )
     with timed(folder, "save"):
         save_results(folder, result)
@@ -61,6 +67,13 @@ def _annotate(rt: Runtime, job: Job) -> tuple[list[Dataset], list[dict[str, Any]
     if saved is None:
         raise RuntimeError(f"job {job.id}: results saved in {folder} but not readable")
     return saved
+
+
+def _outputs_for(
+    rt: Runtime, job: Job, modalities: Sequence[str], pipelines: Sequence[str]
+) -> tuple[str, ...]:
+    """The output kinds the job's destinations receive, together: what the job builds."""
+    return needed_outputs(rt.settings, job.calling_ae, modalities=modalities, pipelines=pipelines)
 
 
 def _failure_summary(outcomes: Sequence[dict[str, Any]]) -> str | None:
@@ -96,10 +109,11 @@ def process_job(rt: Runtime, job_id: str) -> Job:
     job = claimed
     log.info("job %s: study %s, accession %s", job.id, job.study_uid, job.accession_number)
     try:
-        outputs, outcomes = _annotate(rt, job)
+        saved = _annotate(rt, job)
     except InputError as exc:
         log.warning("job %s failed: %s", job_id, exc)
         return rt.store.mark_failed(job_id, str(exc))
+    outputs, outcomes = saved.outputs, saved.outcomes
     pipelines = sorted({o["pipeline"] for o in outcomes if o["pipeline"]})
     rt.store.mark_delivering(job_id, pipelines=pipelines, outcomes=outcomes)
     delivered: list[dict[str, Any]] = []
@@ -114,6 +128,7 @@ def process_job(rt: Runtime, job_id: str) -> Job:
                     outcomes,
                     send=rt.send,
                     send_web=rt.send_web,
+                    kinds=saved.kinds,
                 )
         except NoDestinationError as exc:
             return rt.store.mark_failed(job_id, str(exc))

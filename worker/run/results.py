@@ -2,7 +2,10 @@
 
 The outputs are written and fsynced before delivery, so a delivery retry sends the same
 instances without computing them again. The manifest is written last: a folder without it
-is an interrupted attempt and is computed again.
+is an interrupted attempt and is computed again. It records the kind of every output
+(seg, rtstruct, sr, kos ...: what delivery filters each destination's share by) and the
+kinds the attempt was asked for, so results built before a destination asked for more
+are built again.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import os
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
 
+from pipelines.outputs import DEFAULT_OUTPUTS, output_kind
 from pipelines.runner import SeriesOutcome, StudyResult
 
 MANIFEST = "manifest.json"
@@ -85,24 +89,44 @@ def outcome_record(outcome: SeriesOutcome) -> dict[str, Any]:
     }
 
 
+class SavedResults(NamedTuple):
+    """A complete earlier attempt: outputs with their kinds, outcomes, kinds asked for."""
+
+    outputs: list[Dataset]
+    outcomes: list[dict[str, Any]]
+    kinds: list[str]
+    built: tuple[str, ...]
+
+
 def save_results(folder: Path, result: StudyResult) -> list[dict[str, Any]]:
     """Keep the outputs and their manifest on disk; returns the outcome records."""
     folder.mkdir(parents=True, exist_ok=True)
     for ds in result.outputs:
         write_atomic(folder / f"{ds.SOPInstanceUID}.dcm", partial(_write_bytes, encode(ds)))
     outcomes = [outcome_record(o) for o in result.outcomes]
-    manifest = {"outputs": [ds.SOPInstanceUID for ds in result.outputs], "outcomes": outcomes}
+    manifest = {
+        "outputs": [ds.SOPInstanceUID for ds in result.outputs],
+        "kinds": {ds.SOPInstanceUID: output_kind(ds) for ds in result.outputs},
+        "built": list(result.kinds),
+        "outcomes": outcomes,
+    }
     text = json.dumps(manifest, indent=1)
     write_atomic(folder / MANIFEST, lambda tmp: tmp.write_text(text))
     return outcomes
 
 
-def load_results(folder: Path) -> tuple[list[Dataset], list[dict[str, Any]]] | None:
-    """The outputs and outcomes of an earlier complete attempt, None if there is none."""
+def load_results(folder: Path) -> SavedResults | None:
+    """The outputs and outcomes of an earlier complete attempt, None if there is none.
+
+    A manifest written before kinds were recorded gets them from the SOP classes, and
+    counts as built for the SEG and SR (all that was written then).
+    """
     manifest_path = folder / MANIFEST
     if not manifest_path.exists():
         return None
     manifest = json.loads(manifest_path.read_text())
     outputs: list[Dataset] = [pydicom.dcmread(folder / f"{uid}.dcm") for uid in manifest["outputs"]]
-    outcomes: list[dict[str, Any]] = manifest["outcomes"]
-    return outputs, outcomes
+    recorded: dict[str, str] = manifest.get("kinds", {})
+    kinds = [recorded.get(str(ds.SOPInstanceUID)) or output_kind(ds) for ds in outputs]
+    built = tuple(manifest.get("built", DEFAULT_OUTPUTS))
+    return SavedResults(outputs, manifest["outcomes"], kinds, built)

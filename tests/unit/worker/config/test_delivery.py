@@ -114,3 +114,27 @@ def test_a_rule_keeps_its_conditions(tmp_path: Path) -> None:
         "CT",
         ("ct-basic",),
     )
+
+
+def test_outputs_default_to_seg_and_sr_and_unknown_kinds_are_refused(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        data_dir=tmp_path,
+        destinations={"pacs": {**PACS, "outputs": ["kos", "rtstruct", "kos"]}},
+        delivery={"rules": [{"to": ["pacs"], "outputs": ["gsps", "sc"]}]},
+    )
+    assert settings.delivery.outputs == ("seg", "sr")
+    assert settings.destinations["pacs"].outputs == ("rtstruct", "kos")  # build order, once
+    assert settings.delivery.rules[0].outputs == ("gsps", "sc")
+    assert load_settings(None, data_dir=tmp_path).delivery.rules == ()
+    message = refusal(tmp_path, destinations={"pacs": {**PACS, "outputs": ["rtstrct"]}})
+    assert "destinations.pacs.outputs" in message and "unknown output 'rtstrct'" in message
+    assert "known: seg, rtstruct, gsps, sc, sr, kos" in message
+    message = refusal(tmp_path, delivery={"outputs": []})
+    assert "delivery.outputs" in message and "at least one" in message
+    message = refusal(
+        tmp_path,
+        destinations={"pacs": PACS},
+        delivery={"rules": [{"to": ["pacs"], "outputs": ["pdf"]}]},
+    )
+    assert "delivery.rules.0.outputs" in message and "'pdf'" in message

@@ -1,4 +1,5 @@
-"""Delivering one job's results: each chosen destination gets every output, by its protocol.
+"""Delivering one job's results: each chosen destination gets its kinds of output, by its
+protocol.
 
 Fake C-STORE and STOW-RS senders stand behind the sender seams; settings are real.
 """
@@ -11,7 +12,13 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage, generate_uid
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    RTStructureSetStorage,
+    SegmentationStorage,
+    generate_uid,
+)
 
 from scu_scp.dicomweb import DicomwebEndpoint
 from scu_scp.models import DeliveryError, DeliveryResult, DicomNode, InstanceResult
@@ -96,9 +103,10 @@ def test_every_destination_gets_all_outputs_by_its_protocol(tmp_path: Path) -> N
             "destination": name,
             "sop_instance_uid": ds.SOPInstanceUID,
             "sop_class_uid": ds.SOPClassUID,
+            "kind": kind,
         }
         for name in ("pacs", "archive")
-        for ds in OUTPUTS
+        for ds, kind in zip(OUTPUTS, ("seg", "sr"), strict=True)
     ]
 
 
@@ -154,3 +162,112 @@ def test_no_destination_is_a_configuration_error_not_a_retry(tmp_path: Path) -> 
     with pytest.raises(NoDestinationError, match="no destination for calling AE 'STRANGER'"):
         run(s, senders, calling_ae="STRANGER")
     assert senders.sent == []
+
+
+EVERY_KIND = [
+    output(SegmentationStorage),
+    output(RTStructureSetStorage),
+    output(RTStructureSetStorage),
+    output(Comprehensive3DSRStorage),
+    output(KeyObjectSelectionDocumentStorage),
+]
+
+
+def _sent_kinds(senders: Recorder) -> list[list[str]]:
+    kinds = {ds.SOPInstanceUID: ds.SOPClassUID.name for ds in EVERY_KIND}
+    return [[kinds[uid] for uid in uids] for _, uids in senders.sent]
+
+
+def test_each_destination_gets_exactly_its_own_kinds(tmp_path: Path) -> None:
+    s = settings(
+        tmp_path,
+        destinations={"pacs": {**PACS, "outputs": ["rtstruct", "kos"]}, "archive": ARCHIVE},
+        delivery={"to": ["pacs", "archive"]},
+    )
+    senders = Recorder()
+    delivered = deliver(
+        s, "job-1", "PACS", EVERY_KIND, DONE_CT, send=senders.dicom, send_web=senders.web
+    )
+    assert _sent_kinds(senders) == [
+        [
+            "RT Structure Set Storage",
+            "RT Structure Set Storage",
+            "Key Object Selection Document Storage",
+        ],
+        ["Segmentation Storage", "Comprehensive 3D SR Storage"],
+    ]
+    assert [(d["destination"], d["kind"]) for d in delivered] == [
+        ("pacs", "rtstruct"),
+        ("pacs", "rtstruct"),
+        ("pacs", "kos"),
+        ("archive", "seg"),
+        ("archive", "sr"),
+    ]
+
+
+def test_a_rule_overrides_what_its_destinations_receive(tmp_path: Path) -> None:
+    rules = [
+        {"to": ["pacs"], "pipelines": ["ct-lung-nodules"], "outputs": ["kos"]},
+        {"to": ["archive"], "modality": "CT"},
+    ]
+    s = settings(
+        tmp_path,
+        destinations={"pacs": {**PACS, "outputs": ["rtstruct"]}, "archive": ARCHIVE},
+        delivery={"rules": rules, "outputs": ["sr"]},
+    )
+    senders = Recorder()
+    nodules = [{"modality": "CT", "pipeline": "ct-lung-nodules", "status": "done"}]
+    deliver(s, "job-1", "PACS", EVERY_KIND, nodules, send=senders.dicom, send_web=senders.web)
+    # The rule's kos for pacs, the global default sr for archive (no outputs of its own).
+    assert _sent_kinds(senders) == [
+        ["Key Object Selection Document Storage"],
+        ["Comprehensive 3D SR Storage"],
+    ]
+    senders = Recorder()
+    basic = [{"modality": "CT", "pipeline": "ct-basic", "status": "done"}]
+    s = settings(
+        tmp_path,
+        destinations={"pacs": {**PACS, "outputs": ["rtstruct"]}, "archive": ARCHIVE},
+        delivery={"rules": [*rules, {"to": ["pacs"], "modality": "CT"}]},
+    )
+    deliver(s, "job-1", "PACS", EVERY_KIND, basic, send=senders.dicom, send_web=senders.web)
+    # The kos rule does not match: pacs gets its own rtstruct.
+    assert _sent_kinds(senders) == [
+        ["Segmentation Storage", "Comprehensive 3D SR Storage"],
+        ["RT Structure Set Storage", "RT Structure Set Storage"],
+    ]
+
+
+def test_the_recorded_kinds_decide_and_a_destination_with_nothing_is_skipped(
+    tmp_path: Path,
+) -> None:
+    s = settings(
+        tmp_path,
+        destinations={"pacs": {**PACS, "outputs": ["kos"]}, "archive": ARCHIVE},
+        delivery={"to": ["pacs", "archive"]},
+    )
+    senders = Recorder()
+    delivered = deliver(
+        s,
+        "job-1",
+        "PACS",
+        OUTPUTS,
+        DONE_CT,
+        send=senders.dicom,
+        send_web=senders.web,
+        kinds=["seg", "sr"],
+    )
+    ((endpoint, uids),) = senders.sent  # pacs wants a KOS, and the job has none
+    assert isinstance(endpoint, DicomwebEndpoint) and len(uids) == 2
+    assert {d["destination"] for d in delivered} == {"archive"}
+    with pytest.raises(ValueError):
+        deliver(
+            s,
+            "job-1",
+            "PACS",
+            OUTPUTS,
+            DONE_CT,
+            send=senders.dicom,
+            send_web=senders.web,
+            kinds=["seg"],
+        )

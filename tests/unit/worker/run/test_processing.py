@@ -211,3 +211,58 @@ def test_seg_and_sr_reach_a_real_scp_in_one_association(
     folder = rt.settings.results_dir / job_id
     saved = {dataset_bytes(path) for path in folder.glob("*.dcm")}
     assert {encoded for _, _, encoded in received} == saved, "sent as saved, byte for byte"
+
+
+def _two_destinations(tmp_path: Path, pacs_outputs: list[str]) -> dict[str, Any]:
+    return {
+        "destinations": {
+            "pacs": {
+                "ae_title": "ORTHANC",
+                "host": "127.0.0.1",
+                "port": 4242,
+                "outputs": pacs_outputs,
+            },
+            "archive": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": 4243},
+        },
+        "delivery": {"to": ["pacs", "archive"]},
+    }
+
+
+def _received_kinds(job_delivered: list[dict[str, Any]]) -> dict[str, list[str]]:
+    kinds: dict[str, list[str]] = {}
+    for record in job_delivered:
+        kinds.setdefault(record["destination"], []).append(record["kind"])
+    return kinds
+
+
+def test_each_destination_receives_its_own_outputs_from_one_job(
+    runtime: Runtime, tmp_path: Path, pacs: FakePacs, phantom: list[Dataset]
+) -> None:
+    settings = load_settings(
+        None, data_dir=tmp_path / "data", **_two_destinations(tmp_path, ["rtstruct", "kos"])
+    )
+    rt = dataclasses.replace(runtime, settings=settings)
+    job = process_job(rt, spool_study(rt, phantom))
+    assert job.state is JobState.DONE, job.error
+    kinds = _received_kinds(job.delivered)
+    assert set(kinds) == {"pacs", "archive"}
+    assert set(kinds["pacs"]) == {"rtstruct", "kos"} and kinds["pacs"][-1] == "kos"
+    assert kinds["archive"] == ["seg", "sr"]
+    assert {ae for ae, _ in pacs.received} == {"ORTHANC", "ARCHIVE"}
+    assert len(pacs.received) == len(job.delivered)
+
+
+def test_a_retry_builds_again_when_a_destination_now_wants_more(
+    runtime: Runtime, tmp_path: Path, pacs: FakePacs, phantom: list[Dataset]
+) -> None:
+    job_id = spool_study(runtime, phantom)
+    pacs.down = True
+    with pytest.raises(TransientDeliveryError):
+        process_job(runtime, job_id)  # built the default SEG and SR, delivered nothing
+    pacs.down = False
+    wider = load_settings(
+        None, data_dir=tmp_path / "data", **_two_destinations(tmp_path, ["rtstruct"])
+    )
+    job = process_job(dataclasses.replace(runtime, settings=wider), job_id)
+    assert job.state is JobState.DONE, job.error
+    assert set(_received_kinds(job.delivered)["pacs"]) == {"rtstruct"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,25 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
 def test_a_folder_without_its_manifest_is_an_interrupted_attempt(tmp_path: Path) -> None:
     assert load_results(tmp_path) is None
     (tmp_path / MANIFEST).write_text('{"outputs": [], "outcomes": [{"status": "skipped"}]}')
-    assert load_results(tmp_path) == ([], [{"status": "skipped"}])
+    # A manifest from before kinds were recorded: the SEG and SR were all it built.
+    assert load_results(tmp_path) == ([], [{"status": "skipped"}], [], ("seg", "sr"))
+
+
+def test_the_manifest_records_each_output_kind_and_what_was_asked_for(tmp_path: Path) -> None:
+    seg = _segmentation()
+    outcome = SeriesOutcome("2.25.1", "CT", "box", "done", None, (seg,))
+    save_results(tmp_path, StudyResult(outcomes=(outcome,), kinds=("seg", "rtstruct")))
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["kinds"] == {seg.SOPInstanceUID: "seg"}
+    assert manifest["built"] == ["seg", "rtstruct"]
+    saved = load_results(tmp_path)
+    assert saved is not None
+    assert [ds.SOPInstanceUID for ds in saved.outputs] == [seg.SOPInstanceUID]
+    assert (saved.kinds, saved.built) == (["seg"], ("seg", "rtstruct"))
+    # The recorded kind is what counts (delivery filters by it), not a guess from the file.
+    manifest["kinds"] = {seg.SOPInstanceUID: "rtstruct"}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert load_results(tmp_path).kinds == ["rtstruct"]  # type: ignore[union-attr]
 
 
 def _segmentation() -> Dataset:
