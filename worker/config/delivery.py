@@ -95,6 +95,13 @@ class DeliveryRule(Section):
     _outputs = field_validator("outputs")(_outputs)
 
 
+class OutputsOptionsSettings(Section):
+    """Settings of single output kinds (``pipelines.outputs.OutputOptions``)."""
+
+    #: sc: a capture of every slice of the series (True), or only of those with a finding.
+    sc_every_slice: bool = False
+
+
 class DeliverySettings(Section):
     """How results reach the destinations.
 
@@ -107,6 +114,7 @@ class DeliverySettings(Section):
     to: tuple[str, ...] = ()
     #: What a destination without its own ``outputs`` receives.
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    outputs_options: OutputsOptionsSettings = OutputsOptionsSettings()
     max_retries: int = Field(default=5, ge=0, le=100)
     retry_delay_seconds: float = Field(default=30.0, gt=0)
     timeout_seconds: float = Field(default=60.0, gt=0)
