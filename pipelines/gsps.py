@@ -49,10 +49,6 @@ LABEL_HEIGHT_FRACTION = 1 / 32
 CHARACTER_WIDTH_RATIO = 0.6
 
 
-class EmptyPresentationStateError(ValueError):
-    """No non-empty segment and no detection: a GSPS would have nothing to draw."""
-
-
 @dataclass
 class _Slice:
     """What one layer draws on one slice."""
@@ -72,21 +68,10 @@ def build_gsps(
 ) -> Dataset:
     """A GSPS drawing ``findings`` over every image of ``volume``'s series.
 
-    Raises ``EmptyPresentationStateError`` when there is nothing to draw, and
+    Raises ``pipelines.marks.NothingToDrawError`` when there is nothing to draw, and
     ``ValueError`` when a mask does not fit the volume.
     """
-    for segment in findings.segments:
-        if segment.mask.shape != volume.voxels.shape:
-            raise ValueError(
-                f"segment {segment.label!r}: mask shape {segment.mask.shape} does not match "
-                f"the volume {volume.voxels.shape}"
-            )
-    layers = overlay_layers(findings)
-    if layers.is_empty:
-        raise EmptyPresentationStateError(
-            f"{findings.algorithm.name} found no segment and no detection in series "
-            f"{volume.series_uid}: a presentation state would draw nothing"
-        )
+    layers = overlay_layers(volume, findings)
     graphic_layers: list[hd.pr.GraphicLayer] = []
     annotations: list[hd.pr.GraphicAnnotation] = []
     for number, segment in enumerate(layers.segments, start=1):

@@ -96,18 +96,33 @@ class Layers:
         keys = [finding_key(code) for code in self.finding_types]
         return self.finding_type_rgb[keys.index(finding_key(detection.finding_type))]
 
-    @property
-    def is_empty(self) -> bool:
-        return not (self.segments or self.finding_types)
-
 
 def has_marks(findings: Findings) -> bool:
     """Whether there is anything to draw: a non-empty segment or a detection."""
     return bool(findings.detections) or bool(non_empty_segments(findings))
 
 
-def overlay_layers(findings: Findings) -> Layers:
-    """The segments and finding types of ``findings`` that are drawn, with their colours."""
+class NothingToDrawError(ValueError):
+    """No non-empty segment and no detection: a drawing of the findings would be empty."""
+
+
+def overlay_layers(volume: Volume, findings: Findings) -> Layers:
+    """The segments and finding types of ``findings`` that are drawn, with their colours.
+
+    Raises ``NothingToDrawError`` when there is nothing to draw, and ``ValueError`` when a
+    mask does not fit the volume.
+    """
+    for segment in findings.segments:
+        if segment.mask.shape != volume.voxels.shape:
+            raise ValueError(
+                f"segment {segment.label!r}: mask shape {segment.mask.shape} does not match "
+                f"the volume {volume.voxels.shape}"
+            )
+    if not has_marks(findings):
+        raise NothingToDrawError(
+            f"{findings.algorithm.name} found no segment and no detection in series "
+            f"{volume.series_uid}: there is nothing to draw"
+        )
     segments = non_empty_segments(findings)
     types: dict[tuple[str, str], Code] = {}
     for detection in findings.detections:

@@ -55,10 +55,6 @@ NOT_FOR_DIAGNOSIS = "NOT FOR PRIMARY DIAGNOSIS"
 SOURCE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
 
 
-class EmptyCaptureError(ValueError):
-    """No non-empty segment and no detection: there is nothing to burn in."""
-
-
 @dataclass(frozen=True)
 class _Style:
     """Sizes that follow the image's size, so a 512-pixel slice gets legible text."""
@@ -92,21 +88,11 @@ def build_sc(
     """One RGB capture per slice with something drawn on it (every slice if ``every_slice``).
 
     ``sop_uid_for(k)`` gives the SOP Instance UID of the capture of slice ``k`` (axis-0
-    index of ``volume``), so a rerun gives the same UIDs. Raises ``EmptyCaptureError``
-    when there is nothing to draw and ``ValueError`` when a mask does not fit the volume.
+    index of ``volume``), so a rerun gives the same UIDs. Raises
+    ``pipelines.marks.NothingToDrawError`` when there is nothing to draw and ``ValueError``
+    when a mask does not fit the volume.
     """
-    for segment in findings.segments:
-        if segment.mask.shape != volume.voxels.shape:
-            raise ValueError(
-                f"segment {segment.label!r}: mask shape {segment.mask.shape} does not match "
-                f"the volume {volume.voxels.shape}"
-            )
-    layers = overlay_layers(findings)
-    if layers.is_empty:
-        raise EmptyCaptureError(
-            f"{findings.algorithm.name} found no segment and no detection in series "
-            f"{volume.series_uid}: a capture would show nothing"
-        )
+    layers = overlay_layers(volume, findings)
     ellipses: dict[int, list[tuple[Ellipse, RGB, str]]] = {}
     for detection in findings.detections:
         color = layers.detection_rgb(detection)
@@ -121,11 +107,13 @@ def build_sc(
     style = _Style.for_image(rows, columns)
     legend = _legend_entries(layers)
     title = f"AI overlay: {findings.algorithm.name}"
-    fallback = None if all(source_window(ds) for ds in volume.datasets) else fallback_window(volume)
+    fallback: Window | None = None
     captures = []
     for k in indices:
-        window = source_window(volume.datasets[k]) or fallback
-        assert window is not None  # a slice without a window has the fallback
+        window = source_window(volume.datasets[k])
+        if window is None:
+            fallback = fallback or fallback_window(volume)
+            window = fallback
         pixels = render_capture(
             volume, k, layers, ellipses.get(k, []), window, title, legend, style
         )

@@ -17,7 +17,8 @@ from skimage import draw
 
 from pipelines import gsps as gsps_module
 from pipelines.findings import Algorithm, Detection, Findings, Segment
-from pipelines.gsps import EmptyPresentationStateError, build_gsps
+from pipelines.gsps import build_gsps
+from pipelines.marks import NothingToDrawError
 from pipelines.seg import build_seg
 from pipelines.volume import Volume, load_series
 from tests.conftest import REPO_ROOT
@@ -280,7 +281,7 @@ def test_nothing_to_draw_is_refused(phantom_volume: Volume) -> None:
         codes.SCT.Tissue,
     )
     findings = Findings(algorithm=Algorithm("test", "1"), segments=(empty,))
-    with pytest.raises(EmptyPresentationStateError, match="draw nothing"):
+    with pytest.raises(NothingToDrawError, match="nothing to draw"):
         _gsps(phantom_volume, findings)
 
 

@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from pipelines.colors import segment_rgb
 from pipelines.findings import Algorithm, Findings, Segment
-from pipelines.sc import NOT_FOR_DIAGNOSIS, EmptyCaptureError, build_sc
+from pipelines.marks import NothingToDrawError
+from pipelines.sc import NOT_FOR_DIAGNOSIS, build_sc
 from pipelines.uids import derive_uid
 from pipelines.volume import Volume
 from tests.support.dicom_validate import dciodvfy_messages
@@ -184,7 +185,7 @@ def test_nothing_to_draw_is_refused(phantom_volume: Volume) -> None:
         codes.SCT.Tissue,
         codes.SCT.Tissue,
     )
-    with pytest.raises(EmptyCaptureError, match="show nothing"):
+    with pytest.raises(NothingToDrawError, match="nothing to draw"):
         _captures(phantom_volume, Findings(Algorithm("test", "1"), segments=(empty,)))
 
 
