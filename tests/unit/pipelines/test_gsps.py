@@ -18,7 +18,6 @@ from skimage import draw
 from pipelines import gsps as gsps_module
 from pipelines.findings import Algorithm, Detection, Findings, Segment
 from pipelines.gsps import build_gsps
-from pipelines.marks import NothingToDrawError
 from pipelines.seg import build_seg
 from pipelines.volume import Volume, load_series
 from tests.conftest import REPO_ROOT
@@ -271,18 +270,6 @@ def test_a_series_without_a_window_gets_one_over_its_values(
     low = float(voi.WindowCenter) - float(voi.WindowWidth) / 2
     high = float(voi.WindowCenter) + float(voi.WindowWidth) / 2
     assert -1100 < low <= -900 and 40 < high < 1000  # air to beyond soft tissue
-
-
-def test_nothing_to_draw_is_refused(phantom_volume: Volume) -> None:
-    empty = Segment(
-        "Nothing",
-        np.zeros(phantom_volume.voxels.shape, dtype=bool),
-        codes.SCT.Tissue,
-        codes.SCT.Tissue,
-    )
-    findings = Findings(algorithm=Algorithm("test", "1"), segments=(empty,))
-    with pytest.raises(NothingToDrawError, match="nothing to draw"):
-        _gsps(phantom_volume, findings)
 
 
 def test_slice_annotation_equals_highdicoms(phantom_volume: Volume) -> None:

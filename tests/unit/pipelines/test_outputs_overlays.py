@@ -11,7 +11,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import GrayscaleSoftcopyPresentationStateStorage, SecondaryCaptureImageStorage
 
 from pipelines.findings import Algorithm, Findings, Segment
-from pipelines.outputs import OutputOptions, output_kind
+from pipelines.marks import NothingToDrawError
+from pipelines.outputs import SERIES_KINDS, OutputIds, OutputOptions, output_kind
 from pipelines.registry import builtin_pipelines
 from pipelines.routing import DEFAULT_RULES
 from pipelines.runner import StudyResult, annotate_study
@@ -89,3 +90,17 @@ def test_sc_every_slice_is_an_option(study: list[Path]) -> None:
         options=OutputOptions(sc_every_slice=True),
     )
     assert len(every.outputs) == len(study)
+
+
+@pytest.mark.parametrize("kind", ["gsps", "sc"])
+def test_nothing_to_draw_is_refused(kind: str, phantom_volume: Volume) -> None:
+    """Empty segments and no detection: refused with the reason (the runner only asks for
+    a kind whose ``applies`` holds, so a job never gets here)."""
+    nothing = np.zeros(phantom_volume.voxels.shape, dtype=bool)
+    empty = Segment("Nothing", nothing, codes.SCT.Tissue, codes.SCT.Tissue)
+    findings = Findings(Algorithm("test", "1"), segments=(empty,))
+    kind_entry = SERIES_KINDS[kind]
+    assert not kind_entry.applies(findings)
+    ids = OutputIds(kind, ("key",), 1)
+    with pytest.raises(NothingToDrawError, match="nothing to draw"):
+        kind_entry.build(phantom_volume, findings, ids, "1", OutputOptions())

@@ -12,8 +12,7 @@ from pydicom.sr.codedict import codes
 from scipy import ndimage
 
 from pipelines.colors import segment_rgb
-from pipelines.findings import Algorithm, Findings, Segment
-from pipelines.marks import NothingToDrawError
+from pipelines.findings import Findings
 from pipelines.sc import NOT_FOR_DIAGNOSIS, build_sc
 from pipelines.uids import derive_uid
 from pipelines.volume import Volume
@@ -176,17 +175,6 @@ def test_detections_are_rings_around_their_centre_on_the_nearest_slice(
         # is above it, outside this disc)
         disc = distance <= radius_px + 1.5
         assert (ring & disc & ~near).sum() == 0, detection.label
-
-
-def test_nothing_to_draw_is_refused(phantom_volume: Volume) -> None:
-    empty = Segment(
-        "Nothing",
-        np.zeros(phantom_volume.voxels.shape, dtype=bool),
-        codes.SCT.Tissue,
-        codes.SCT.Tissue,
-    )
-    with pytest.raises(NothingToDrawError, match="nothing to draw"):
-        _captures(phantom_volume, Findings(Algorithm("test", "1"), segments=(empty,)))
 
 
 def test_real_ct(tmp_path: Path, real_volume: Volume, real_findings: Findings) -> None:
