@@ -16,7 +16,8 @@ then opens the study in OHIF's basic viewer:
 * never a TypeError, an uncaught exception or OHIF's error boundary.
 
 Screenshots go to the test's tmp dir; with ``PACS_ANNOTATOR_README_SCREENSHOT=1`` the SEG and
-a detection side by side are also written to ``docs/images/ohif-seg-sr.png`` (the README's).
+a detection side by side are also written to ``docs/images/ohif-seg-sr.png`` (the README's),
+and two secondary captures to ``docs/images/ohif-sc.png``.
 Every wait is on a condition (the viewer's state, the DOM, or the rendered pixels).
 """
 
@@ -71,6 +72,7 @@ UI_TIMEOUT_MS = 60_000
 #: Drawn alone, a segment's pixels may take another segment's colour for at most this share.
 MAX_CONFUSED = 0.1
 README_IMAGE = REPO_ROOT / "docs" / "images" / "ohif-seg-sr.png"
+README_SC_IMAGE = REPO_ROOT / "docs" / "images" / "ohif-sc.png"
 # OHIF's onboarding tour would cover the viewport: mark it as already shown.
 INIT_SCRIPT = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
 
@@ -432,6 +434,9 @@ def test_ohif_shows_each_secondary_capture_series_as_images(
         shot = viewer_study.shots / f"ohif-sc-{index + 1}.png"
         page.locator(".viewport-element").first.screenshot(path=str(shot))
         _check_no_crash(page, console)
+    if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
+        shots = [viewer_study.shots / f"ohif-sc-{n + 1}.png" for n in range(2)]
+        _write_readme_image(*shots, target=README_SC_IMAGE)
 
 
 def _overlay_colour(capture: Dataset) -> tuple[int, int, int]:
@@ -624,8 +629,8 @@ def _sr_diagnosis(marks: list[SrMark], detections: int) -> list[str]:
     return found
 
 
-def _write_readme_image(left: Path, right: Path) -> None:
-    """The viewer with the SEG, and with a tracked detection selected, side by side."""
+def _write_readme_image(left: Path, right: Path, target: Path = README_IMAGE) -> None:
+    """Two screenshots of the viewer side by side (the SEG and a tracked detection; two SCs)."""
     a = Image.open(left).convert("RGB")
     b = Image.open(right).convert("RGB")
     height = 700
@@ -634,6 +639,6 @@ def _write_readme_image(left: Path, right: Path) -> None:
     out = Image.new("RGB", (a.width + b.width + 8, height), (0, 0, 0))
     out.paste(a, (0, 0))
     out.paste(b, (a.width + 8, 0))
-    README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
-    out.save(README_IMAGE, optimize=True)
-    print(f"README screenshot written: {README_IMAGE}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out.save(target, optimize=True)
+    print(f"README screenshot written: {target}")
