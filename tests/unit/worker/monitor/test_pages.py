@@ -76,6 +76,8 @@ def test_job_page_shows_timeline_delivered_preview_and_actions(env: Env) -> None
         assert done.status_code == 200
         job = env.store.get(env.done_job)
         assert job.delivered[0]["sop_instance_uid"] in done.text
+        assert '<td class="kind">seg</td>' in done.text  # each delivered object's kind
+        assert '<td class="kind">sr</td>' in done.text
         assert f'src="/api/jobs/{env.done_job}/preview.png?v=' in done.text
         assert "processing" in done.text and 'id="retry"' not in done.text
         assert 'id="steps"' in done.text and "<th>pipelines</th>" in done.text
