@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 FILL_OPACITY = 0.25
 #: What every capture says of itself (ImageComments, the legend).
 NOT_FOR_DIAGNOSIS = "NOT FOR PRIMARY DIAGNOSIS"
+#: The series' description: derived, not for primary diagnosis, and the algorithm's name.
+SERIES_DESCRIPTION = "AI overlay, derived, not for primary diagnosis ({name})"
 #: Purpose of reference of the source slice (CID 7202 "Source Image Purposes of Reference").
 SOURCE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
 
@@ -254,7 +256,8 @@ def _capture(
     algorithm = findings.algorithm
     orientation = hd.spatial.get_closest_patient_orientation(volume.affine)
     _, row_spacing, col_spacing = volume.spacing
-    name = algorithm.name[: 64 - len(" overlay (derived, not for primary diagnosis)")]
+    # "AI <what> (<algorithm>)" as every output's; the warning kept whole within 64 characters
+    name = algorithm.name[: 64 - len(SERIES_DESCRIPTION.format(name=""))]
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
@@ -275,7 +278,7 @@ def _capture(
         manufacturer_model_name=algorithm.name,
         software_versions=software_version,
         device_serial_number="0",
-        series_description=f"{name} overlay (derived, not for primary diagnosis)",
+        series_description=SERIES_DESCRIPTION.format(name=name),
     )
     capture.BurnedInAnnotation = "YES"
     capture.ImageComments = (

@@ -105,8 +105,9 @@ def test_labelled_derived_not_for_diagnosis_and_referencing_the_source(
         source = phantom_volume.datasets[k]
         assert capture.Modality == "OT" and capture.StudyInstanceUID == phantom_volume.study_uid
         assert capture.SeriesInstanceUID == SERIES_UID
-        assert capture.SeriesDescription.startswith(algorithm.name)
-        assert "derived, not for primary diagnosis" in capture.SeriesDescription
+        assert capture.SeriesDescription == (
+            f"AI overlay, derived, not for primary diagnosis ({algorithm.name})"
+        )
         assert NOT_FOR_DIAGNOSIS in capture.ImageComments
         assert capture.BurnedInAnnotation == "YES"
         assert list(capture.ImageType)[:2] == ["DERIVED", "SECONDARY"]
