@@ -24,7 +24,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from pipelines.findings import Findings
+from pipelines.findings import Detection, Findings, Segment
 from pipelines.marks import (
     Ellipse,
     copy_body_part,
@@ -81,25 +81,9 @@ def build_gsps(
             description=segment.label[:64],
             display_color=layers.lab(number - 1),
         )
-        graphic_layers.append(layer)
         tracking = derive_uid("gsps-tracking", sop_uid, "segment", str(number))
-        drawn: dict[int, _Slice] = {}
-        for k, outlines in segment_outlines(segment.mask):
-            on_slice = drawn.setdefault(k, _Slice())
-            for outline in outlines:
-                on_slice.graphics.append(
-                    hd.pr.GraphicObject(
-                        graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-                        graphic_data=_inside(outline, volume),
-                        units=hd.pr.AnnotationUnitsValues.PIXEL,
-                        tracking_id=segment.label[:64],
-                        tracking_uid=tracking,
-                    )
-                )
-            top = min(outlines, key=lambda points: float(points[:, 1].min()))
-            anchor = top[int(np.argmin(top[:, 1]))]
-            on_slice.texts.append(_label(segment.label, volume, anchor, float(top[:, 1].max())))
-        annotations += _annotations(volume, layer, drawn)
+        graphic_layers.append(layer)
+        annotations += _annotations(volume, layer, _outlined(volume, segment, tracking))
     for offset, finding_type in enumerate(layers.finding_types, start=1):
         layer = hd.pr.GraphicLayer(
             layer_name=f"DETECTION {offset}",
@@ -107,22 +91,12 @@ def build_gsps(
             description=finding_type.meaning[:64],
             display_color=layers.lab(len(layers.segments) + offset - 1),
         )
-        graphic_layers.append(layer)
-        drawn = {}
+        drawn: dict[int, _Slice] = {}
         for index, detection in enumerate(findings.detections):
-            if finding_key(detection.finding_type) != finding_key(finding_type):
-                continue
-            tracking = derive_uid("gsps-tracking", sop_uid, "detection", str(index))
-            for ellipse in detection_ellipses(volume, detection):
-                on_slice = drawn.setdefault(ellipse.slice_index, _Slice())
-                on_slice.graphics.append(
-                    _ellipse_graphic(ellipse, volume, detection.label[:64], tracking)
-                )
-                if ellipse.is_centre_slice:
-                    cx, cy = ellipse.centre
-                    anchor = np.array([cx, cy - ellipse.half_height])
-                    caption = detection_caption(detection, volume)
-                    on_slice.texts.append(_label(caption, volume, anchor, cy + ellipse.half_height))
+            if finding_key(detection.finding_type) == finding_key(finding_type):
+                tracking = derive_uid("gsps-tracking", sop_uid, "detection", str(index))
+                _circle(volume, detection, tracking, drawn)
+        graphic_layers.append(layer)
         annotations += _annotations(volume, layer, drawn)
 
     algorithm = findings.algorithm
@@ -157,6 +131,43 @@ def build_gsps(
         len(annotations),
     )
     return gsps
+
+
+def _outlined(volume: Volume, segment: Segment, tracking_uid: str) -> dict[int, _Slice]:
+    """Per slice, the segment's outlines and its name above the topmost one."""
+    drawn: dict[int, _Slice] = {}
+    for k, outlines in segment_outlines(segment.mask):
+        on_slice = drawn.setdefault(k, _Slice())
+        for outline in outlines:
+            on_slice.graphics.append(
+                hd.pr.GraphicObject(
+                    graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                    graphic_data=_inside(outline, volume),
+                    units=hd.pr.AnnotationUnitsValues.PIXEL,
+                    tracking_id=segment.label[:64],
+                    tracking_uid=tracking_uid,
+                )
+            )
+        top = min(outlines, key=lambda points: float(points[:, 1].min()))
+        anchor = top[int(np.argmin(top[:, 1]))]
+        on_slice.texts.append(_label(segment.label, volume, anchor, float(top[:, 1].max())))
+    return drawn
+
+
+def _circle(
+    volume: Volume, detection: Detection, tracking_uid: str, drawn: dict[int, _Slice]
+) -> None:
+    """The detection's ellipse on each slice it crosses, its caption on the nearest one."""
+    for ellipse in detection_ellipses(volume, detection):
+        on_slice = drawn.setdefault(ellipse.slice_index, _Slice())
+        on_slice.graphics.append(
+            _ellipse_graphic(ellipse, volume, detection.label[:64], tracking_uid)
+        )
+        if ellipse.is_centre_slice:
+            cx, cy = ellipse.centre
+            anchor = np.array([cx, cy - ellipse.half_height])
+            caption = detection_caption(detection, volume)
+            on_slice.texts.append(_label(caption, volume, anchor, cy + ellipse.half_height))
 
 
 def _annotations(
