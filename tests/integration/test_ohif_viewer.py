@@ -1,4 +1,4 @@
-"""What a radiologist sees: our SEG and SR, after a real round trip, in the OHIF Viewer.
+"""What a radiologist sees: our SEG, SR and RTSTRUCT, after a real round trip, in OHIF.
 
 Orthanc (DICOMweb) and the OHIF Viewer (npm ``@ohif/app``, from ``deploy/install.sh --dev``)
 share one origin (``tests.support.ohif.OhifServer``); `pacs-annotator up` annotates a
@@ -10,14 +10,18 @@ then opens the study in OHIF's basic viewer:
 * SR: OHIF builds one measurement per tracking UID with image-referenced geometry, as many
   as the SR holds (at least one per detection); stepping through them in the SR viewport
   shows each on the image the SR references, with its mark and values drawn;
-* SC: each secondary capture series (the findings burned in, ``outputs: sc``) is listed as
-  an image series and shows as images: the viewport loads its instances and draws their
-  colours;
+* RTSTRUCT (the destination asks for ``outputs: [seg, sr, rtstruct, kos, sc]``): every ROI
+  is listed under its name in its colour, OHIF places each contour on the image the
+  RTSTRUCT references, and selecting an ROI shows one of its images with its outline
+  drawn; the KOS is listed and marked unsupported (OHIF 3.13 has no KOS handler);
+* SC: each secondary capture series (the findings burned in) is listed as an image series
+  and shows as images: the viewport loads its instances and draws their colours;
 * never a TypeError, an uncaught exception or OHIF's error boundary.
 
 Screenshots go to the test's tmp dir; with ``PACS_ANNOTATOR_README_SCREENSHOT=1`` the SEG and
-a detection side by side are also written to ``docs/images/ohif-seg-sr.png`` (the README's),
-and two secondary captures to ``docs/images/ohif-sc.png``.
+a detection side by side are also written to ``docs/images/ohif-seg-sr.png``, the RTSTRUCT
+to ``docs/images/ohif-rtstruct.png`` and two secondary captures to
+``docs/images/ohif-sc.png`` (the README's).
 Every wait is on a condition (the viewer's state, the DOM, or the rendered pixels).
 """
 
@@ -45,10 +49,12 @@ from tests.integration.test_round_trip import fetch_one, instances_of_modality, 
 from tests.support.ohif import (
     OHIF_VERSION,
     OhifServer,
+    RtRoi,
     SegSegment,
     SrMark,
     dicomweb_config,
     require_ohif,
+    rt_rois,
     seg_segments,
     sr_marks,
 )
@@ -72,7 +78,10 @@ UI_TIMEOUT_MS = 60_000
 #: Drawn alone, a segment's pixels may take another segment's colour for at most this share.
 MAX_CONFUSED = 0.1
 README_IMAGE = REPO_ROOT / "docs" / "images" / "ohif-seg-sr.png"
+README_RTSTRUCT_IMAGE = REPO_ROOT / "docs" / "images" / "ohif-rtstruct.png"
 README_SC_IMAGE = REPO_ROOT / "docs" / "images" / "ohif-sc.png"
+#: What the PACS receives: OHIF is tested with every kind it may show.
+OUTPUTS = ["seg", "sr", "rtstruct", "kos", "sc"]
 # OHIF's onboarding tour would cover the viewport: mark it as already shown.
 INIT_SCRIPT = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
 
@@ -88,6 +97,7 @@ class ViewerStudy:
     job: dict[str, Any]
     seg: Dataset
     sr: Dataset
+    rtstructs: dict[str, Dataset]  # by algorithm (ct-basic, ct-lung-nodules)
     #: The secondary captures delivered (headers and pixels), every series of them.
     captures: Sequence[Dataset]
     shots: Path
@@ -148,26 +158,25 @@ def viewer_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStu
         config = write_config(
             root / "config.yaml", data_dir=root / "data", port=service_port, orthanc=pacs
         )
-        _set_outputs(config, ["seg", "sr", "sc"])
+        settings = yaml.safe_load(config.read_text())
+        settings["destinations"]["orthanc"]["outputs"] = OUTPUTS
+        config.write_text(yaml.safe_dump(settings))
         with run_up(config, port=service_port, orthanc=pacs, timeout=90) as service:
             job = send_and_wait(pacs, service, study_uid)
         _, seg = fetch_one(pacs, study_uid, "SEG", root)
         _, sr = fetch_one(pacs, study_uid, "SR", root)
+        rtstructs: dict[str, Dataset] = {}
+        for index, instance in enumerate(instances_of_modality(pacs, study_uid, "RTSTRUCT")):
+            ds = pydicom.dcmread(pacs.download_instance(instance, root / f"rt{index}.dcm"))
+            rtstructs[str(ds.ContributingEquipmentSequence[0].ManufacturerModelName)] = ds
         captures = [
             pydicom.dcmread(pacs.download_instance(instance, root / f"sc-{n}.dcm"))
             for n, instance in enumerate(instances_of_modality(pacs, study_uid, "OT"))
         ]
         shots = root / "screenshots"
         shots.mkdir()
-        yield ViewerStudy(viewer, study_uid, job, seg, sr, captures, shots)
+        yield ViewerStudy(viewer, study_uid, job, seg, sr, rtstructs, captures, shots)
         print(f"OHIF {OHIF_VERSION} screenshots: {shots}")
-
-
-def _set_outputs(config: Path, outputs: list[str]) -> None:
-    """The Orthanc destination receives ``outputs`` (the job writes what it receives)."""
-    values = yaml.safe_load(config.read_text())
-    values["destinations"]["orthanc"]["outputs"] = outputs
-    config.write_text(yaml.safe_dump(values))
 
 
 @pytest.fixture(scope="module")
@@ -435,8 +444,8 @@ def test_ohif_shows_each_secondary_capture_series_as_images(
         page.locator(".viewport-element").first.screenshot(path=str(shot))
         _check_no_crash(page, console)
     if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
-        shots = [viewer_study.shots / f"ohif-sc-{n + 1}.png" for n in range(2)]
-        _write_readme_image(*shots, target=README_SC_IMAGE)
+        first, second = (viewer_study.shots / f"ohif-sc-{n + 1}.png" for n in range(2))
+        _write_readme_image(first, second, target=README_SC_IMAGE)
 
 
 def _overlay_colour(capture: Dataset) -> tuple[int, int, int]:
@@ -642,3 +651,88 @@ def _write_readme_image(left: Path, right: Path, target: Path = README_IMAGE) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     out.save(target, optimize=True)
     print(f"README screenshot written: {target}")
+
+
+# ---------------------------------------------------------------------- RTSTRUCT
+
+#: For each ROI of the segmentation OHIF made of an RTSTRUCT: the SOP Instance UIDs of the
+#: images its contours are placed on (cornerstone's contour annotations, by segment index).
+ROI_IMAGES_JS = """() => {
+    const [seg] = window.services.segmentationService.getSegmentations();
+    const state = window.cornerstoneTools.annotation.state;
+    const out = {};
+    for (const [index, uids] of seg.representationData.Contour.annotationUIDsMap.entries()) {
+        out[index] = [...uids].map(uid => {
+            const imageId = state.getAnnotation(uid)?.metadata?.referencedImageId;
+            return imageId && window.cornerstone.metaData.get('instance', imageId)?.SOPInstanceUID;
+        });
+    }
+    return out;
+}"""
+
+#: The contour outlines cornerstone draws on the current image, by stroke colour.
+OUTLINE_COLOURS_JS = """() => [...document.querySelectorAll(
+        '.viewport-element svg.svg-layer path[stroke]')].map(p => p.getAttribute('stroke'))"""
+
+
+@pytest.mark.parametrize("algorithm", ["ct-basic", "ct-lung-nodules"])
+def test_ohif_lists_every_rtstruct_roi_and_draws_it_on_its_images(
+    viewer_page: tuple[Any, Console], viewer_study: ViewerStudy, algorithm: str
+) -> None:
+    from playwright.sync_api import expect
+
+    page, console = viewer_page
+    rtstruct = viewer_study.rtstructs[algorithm]
+    rois = rt_rois(rtstruct)
+    assert rois and all(roi.images for roi in rois)
+    description = str(rtstruct.SeriesDescription)
+    page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text=description).dblclick()
+    page.locator("[data-cy=yes-hydrate-btn]").click()  # "Do you want to open this ...?"
+    page.wait_for_function(
+        """n => {
+            const segs = window.services.segmentationService.getSegmentations();
+            return segs.length === 1 && Object.keys(segs[0].segments).length === n;
+        }""",
+        arg=len(rois),
+    )
+    placed = page.evaluate(ROI_IMAGES_JS)
+    for number, roi in enumerate(rois, start=1):
+        assert set(placed[str(number)]) == roi.images, f"{roi.name}: contours on other images"
+    rows = _open_segmentation_panel(page)
+    expect(rows).to_have_count(len(rois))
+    for index, roi in enumerate(rois):
+        row = rows.nth(index)
+        assert row.locator("[data-cy=data-row-title]").inner_text().strip() == roi.name
+        style = row.locator("[data-cy=data-row-colorhex]").get_attribute("style") or ""
+        found = re.search(r"rgb\((\d+), (\d+), (\d+)\)", style)
+        swatch = tuple(int(v) for v in found.groups()) if found else None
+        assert swatch == roi.rgb, f"{roi.name}: swatch {style!r}, the RTSTRUCT says {roi.rgb}"
+    for index, roi in enumerate(rois):
+        rows.nth(index).click(force=True)  # OHIF jumps to an image of the ROI
+        _poll(partial(_outlined, page, roi), f"{roi.name} drawn on one of its images")
+        _move_mouse_away(page)
+        page.locator(".viewport-element").first.screenshot(
+            path=str(viewer_study.shots / f"ohif-rtstruct-{algorithm}-{roi.number}.png")
+        )
+    # OHIF 3.13 has no KOS handler: it lists the document, marked unsupported (the README says
+    # so; a KOS is for PACS viewers with a key-image view).
+    key_images = page.evaluate(
+        """() => window.services.displaySetService.getActiveDisplaySets()
+            .filter(d => d.Modality === 'KO').map(d => d.unsupported === true)"""
+    )
+    assert key_images == [True]
+    _check_no_crash(page, console)
+    if algorithm == "ct-basic":
+        page.screenshot(path=str(viewer_study.shots / "ohif-rtstruct.png"))
+        if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
+            rows.nth(1).click(force=True)  # the lungs: a slice through the chest
+            _poll(partial(_outlined, page, rois[1]), f"{rois[1].name} drawn")
+            _move_mouse_away(page)
+            page.screenshot(path=str(README_RTSTRUCT_IMAGE))
+            print(f"README screenshot written: {README_RTSTRUCT_IMAGE}")
+
+
+def _outlined(page: Any, roi: RtRoi) -> bool:
+    """The viewport shows one of ``roi``'s images with an outline in its colour."""
+    colour = "rgba({}, {}, {}, 1)".format(*roi.rgb)
+    return _current_sop_uid(page) in roi.images and colour in page.evaluate(OUTLINE_COLOURS_JS)

@@ -53,11 +53,13 @@ __all__ = [
     "OHIF_DIST",
     "OHIF_VERSION",
     "OhifServer",
+    "RtRoi",
     "SegSegment",
     "SrMark",
     "dicom_lab_to_rgb",
     "dicomweb_config",
     "require_ohif",
+    "rt_rois",
     "seg_segments",
     "sr_marks",
 ]
@@ -480,4 +482,28 @@ def seg_segments(seg: Dataset) -> list[SegSegment]:
                 rgb=dicom_lab_to_rgb([int(v) for v in lab]) if lab else None,
             )
         )
+    return out
+
+
+@dataclass(frozen=True)
+class RtRoi:
+    """One ROI of an RT Structure Set: what OHIF should list and where it should draw it."""
+
+    number: int
+    name: str
+    rgb: tuple[int, int, int]
+    images: frozenset[str]  # SOP Instance UIDs of the images its contours lie on
+
+
+def rt_rois(rtstruct: Dataset) -> list[RtRoi]:
+    contours = {int(item.ReferencedROINumber): item for item in rtstruct.ROIContourSequence}
+    out = []
+    for roi in rtstruct.StructureSetROISequence:
+        item = contours[int(roi.ROINumber)]
+        images = frozenset(
+            str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)
+            for contour in item.ContourSequence
+        )
+        r, g, b = (int(v) for v in item.ROIDisplayColor)
+        out.append(RtRoi(int(roi.ROINumber), str(roi.ROIName), (r, g, b), images))
     return out
