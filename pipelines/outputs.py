@@ -23,15 +23,17 @@ How to add a kind:
    anything to draw?) and a small adapter from ``(volume, findings, ids, version,
    options)`` to your builder. A builder raises ``ValueError`` for findings it cannot write:
    the series' outcome then fails with that reason, the other kinds are still written.
-4. a kind-specific setting goes in ``OutputOptions`` (filled from the ``outputs_options``
-   settings by ``worker``), never read from the environment here.
+4. a setting of one kind is a field of ``OutputOptions``, filled from the settings where
+   ``worker/run/processing.py`` calls ``annotate_study(options=...)``; never read here.
+5. tests: the kind's SOP class in ``tests/support/dicom_validate.py``'s readers, and the
+   end-to-end test ``tests/integration/test_outputs_per_destination.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -133,49 +135,39 @@ def series_description(what: str, algorithm: Algorithm) -> str:
     return f"AI {what} ({algorithm.name})"[:64]
 
 
-def _seg(
-    volume: Volume, findings: Findings, ids: OutputIds, version: str, _: OutputOptions
-) -> tuple[Dataset, ...]:
-    return (
-        build_seg(
-            volume,
-            findings,
-            series_uid=ids.series_uid,
-            sop_uid=ids.sop_uid,
-            series_number=ids.series_number,
-            software_version=version,
-        ),
-    )
+class _OneInstance(Protocol):
+    """A builder of one dataset per series: ``build_seg``, ``build_rtstruct``, ``build_gsps``."""
+
+    def __call__(
+        self,
+        volume: Volume,
+        findings: Findings,
+        *,
+        series_uid: str,
+        sop_uid: str,
+        series_number: int,
+        software_version: str,
+    ) -> Dataset: ...
 
 
-def _rtstruct(
-    volume: Volume, findings: Findings, ids: OutputIds, version: str, _: OutputOptions
-) -> tuple[Dataset, ...]:
-    return (
-        build_rtstruct(
-            volume,
-            findings,
-            series_uid=ids.series_uid,
-            sop_uid=ids.sop_uid,
-            series_number=ids.series_number,
-            software_version=version,
-        ),
-    )
+def _one_instance(build: _OneInstance) -> SeriesBuilder:
+    """The registry's adapter for a builder that writes one instance per series."""
 
+    def adapter(
+        volume: Volume, findings: Findings, ids: OutputIds, version: str, _: OutputOptions
+    ) -> tuple[Dataset, ...]:
+        return (
+            build(
+                volume,
+                findings,
+                series_uid=ids.series_uid,
+                sop_uid=ids.sop_uid,
+                series_number=ids.series_number,
+                software_version=version,
+            ),
+        )
 
-def _gsps(
-    volume: Volume, findings: Findings, ids: OutputIds, version: str, _: OutputOptions
-) -> tuple[Dataset, ...]:
-    return (
-        build_gsps(
-            volume,
-            findings,
-            series_uid=ids.series_uid,
-            sop_uid=ids.sop_uid,
-            series_number=ids.series_number,
-            software_version=version,
-        ),
-    )
+    return adapter
 
 
 def _sc(
@@ -197,26 +189,22 @@ def _sc(
 def _sr(
     sources: Sequence[Dataset], results: Sequence[SeriesResult], ids: OutputIds, version: str
 ) -> Dataset:
-    return build_sr(
-        sources,
-        results,
-        series_uid=ids.series_uid,
-        sop_uid=ids.sop_uid,
-        series_number=ids.series_number,
-        software_version=version,
-    )
+    return build_sr(sources, results, **_document_ids(ids, version))
 
 
 def _kos(
-    sources: Sequence[Dataset], results: Sequence[SeriesResult], ids: OutputIds, version: str
+    _: Sequence[Dataset], results: Sequence[SeriesResult], ids: OutputIds, version: str
 ) -> Dataset:
-    return build_kos(
-        results,
-        series_uid=ids.series_uid,
-        sop_uid=ids.sop_uid,
-        series_number=ids.series_number,
-        software_version=version,
-    )
+    return build_kos(results, **_document_ids(ids, version))
+
+
+def _document_ids(ids: OutputIds, version: str) -> dict[str, Any]:
+    return {
+        "series_uid": ids.series_uid,
+        "sop_uid": ids.sop_uid,
+        "series_number": ids.series_number,
+        "software_version": version,
+    }
 
 
 def _has_segments(findings: Findings) -> bool:
@@ -229,7 +217,12 @@ KEY_IMAGES_SERIES_NUMBER = 9001
 
 SERIES_KINDS: dict[str, SeriesKind] = {
     "seg": SeriesKind(
-        "seg", "SEG", frozenset({str(SegmentationStorage)}), 1000, _has_segments, _seg
+        "seg",
+        "SEG",
+        frozenset({str(SegmentationStorage)}),
+        1000,
+        _has_segments,
+        _one_instance(build_seg),
     ),
     "rtstruct": SeriesKind(
         "rtstruct",
@@ -237,7 +230,7 @@ SERIES_KINDS: dict[str, SeriesKind] = {
         frozenset({str(RTStructureSetStorage)}),
         2000,
         has_structures,
-        _rtstruct,
+        _one_instance(build_rtstruct),
     ),
     "gsps": SeriesKind(
         "gsps",
@@ -245,7 +238,7 @@ SERIES_KINDS: dict[str, SeriesKind] = {
         frozenset({str(GrayscaleSoftcopyPresentationStateStorage)}),
         3000,
         has_marks,
-        _gsps,
+        _one_instance(build_gsps),
     ),
     "sc": SeriesKind(
         "sc",

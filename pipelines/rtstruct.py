@@ -38,7 +38,11 @@ from skimage import draw, measure
 
 from pipelines.colors import RGB, segment_rgb
 from pipelines.findings import Detection, Findings, Segment
-from pipelines.seg import copy_required_source_attributes, non_empty_segments
+from pipelines.seg import (
+    check_mask_shapes,
+    copy_required_source_attributes,
+    non_empty_segments,
+)
 from pipelines.sr_root import equipment
 from pipelines.volume import Volume
 
@@ -79,12 +83,7 @@ def build_rtstruct(
     Raises ``ValueError`` when there is nothing to write, when a mask does not fit the
     volume, or when the source has no Frame of Reference (contours need one).
     """
-    for segment in findings.segments:
-        if segment.mask.shape != volume.voxels.shape:
-            raise ValueError(
-                f"segment {segment.label!r}: mask shape {segment.mask.shape} does not match "
-                f"the volume {volume.voxels.shape}"
-            )
+    check_mask_shapes(volume, findings)
     segments = non_empty_segments(findings)
     if not segments and not findings.detections:
         raise ValueError(f"no segment or detection to write for series {volume.series_uid}")

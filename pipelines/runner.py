@@ -339,20 +339,20 @@ def _write_results(
     if problems:
         return ran.outcome("failed", "; ".join(problems), tuple(written)), seg, True
     if not present:
-        return ran.outcome("done", _summary(findings), tuple(written)), None, True
+        return ran.outcome("done", _summary(findings, wanted), tuple(written)), None, True
     omitted = [segment.label for segment in findings.segments if segment not in present]
     reason = f"empty segments left out: {', '.join(omitted)}" if omitted else None
     return ran.outcome("done", reason, tuple(written)), seg, True
 
 
-def _summary(findings: Findings) -> str:
-    """What a pipeline without segments reported (the details are in the SR)."""
+def _summary(findings: Findings, wanted: Collection[str]) -> str:
+    """What a pipeline without segments reported (the details are in the SR, if written)."""
     parts = []
     if findings.detections:
         parts.append(f"{len(findings.detections)} detection(s)")
     if findings.classifications:
         parts.append(f"{len(findings.classifications)} classification(s)")
-    return ", ".join(parts) + " (in the SR)"
+    return ", ".join(parts) + (" (in the SR)" if "sr" in wanted else "")
 
 
 def _uid_key(volume: Volume, pipeline_name: str, algorithm_version: str) -> tuple[str, ...]:

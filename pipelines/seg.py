@@ -50,6 +50,16 @@ def non_empty_segments(findings: Findings) -> tuple[Segment, ...]:
     return tuple(segment for segment in findings.segments if segment.mask.any())
 
 
+def check_mask_shapes(volume: Volume, findings: Findings) -> None:
+    """``ValueError`` naming the first segment whose mask is not on the volume's grid."""
+    for segment in findings.segments:
+        if segment.mask.shape != volume.voxels.shape:
+            raise ValueError(
+                f"segment {segment.label!r}: mask shape {segment.mask.shape} does not match "
+                f"the volume {volume.voxels.shape}"
+            )
+
+
 def build_seg(
     volume: Volume,
     findings: Findings,
@@ -65,12 +75,7 @@ def build_seg(
     caller learns which via ``non_empty_segments``. Raises ``EmptySegmentationError``
     when nothing is left, and ``ValueError`` when a mask does not fit the volume.
     """
-    for segment in findings.segments:
-        if segment.mask.shape != volume.voxels.shape:
-            raise ValueError(
-                f"segment {segment.label!r}: mask shape {segment.mask.shape} does not match "
-                f"the volume {volume.voxels.shape}"
-            )
+    check_mask_shapes(volume, findings)
     segments = non_empty_segments(findings)
     if not segments:
         raise EmptySegmentationError(

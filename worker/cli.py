@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, metavar="OUTDIR")
     r.add_argument("--pipeline", metavar="NAME", help="run this pipeline instead of the routing")
     r.add_argument("--device", help="cpu, cuda or cuda:N for the models (worker.device)")
+    r.add_argument(
+        "--outputs",
+        metavar="KINDS",
+        help="comma-separated result objects to write: seg, sr, rtstruct, gsps, kos, sc "
+        "(default: delivery.outputs)",
+    )
 
     sub.add_parser(
         "monitor", parents=[config], help="run the admin web app: dashboard, /api, /metrics"
@@ -251,6 +257,7 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from pipelines.errors import DeviceOutOfMemoryError
+    from pipelines.outputs import check_kinds
     from pipelines.routing import RoutingRule
     from pipelines.runner import annotate_study
     from worker.run.bundles import configured_pipelines
@@ -266,6 +273,14 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if not args.directory.is_dir():
         print(f"pacs-annotator: {args.directory} is not a directory", file=sys.stderr)
         return EXIT_USAGE
+    outputs = settings.delivery.outputs
+    if args.outputs is not None:
+        outputs = tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip())
+        try:
+            check_kinds(outputs)
+        except ValueError as exc:
+            print(f"pacs-annotator: --outputs: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     rules: tuple[RoutingRule, ...] = settings.routing_rules
     paths = sorted(p for p in args.directory.rglob("*") if p.is_file())
     try:
@@ -275,6 +290,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             pipelines=pipelines,
             software_version=__version__,
             only=args.pipeline,
+            outputs=outputs,
         )
     except DeviceOutOfMemoryError as exc:
         print(f"pacs-annotator: {exc}", file=sys.stderr)

@@ -68,6 +68,8 @@ def test_only_the_kinds_asked_for_are_built(study: list[Path], every_kind: Study
     result = _run(study, ("rtstruct", "kos"))
     assert [ds.Modality for ds in result.outputs] == ["RTSTRUCT", "RTSTRUCT", "KO"]
     assert result.report is None and result.kinds == ("rtstruct", "kos")
+    nodules = next(o for o in result.outcomes if o.pipeline == "ct-lung-nodules")
+    assert nodules.reason == "5 detection(s)"  # no "(in the SR)": there is none
     # The same inputs give the same UIDs, whichever other kinds were built beside them.
     by_uid = {ds.SOPInstanceUID: ds for ds in every_kind.outputs}
     for ds in result.outputs:

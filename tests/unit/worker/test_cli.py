@@ -36,6 +36,27 @@ def test_run_writes_seg_for_a_local_series(
     assert "ct-basic done" in capsys.readouterr().out
 
 
+def _series(tmp_path: Path) -> Path:
+    series = tmp_path / "series"
+    series.mkdir()
+    for i, ds in enumerate(make_ct_phantom(slices=12, size=64, pixel_spacing=5.5).datasets):
+        ds.save_as(series / f"{i}.dcm", enforce_file_format=True)
+    return series
+
+
+def test_run_writes_the_outputs_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    series = _series(tmp_path)
+    out = tmp_path / "out"
+    args = ["run", str(series), "--out", str(out), "--pipeline", "ct-basic"]
+    assert main([*args, "--outputs", "rtstruct, kos"]) == EXIT_OK
+    assert sorted(pydicom.dcmread(p).Modality for p in out.glob("*.dcm")) == ["KO", "RTSTRUCT"]
+    assert main([*args, "--outputs", "rtstruct,overlay"]) == EXIT_USAGE
+    assert "--outputs: unknown output 'overlay'" in capsys.readouterr().err
+
+
 def test_run_reports_failure_with_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

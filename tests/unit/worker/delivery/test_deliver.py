@@ -7,6 +7,7 @@ Fake C-STORE and STOW-RS senders stand behind the sender seams; settings are rea
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -247,27 +248,12 @@ def test_the_recorded_kinds_decide_and_a_destination_with_nothing_is_skipped(
         delivery={"to": ["pacs", "archive"]},
     )
     senders = Recorder()
-    delivered = deliver(
-        s,
-        "job-1",
-        "PACS",
-        OUTPUTS,
-        DONE_CT,
-        send=senders.dicom,
-        send_web=senders.web,
-        kinds=["seg", "sr"],
+    send = partial(
+        deliver, s, "job-1", "PACS", OUTPUTS, DONE_CT, send=senders.dicom, send_web=senders.web
     )
+    delivered = send(kinds=["seg", "sr"])
     ((endpoint, uids),) = senders.sent  # pacs wants a KOS, and the job has none
     assert isinstance(endpoint, DicomwebEndpoint) and len(uids) == 2
     assert {d["destination"] for d in delivered} == {"archive"}
     with pytest.raises(ValueError):
-        deliver(
-            s,
-            "job-1",
-            "PACS",
-            OUTPUTS,
-            DONE_CT,
-            send=senders.dicom,
-            send_web=senders.web,
-            kinds=["seg"],
-        )
+        send(kinds=["seg"])  # a kind for each output
