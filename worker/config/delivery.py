@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.outputs import DEFAULT_OUTPUTS, OUTPUT_KINDS, check_kinds
+from pipelines.outputs import DEFAULT_OUTPUTS, OUTPUT_KINDS, OutputOptions, check_kinds
 from worker.config.base import Section, check_ae_title, check_ca_bundle, check_http_url
 from worker.config.dicomweb import DicomwebAuthSettings
 
@@ -100,6 +100,10 @@ class OutputsOptionsSettings(Section):
 
     #: sc: a capture of every slice of the series (True), or only of those with a finding.
     sc_every_slice: bool = False
+
+    def output_options(self) -> OutputOptions:
+        """What the job's builders take (``annotate_study(options=...)``)."""
+        return OutputOptions(sc_every_slice=self.sc_every_slice)
 
 
 class DeliverySettings(Section):

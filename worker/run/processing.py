@@ -9,7 +9,6 @@ from typing import Any
 
 from pipelines.base import Pipeline
 from pipelines.errors import InputError
-from pipelines.outputs import OutputOptions
 from pipelines.runner import annotate_study
 from scu_scp.dicomweb import store_datasets
 from scu_scp.spool import Spool
@@ -57,9 +56,7 @@ def _annotate(rt: Runtime, job: Job) -> SavedResults:
         pipelines=rt.pipelines,
         software_version=__version__,
         outputs=lambda modalities, pipelines: _outputs_for(rt, job, modalities, pipelines),
-        options=OutputOptions(
-            sc_every_slice=rt.settings.delivery.outputs_options.sc_every_slice,
-        ),
+        options=rt.settings.delivery.outputs_options.output_options(),
     )
     with timed(folder, "save"):
         save_results(folder, result)
