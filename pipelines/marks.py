@@ -29,7 +29,7 @@ from skimage import measure
 from pipelines.colors import RGB, segment_rgb
 from pipelines.findings import Detection, Findings, Segment
 from pipelines.measurements import round_to
-from pipelines.seg import non_empty_segments
+from pipelines.seg import check_mask_shapes, non_empty_segments
 from pipelines.volume import Volume
 
 #: An ellipse is at least this many pixels across each half, so a tiny lesion still shows.
@@ -112,12 +112,7 @@ def overlay_layers(volume: Volume, findings: Findings) -> Layers:
     Raises ``NothingToDrawError`` when there is nothing to draw, and ``ValueError`` when a
     mask does not fit the volume.
     """
-    for segment in findings.segments:
-        if segment.mask.shape != volume.voxels.shape:
-            raise ValueError(
-                f"segment {segment.label!r}: mask shape {segment.mask.shape} does not match "
-                f"the volume {volume.voxels.shape}"
-            )
+    check_mask_shapes(volume, findings)
     if not has_marks(findings):
         raise NothingToDrawError(
             f"{findings.algorithm.name} found no segment and no detection in series "

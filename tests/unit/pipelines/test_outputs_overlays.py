@@ -104,3 +104,15 @@ def test_nothing_to_draw_is_refused(kind: str, phantom_volume: Volume) -> None:
     ids = OutputIds(kind, ("key",), 1)
     with pytest.raises(NothingToDrawError, match="nothing to draw"):
         kind_entry.build(phantom_volume, findings, ids, "1", OutputOptions())
+
+
+@pytest.mark.parametrize("kind", ["gsps", "sc"])
+def test_a_mask_off_the_volume_grid_is_refused(kind: str, phantom_volume: Volume) -> None:
+    wrong = np.ones((2, 3, 4), dtype=bool)
+    findings = Findings(
+        Algorithm("test", "1"),
+        segments=(Segment("Wrong", wrong, codes.SCT.Tissue, codes.SCT.Tissue),),
+    )
+    ids = OutputIds(kind, ("key",), 1)
+    with pytest.raises(ValueError, match=r"'Wrong': mask shape .* does not match the volume"):
+        SERIES_KINDS[kind].build(phantom_volume, findings, ids, "1", OutputOptions())
