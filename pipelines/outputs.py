@@ -17,12 +17,15 @@ Two shapes:
 How to add a kind:
 1. write its builder in ``pipelines/<kind>.py`` (a function taking the volume and the
    findings and returning datasets; keyword arguments for UIDs, series number, version);
-2. add its name to ``OUTPUT_KINDS`` (the settings accept exactly these names);
-3. add one entry to ``SERIES_KINDS`` or ``STUDY_KINDS``: the SOP classes it writes (how a
-   saved object's kind is known again), its series number offset, ``applies`` (is there
-   anything to draw?) and a small adapter from ``(volume, findings, ids, version,
-   options)`` to your builder. A builder raises ``ValueError`` for findings it cannot write:
-   the series' outcome then fails with that reason, the other kinds are still written.
+2. its name in ``pipelines.output_kinds.OUTPUT_KINDS`` (gsps and sc are there already) and
+   the SOP classes it writes in ``SOP_CLASSES`` beside it (how a saved object's kind is
+   known again; the settings accept a kind once it has them);
+3. add one entry to ``SERIES_KINDS`` or ``STUDY_KINDS``: its ``SOP_CLASSES``, its series
+   number offset, ``applies`` (is there anything to draw?) and a small adapter from
+   ``(volume, findings, ids, version, options)`` to your builder (``_one_instance`` for a
+   builder of one instance per series). A builder raises ``ValueError`` for findings it
+   cannot write: the series' outcome then fails with that reason, the other kinds are
+   still written.
 4. a setting of one kind is a field of ``OutputOptions``, filled from the settings where
    ``worker/run/processing.py`` calls ``annotate_study(options=...)``; never read here.
 5. tests: the kind's SOP class in ``tests/support/dicom_validate.py``'s readers, and the
@@ -36,19 +39,19 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    Comprehensive3DSRStorage,
-    GrayscaleSoftcopyPresentationStateStorage,
-    KeyObjectSelectionDocumentStorage,
-    RTStructureSetStorage,
-    SecondaryCaptureImageStorage,
-    SegmentationStorage,
-)
 
 from pipelines.findings import Algorithm, Findings
 from pipelines.gsps import build_gsps
 from pipelines.kos import build_kos, has_key_images
 from pipelines.marks import has_marks
+from pipelines.output_kinds import (
+    DEFAULT_OUTPUTS,
+    OUTPUT_KINDS,
+    SOP_CLASSES,
+    OutputOptions,
+    check_kinds,
+    output_kind,
+)
 from pipelines.rtstruct import build_rtstruct, has_structures
 from pipelines.sc import build_sc
 from pipelines.seg import build_seg, non_empty_segments
@@ -57,18 +60,22 @@ from pipelines.sr_root import SeriesResult
 from pipelines.uids import derive_uid
 from pipelines.volume import Volume
 
-#: Every output kind a destination may ask for, in the order they are built and sent.
-OUTPUT_KINDS: Final = ("seg", "rtstruct", "gsps", "sc", "sr", "kos")
-#: What a destination receives when nobody says otherwise.
-DEFAULT_OUTPUTS: Final = ("seg", "sr")
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """Settings of single kinds (the ``outputs_options`` settings)."""
-
-    #: sc: one image per source slice (True) or only per slice with a finding (False).
-    sc_every_slice: bool = False
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "DEFAULT_OUTPUTS",
+    "OUTPUT_KINDS",
+    "SERIES_KINDS",
+    "STUDY_KINDS",
+    "OutputIds",
+    "OutputOptions",
+    "SeriesKind",
+    "StudyKind",
+    "check_kinds",
+    "kinds_to_build",
+    "output_kind",
+    "series_description",
+    "series_number",
+]
 
 
 DEFAULT_OPTIONS: Final = OutputOptions()
@@ -219,7 +226,7 @@ SERIES_KINDS: dict[str, SeriesKind] = {
     "seg": SeriesKind(
         "seg",
         "SEG",
-        frozenset({str(SegmentationStorage)}),
+        SOP_CLASSES["seg"],
         1000,
         _has_segments,
         _one_instance(build_seg),
@@ -227,7 +234,7 @@ SERIES_KINDS: dict[str, SeriesKind] = {
     "rtstruct": SeriesKind(
         "rtstruct",
         "RTSTRUCT",
-        frozenset({str(RTStructureSetStorage)}),
+        SOP_CLASSES["rtstruct"],
         2000,
         has_structures,
         _one_instance(build_rtstruct),
@@ -235,7 +242,7 @@ SERIES_KINDS: dict[str, SeriesKind] = {
     "gsps": SeriesKind(
         "gsps",
         "GSPS",
-        frozenset({str(GrayscaleSoftcopyPresentationStateStorage)}),
+        SOP_CLASSES["gsps"],
         3000,
         has_marks,
         _one_instance(build_gsps),
@@ -243,7 +250,7 @@ SERIES_KINDS: dict[str, SeriesKind] = {
     "sc": SeriesKind(
         "sc",
         "secondary capture",
-        frozenset({str(SecondaryCaptureImageStorage)}),
+        SOP_CLASSES["sc"],
         4000,
         has_marks,
         _sc,
@@ -254,7 +261,7 @@ STUDY_KINDS: dict[str, StudyKind] = {
     "sr": StudyKind(
         "sr",
         "SR",
-        frozenset({str(Comprehensive3DSRStorage)}),
+        SOP_CLASSES["sr"],
         REPORT_SERIES_NUMBER,
         bool,  # every finished result is reported, findings or not
         _sr,
@@ -262,23 +269,12 @@ STUDY_KINDS: dict[str, StudyKind] = {
     "kos": StudyKind(
         "kos",
         "KOS",
-        frozenset({str(KeyObjectSelectionDocumentStorage)}),
+        SOP_CLASSES["kos"],
         KEY_IMAGES_SERIES_NUMBER,
         has_key_images,
         _kos,
     ),
 }
-
-
-def check_kinds(names: Collection[str]) -> tuple[str, ...]:
-    """``names`` in build order, each once; ``ValueError`` naming any unknown one."""
-    unknown = [name for name in names if name not in OUTPUT_KINDS]
-    if unknown:
-        raise ValueError(
-            f"unknown output {', '.join(repr(n) for n in unknown)} "
-            f"(known: {', '.join(OUTPUT_KINDS)})"
-        )
-    return tuple(kind for kind in OUTPUT_KINDS if kind in names)
 
 
 def kinds_to_build(wanted: Collection[str]) -> tuple[str, ...]:
@@ -287,16 +283,6 @@ def kinds_to_build(wanted: Collection[str]) -> tuple[str, ...]:
     if "sr" in names:
         names.add("seg")
     return tuple(kind for kind in OUTPUT_KINDS if kind in names)
-
-
-def output_kind(ds: Dataset) -> str:
-    """The kind of an object we wrote, from its SOP class; ``ValueError`` if not ours."""
-    sop_class = str(ds.get("SOPClassUID", ""))
-    kinds: list[SeriesKind | StudyKind] = [*SERIES_KINDS.values(), *STUDY_KINDS.values()]
-    for kind in kinds:
-        if sop_class in kind.sop_classes:
-            return kind.name
-    raise ValueError(f"SOP class {sop_class or '-'} is not one of the output kinds")
 
 
 def series_number(volume: Volume, offset: int) -> int:

@@ -7,18 +7,19 @@ its centre). The ROI colours are the SEG's (``pipelines.colors``), so a structur
 same whichever object a viewer shows.
 
 Contours: scikit-image's ``find_contours`` traces the 0.5 iso-line of each slice's mask
-(padded, so a mask touching the image border still gives closed contours). A slice gives
-one CLOSED_PLANAR contour per boundary: the outline of every island and of every hole.
-Read with the even-odd rule, as RT planning systems, dicompyler, rt-utils and OHIF do (a
-point inside an odd number of an ROI's contours on a plane is inside the ROI), these give
-back the mask; ``rasterize_contours`` does that, and the tests compare it with the mask.
-Points are in patient coordinates (mm), on the slice's plane, each contour references the
-source image it lies on (Contour Image Sequence).
+(the boundary between inside and outside, padded so a mask touching the image border
+still closes), points inside straight runs dropped. A slice gives one CLOSED_PLANAR
+contour per boundary: the outline of every island and of every hole. Read with the
+even-odd rule, the usual reading of nested contours (a point inside an odd number of an
+ROI's contours on a plane is inside the ROI), they give the mask back:
+``rasterize_contours`` does that, and the tests compare it with the mask. Points are in
+patient coordinates (mm) on the slice's plane; each contour references the source image
+it lies on (Contour Image Sequence).
 
-highdicom does not write RTSTRUCT; ``rt-utils`` does, but needs OpenCV and writes the
-algorithm's identity, codes and Contributing Equipment only partly, so this module builds
-the dataset with pydicom on highdicom's ``SOPClass`` (patient and study copied as for the
-SEG) - see the README's "Result objects".
+highdicom does not write RTSTRUCT; ``rt-utils`` does, but needs OpenCV, gives each
+structure set random UIDs and writes no Contributing Equipment, so this module builds the
+dataset with pydicom on highdicom's ``SOPClass`` (patient and study copied as for the
+SEG): see the README's "Result objects, per destination".
 """
 
 from __future__ import annotations

@@ -257,7 +257,7 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from pipelines.errors import DeviceOutOfMemoryError
-    from pipelines.outputs import check_kinds
+    from pipelines.output_kinds import check_kinds
     from pipelines.routing import RoutingRule
     from pipelines.runner import annotate_study
     from worker.run.bundles import configured_pipelines

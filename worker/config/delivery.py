@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.outputs import DEFAULT_OUTPUTS, OUTPUT_KINDS, OutputOptions, check_kinds
+from pipelines.output_kinds import DEFAULT_OUTPUTS, OutputOptions, available_kinds, check_kinds
 from worker.config.base import Section, check_ae_title, check_ca_bundle, check_http_url
 from worker.config.dicomweb import DicomwebAuthSettings
 
@@ -15,7 +15,7 @@ from worker.config.dicomweb import DicomwebAuthSettings
 def _kinds(value: tuple[str, ...]) -> tuple[str, ...]:
     """Known output kinds, in build order, each once (``pipelines.outputs.OUTPUT_KINDS``)."""
     if not value:
-        raise ValueError("outputs must name at least one of " + ", ".join(OUTPUT_KINDS))
+        raise ValueError("outputs must name at least one of " + ", ".join(available_kinds()))
     return check_kinds(value)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from pipelines.outputs import output_kind
+from pipelines.output_kinds import output_kind
 from scu_scp.models import DeliveryError, DeliveryResult
 from worker.config import Destination, Settings
 from worker.delivery.destinations import plan_deliveries
@@ -61,6 +61,7 @@ def deliver(
     delivered: list[dict[str, Any]] = []
     if kinds is None:
         kinds = [output_kind(ds) for ds in outputs]
+    kind_of = {str(ds.SOPInstanceUID): kind for ds, kind in zip(outputs, kinds, strict=True)}
     modalities, pipelines = delivery_facts(outcomes)
     for plan in plan_deliveries(settings, calling_ae, modalities=modalities, pipelines=pipelines):
         name, dest = plan.name, plan.destination
@@ -80,7 +81,6 @@ def deliver(
                 f"destination {name} refused {len(result.failed)} of {len(result.instances)} "
                 f"instances (first: {first.sop_instance_uid}: {first.error})"
             )
-        kind_of = {str(ds.SOPInstanceUID): kind for ds, kind in zip(outputs, kinds, strict=True)}
         delivered += [
             {
                 "destination": name,

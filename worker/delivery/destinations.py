@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipelines.outputs import OUTPUT_KINDS
+from pipelines.output_kinds import OUTPUT_KINDS
 from worker.config import DeliveryRule, Destination, Settings
 
 __all__ = [

@@ -22,7 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
 
-from pipelines.outputs import DEFAULT_OUTPUTS, output_kind
+from pipelines.output_kinds import DEFAULT_OUTPUTS, output_kind
 from pipelines.runner import SeriesOutcome, StudyResult
 
 MANIFEST = "manifest.json"

@@ -11,7 +11,15 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, CTImageStorage
 
 from pipelines import outputs as registry
-from pipelines.outputs import OUTPUT_KINDS, check_kinds, kinds_to_build, output_kind
+from pipelines.output_kinds import available_kinds
+from pipelines.outputs import (
+    OUTPUT_KINDS,
+    SERIES_KINDS,
+    STUDY_KINDS,
+    check_kinds,
+    kinds_to_build,
+    output_kind,
+)
 from pipelines.registry import builtin_pipelines
 from pipelines.routing import DEFAULT_RULES
 from pipelines.runner import StudyResult, annotate_study
@@ -48,6 +56,8 @@ def test_kind_names_are_checked_and_put_in_build_order() -> None:
     assert kinds_to_build(["sr"]) == ("seg", "sr")  # the SR measures the SEG's segments
     assert kinds_to_build(["rtstruct"]) == ("rtstruct",)
     assert set(OUTPUT_KINDS) == {"seg", "sr", "rtstruct", "gsps", "kos", "sc"}
+    # Every kind the settings accept has a writer, and the other way round.
+    assert set(available_kinds()) == set(SERIES_KINDS) | set(STUDY_KINDS)
 
 
 def test_an_objects_kind_is_known_from_its_sop_class(every_kind: StudyResult) -> None:

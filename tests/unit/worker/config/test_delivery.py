@@ -121,11 +121,11 @@ def test_outputs_default_to_seg_and_sr_and_unknown_kinds_are_refused(tmp_path: P
         None,
         data_dir=tmp_path,
         destinations={"pacs": {**PACS, "outputs": ["kos", "rtstruct", "kos"]}},
-        delivery={"rules": [{"to": ["pacs"], "outputs": ["gsps", "sc"]}]},
+        delivery={"rules": [{"to": ["pacs"], "outputs": ["sr", "seg"]}]},
     )
     assert settings.delivery.outputs == ("seg", "sr")
     assert settings.destinations["pacs"].outputs == ("rtstruct", "kos")  # build order, once
-    assert settings.delivery.rules[0].outputs == ("gsps", "sc")
+    assert settings.delivery.rules[0].outputs == ("seg", "sr")
     assert load_settings(None, data_dir=tmp_path).delivery.rules == ()
     message = refusal(tmp_path, destinations={"pacs": {**PACS, "outputs": ["rtstrct"]}})
     assert "destinations.pacs.outputs" in message and "unknown output 'rtstrct'" in message
