@@ -26,8 +26,9 @@ How to add a kind:
    builder of one instance per series). A builder raises ``ValueError`` for findings it
    cannot write: the series' outcome then fails with that reason, the other kinds are
    still written.
-4. a setting of one kind is a field of ``OutputOptions``, filled from the settings where
-   ``worker/run/processing.py`` calls ``annotate_study(options=...)``; never read here.
+4. a setting of one kind is a field of ``OutputOptions`` (``pipelines.output_kinds``) and
+   of ``OutputsOptionsSettings`` (``delivery.outputs_options``), whose ``output_options()``
+   the worker and ``run`` pass as ``annotate_study(options=...)``; never read here.
 5. tests: the kind's SOP class in ``tests/support/dicom_validate.py``'s readers, and the
    end-to-end test ``tests/integration/test_outputs_per_destination.py``.
 """
