@@ -6,13 +6,16 @@ import (highdicom's SR and SEG code, scikit-image), so loading the settings stay
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Final
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     Comprehensive3DSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
     KeyObjectSelectionDocumentStorage,
     RTStructureSetStorage,
+    SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
 
@@ -26,9 +29,19 @@ DEFAULT_OUTPUTS: Final = ("seg", "sr")
 SOP_CLASSES: Final[dict[str, frozenset[str]]] = {
     "seg": frozenset({str(SegmentationStorage)}),
     "rtstruct": frozenset({str(RTStructureSetStorage)}),
+    "gsps": frozenset({str(GrayscaleSoftcopyPresentationStateStorage)}),
+    "sc": frozenset({str(SecondaryCaptureImageStorage)}),
     "sr": frozenset({str(Comprehensive3DSRStorage)}),
     "kos": frozenset({str(KeyObjectSelectionDocumentStorage)}),
 }
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Settings of single kinds (the ``delivery.outputs_options`` settings)."""
+
+    #: sc: one image per source slice (True) or only per slice with a finding (False).
+    sc_every_slice: bool = False
 
 
 def available_kinds() -> tuple[str, ...]:

@@ -26,8 +26,9 @@ How to add a kind:
    builder of one instance per series). A builder raises ``ValueError`` for findings it
    cannot write: the series' outcome then fails with that reason, the other kinds are
    still written.
-4. a setting of one kind is a field of ``OutputOptions``, filled from the settings where
-   ``worker/run/processing.py`` calls ``annotate_study(options=...)``; never read here.
+4. a setting of one kind is a field of ``OutputOptions`` (``pipelines.output_kinds``) and
+   of ``OutputsOptionsSettings`` (``delivery.outputs_options``), whose ``output_options()``
+   the worker and ``run`` pass as ``annotate_study(options=...)``; never read here.
 5. tests: the kind's SOP class in ``tests/support/dicom_validate.py``'s readers, and the
    end-to-end test ``tests/integration/test_outputs_per_destination.py``.
 """
@@ -41,15 +42,19 @@ from typing import Any, Final, Protocol
 from pydicom.dataset import Dataset
 
 from pipelines.findings import Algorithm, Findings
+from pipelines.gsps import build_gsps
 from pipelines.kos import build_kos, has_key_images
+from pipelines.marks import has_marks
 from pipelines.output_kinds import (
     DEFAULT_OUTPUTS,
     OUTPUT_KINDS,
     SOP_CLASSES,
+    OutputOptions,
     check_kinds,
     output_kind,
 )
 from pipelines.rtstruct import build_rtstruct, has_structures
+from pipelines.sc import build_sc
 from pipelines.seg import build_seg, non_empty_segments
 from pipelines.sr import build_sr
 from pipelines.sr_root import SeriesResult
@@ -72,14 +77,6 @@ __all__ = [
     "series_description",
     "series_number",
 ]
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """Settings of single kinds (the ``outputs_options`` settings)."""
-
-    #: sc: one image per source slice (True) or only per slice with a finding (False).
-    sc_every_slice: bool = False
 
 
 DEFAULT_OPTIONS: Final = OutputOptions()
@@ -147,7 +144,7 @@ def series_description(what: str, algorithm: Algorithm) -> str:
 
 
 class _OneInstance(Protocol):
-    """A builder of one dataset per series: ``build_seg``, ``build_rtstruct``."""
+    """A builder of one dataset per series: ``build_seg``, ``build_rtstruct``, ``build_gsps``."""
 
     def __call__(
         self,
@@ -179,6 +176,22 @@ def _one_instance(build: _OneInstance) -> SeriesBuilder:
         )
 
     return adapter
+
+
+def _sc(
+    volume: Volume, findings: Findings, ids: OutputIds, version: str, options: OutputOptions
+) -> tuple[Dataset, ...]:
+    return tuple(
+        build_sc(
+            volume,
+            findings,
+            series_uid=ids.series_uid,
+            series_number=ids.series_number,
+            software_version=version,
+            sop_uid_for=ids.sop_uid_for,
+            every_slice=options.sc_every_slice,
+        )
+    )
 
 
 def _sr(
@@ -226,6 +239,22 @@ SERIES_KINDS: dict[str, SeriesKind] = {
         2000,
         has_structures,
         _one_instance(build_rtstruct),
+    ),
+    "gsps": SeriesKind(
+        "gsps",
+        "GSPS",
+        SOP_CLASSES["gsps"],
+        3000,
+        has_marks,
+        _one_instance(build_gsps),
+    ),
+    "sc": SeriesKind(
+        "sc",
+        "secondary capture",
+        SOP_CLASSES["sc"],
+        4000,
+        has_marks,
+        _sc,
     ),
 }
 

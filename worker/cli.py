@@ -324,6 +324,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             software_version=__version__,
             only=args.pipeline,
             outputs=outputs,
+            options=settings.delivery.outputs_options.output_options(),
         )
     except DeviceOutOfMemoryError as exc:
         print(f"pacs-annotator: {exc}", file=sys.stderr)

@@ -10,15 +10,18 @@ then opens the study in OHIF's basic viewer:
 * SR: OHIF builds one measurement per tracking UID with image-referenced geometry, as many
   as the SR holds (at least one per detection); stepping through them in the SR viewport
   shows each on the image the SR references, with its mark and values drawn;
-* RTSTRUCT (the destination asks for ``outputs: [seg, sr, rtstruct, kos]``): every ROI is
-  listed under its name in its colour, OHIF places each contour on the image the RTSTRUCT
-  references, and selecting an ROI shows one of its images with its outline drawn; the KOS
-  is listed and marked unsupported (OHIF 3.13 has no KOS handler);
+* RTSTRUCT (the destination asks for ``outputs: [seg, sr, rtstruct, kos, sc]``): every ROI
+  is listed under its name in its colour, OHIF places each contour on the image the
+  RTSTRUCT references, and selecting an ROI shows one of its images with its outline
+  drawn; the KOS is listed and marked unsupported (OHIF 3.13 has no KOS handler);
+* SC: each secondary capture series (the findings burned in) is listed as an image series
+  and shows as images: the viewport loads its instances and draws their colours;
 * never a TypeError, an uncaught exception or OHIF's error boundary.
 
 Screenshots go to the test's tmp dir; with ``PACS_ANNOTATOR_README_SCREENSHOT=1`` the SEG and
-a detection side by side are also written to ``docs/images/ohif-seg-sr.png``, and the
-RTSTRUCT to ``docs/images/ohif-rtstruct.png`` (the README's).
+a detection side by side are also written to ``docs/images/ohif-seg-sr.png``, the RTSTRUCT
+to ``docs/images/ohif-rtstruct.png`` and two secondary captures to
+``docs/images/ohif-sc.png`` (the README's).
 Every wait is on a condition (the viewer's state, the DOM, or the rendered pixels).
 """
 
@@ -27,12 +30,13 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pydicom
 import pytest
 import yaml
@@ -75,8 +79,9 @@ UI_TIMEOUT_MS = 60_000
 MAX_CONFUSED = 0.1
 README_IMAGE = REPO_ROOT / "docs" / "images" / "ohif-seg-sr.png"
 README_RTSTRUCT_IMAGE = REPO_ROOT / "docs" / "images" / "ohif-rtstruct.png"
+README_SC_IMAGE = REPO_ROOT / "docs" / "images" / "ohif-sc.png"
 #: What the PACS receives: OHIF is tested with every kind it may show.
-OUTPUTS = ["seg", "sr", "rtstruct", "kos"]
+OUTPUTS = ["seg", "sr", "rtstruct", "kos", "sc"]
 # OHIF's onboarding tour would cover the viewport: mark it as already shown.
 INIT_SCRIPT = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
 
@@ -93,6 +98,8 @@ class ViewerStudy:
     seg: Dataset
     sr: Dataset
     rtstructs: dict[str, Dataset]  # by algorithm (ct-basic, ct-lung-nodules)
+    #: The secondary captures delivered (headers and pixels), every series of them.
+    captures: Sequence[Dataset]
     shots: Path
 
     @property
@@ -162,9 +169,13 @@ def viewer_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStu
         for index, instance in enumerate(instances_of_modality(pacs, study_uid, "RTSTRUCT")):
             ds = pydicom.dcmread(pacs.download_instance(instance, root / f"rt{index}.dcm"))
             rtstructs[str(ds.ContributingEquipmentSequence[0].ManufacturerModelName)] = ds
+        captures = [
+            pydicom.dcmread(pacs.download_instance(instance, root / f"sc-{n}.dcm"))
+            for n, instance in enumerate(instances_of_modality(pacs, study_uid, "OT"))
+        ]
         shots = root / "screenshots"
         shots.mkdir()
-        yield ViewerStudy(viewer, study_uid, job, seg, sr, rtstructs, shots)
+        yield ViewerStudy(viewer, study_uid, job, seg, sr, rtstructs, captures, shots)
         print(f"OHIF {OHIF_VERSION} screenshots: {shots}")
 
 
@@ -393,6 +404,64 @@ def _check_colours(segments: list[SegSegment], shown: list[tuple[str, tuple[int,
         assert off <= 3, f"{segment.label}: OHIF shows rgb{rgb}, the SEG says rgb{segment.rgb}"
 
 
+# ---------------------------------------------------------------------- SC
+
+
+def test_ohif_shows_each_secondary_capture_series_as_images(
+    viewer_page: tuple[Any, Console], viewer_study: ViewerStudy
+) -> None:
+    """Each SC series is an image series in the study browser; opened, its images show."""
+    page, console = viewer_page
+    series: dict[str, list[Dataset]] = {}
+    for capture in viewer_study.captures:
+        series.setdefault(str(capture.SeriesInstanceUID), []).append(capture)
+    assert len(series) >= 2, "ct-basic and ct-lung-nodules should each give an SC series"
+    for index, (series_uid, captures) in enumerate(sorted(series.items())):
+        description = str(captures[0].SeriesDescription)
+        assert "not for primary diagnosis" in description
+        thumbnail = page.locator("[data-cy=study-browser-thumbnail]", has_text=description)
+        assert thumbnail.count() == 1, f"{description!r} is not listed as an image series"
+        thumbnail.dblclick()
+        shown = page.wait_for_function(
+            """(uid) => {
+                const vp = window.cornerstone.getEnabledElements()[0]?.viewport;
+                const id = vp?.getCurrentImageId?.();
+                const meta = id && window.cornerstone.metaData.get('instance', id);
+                return meta?.SeriesInstanceUID === uid && vp.getImageData?.()
+                    ? {sop: meta.SOPInstanceUID, count: vp.getImageIds().length}
+                    : null;
+            }""",
+            arg=series_uid,
+        ).json_value()
+        assert shown["count"] == len(captures)
+        assert shown["sop"] in {str(c.SOPInstanceUID) for c in captures}
+        # The image drawn is the capture's: its overlay's colour is on the canvas.
+        (capture,) = [c for c in captures if str(c.SOPInstanceUID) == shown["sop"]]
+        color = _overlay_colour(capture)
+        _poll(partial(_hue_shown, page, color), f"rgb{color} of {description!r} drawn")
+        _move_mouse_away(page)
+        shot = viewer_study.shots / f"ohif-sc-{index + 1}.png"
+        page.locator(".viewport-element").first.screenshot(path=str(shot))
+        _check_no_crash(page, console)
+    if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
+        first, second = (viewer_study.shots / f"ohif-sc-{n + 1}.png" for n in range(2))
+        _write_readme_image(first, second, target=README_SC_IMAGE)
+
+
+def _overlay_colour(capture: Dataset) -> tuple[int, int, int]:
+    """The capture's most frequent strong colour: an outline's, a ring's or a swatch's."""
+    pixels = capture.pixel_array.reshape(-1, 3).astype(int)
+    colored = pixels[(pixels.max(axis=1) - pixels.min(axis=1)) > 30]
+    assert len(colored), "the capture has no colour"
+    values, counts = np.unique(colored, axis=0, return_counts=True)
+    r, g, b = (int(v) for v in values[int(np.argmax(counts))])
+    return (r, g, b)
+
+
+def _hue_shown(page: Any, rgb: tuple[int, int, int]) -> bool:
+    return _pixels_of_hue(page, rgb) >= 20
+
+
 # ---------------------------------------------------------------------- SR
 
 
@@ -569,8 +638,8 @@ def _sr_diagnosis(marks: list[SrMark], detections: int) -> list[str]:
     return found
 
 
-def _write_readme_image(left: Path, right: Path) -> None:
-    """The viewer with the SEG, and with a tracked detection selected, side by side."""
+def _write_readme_image(left: Path, right: Path, target: Path = README_IMAGE) -> None:
+    """Two screenshots of the viewer side by side (the SEG and a tracked detection; two SCs)."""
     a = Image.open(left).convert("RGB")
     b = Image.open(right).convert("RGB")
     height = 700
@@ -579,9 +648,9 @@ def _write_readme_image(left: Path, right: Path) -> None:
     out = Image.new("RGB", (a.width + b.width + 8, height), (0, 0, 0))
     out.paste(a, (0, 0))
     out.paste(b, (a.width + 8, 0))
-    README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
-    out.save(README_IMAGE, optimize=True)
-    print(f"README screenshot written: {README_IMAGE}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out.save(target, optimize=True)
+    print(f"README screenshot written: {target}")
 
 
 # ---------------------------------------------------------------------- RTSTRUCT

@@ -1,11 +1,12 @@
 """End to end: one job, two PACS, each receives the result objects it asked for.
 
 `pacs-annotator up` with two destinations, both real Orthancs: "pacs" (the default
-outputs, SEG and SR) and "rtpacs" (``outputs: [rtstruct, kos]``, as a PACS whose viewer
-shows neither SEG nor SR). One study sent from the first gives one job; each PACS then
-holds exactly its own objects, valid per dciodvfy and drtdump (PixelMed checks the same
-builders' output in tests/unit/pipelines, one JVM less here), and the RTSTRUCT one PACS
-received draws the same structures as the SEG the other one did.
+outputs, SEG and SR) and "rtpacs" (``outputs: [rtstruct, gsps, kos]``, as a PACS whose
+viewer shows neither SEG nor SR but draws presentation states). One study sent from the
+first gives one job; each PACS then holds exactly its own objects, valid per dciodvfy and
+drtdump (PixelMed checks the same builders' output in tests/unit/pipelines, one JVM less
+here), the RTSTRUCT one PACS received draws the same structures as the SEG the other one
+did, and its GSPS outlines them in the SEG's colours over the series that PACS holds.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from tests.support.processes import free_port, require_binaries
 
 pytestmark = pytest.mark.integration
 
-#: What the second destination asks for (the overlays work adds gsps here).
-RT_OUTPUTS = ["rtstruct", "kos"]
+#: What the second destination asks for.
+RT_OUTPUTS = ["rtstruct", "gsps", "kos"]
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +108,9 @@ def test_each_destination_receives_exactly_its_outputs_from_one_job(
     for record in job["delivered"]:
         by_destination.setdefault(record["destination"], []).append(record["kind"])
     assert sorted(by_destination["pacs"]) == ["seg", "sr"]
-    # One RTSTRUCT per pipeline that drew something (ct-basic's anatomy, the nodules).
-    assert sorted(by_destination["rtpacs"]) == ["kos", "rtstruct", "rtstruct"]
+    # One RTSTRUCT and one GSPS per pipeline that drew something (ct-basic's anatomy, the
+    # nodules), one KOS.
+    assert sorted(by_destination["rtpacs"]) == ["gsps", "gsps", "kos", "rtstruct", "rtstruct"]
 
     pacs_held = _held(orthanc, study_uid)
     rt_held = _held(rtpacs, study_uid)
@@ -119,12 +121,14 @@ def test_each_destination_receives_exactly_its_outputs_from_one_job(
     }
     assert {m: len(ids) for m, ids in rt_held.items()} == {
         "RTSTRUCT": 2,
+        "PR": 2,
         "KO": 1,
     }
 
     rt_files = _download(rtpacs, rt_held["RTSTRUCT"] + rt_held["KO"], tmp_path / "rt")
+    pr_files = _download(rtpacs, rt_held["PR"], tmp_path / "pr")
     (seg_file,) = _download(orthanc, pacs_held["SEG"], tmp_path / "pacs")
-    for path in rt_files:
+    for path in rt_files + pr_files:
         assert dciodvfy_errors(path) == [], path.name
     for path in rt_files[:2]:
         assert drtdump_messages(path).errors == (), path.name
@@ -152,3 +156,28 @@ def test_each_destination_receives_exactly_its_outputs_from_one_job(
         for ref in item.ReferencedSOPSequence
     ]
     assert key_images and set(key_images) <= source_uids
+
+    # The GSPS: over the series that PACS holds, the SEG's structures in the SEG's colours,
+    # and the nodules circled.
+    presentation_states = [pydicom.dcmread(p) for p in pr_files]
+    for gsps in presentation_states:
+        (series,) = gsps.ReferencedSeriesSequence
+        assert {str(i.ReferencedSOPInstanceUID) for i in series.ReferencedImageSequence} == (
+            source_uids
+        )
+    basic_pr = next(p for p in presentation_states if "ct-basic" in p.SeriesDescription)
+    layers = {
+        str(item.GraphicLayerDescription): list(item.GraphicLayerRecommendedDisplayCIELabValue)
+        for item in basic_pr.GraphicLayerSequence
+    }
+    assert layers == {
+        str(item.SegmentLabel): list(item.RecommendedDisplayCIELabValue)
+        for item in seg.SegmentSequence
+    }
+    nodules_pr = next(p for p in presentation_states if "ct-lung-nodules" in p.SeriesDescription)
+    shapes = {
+        str(graphic.GraphicType)
+        for annotation in nodules_pr.GraphicAnnotationSequence
+        for graphic in annotation.get("GraphicObjectSequence", [])
+    }
+    assert shapes and shapes <= {"CIRCLE", "ELLIPSE"}

@@ -289,13 +289,25 @@ class OhifServer:
             url += f"?{query}"
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
         has_body = request.method in ("POST", "PUT")
-        upstream = self._client.build_request(
-            request.method,
-            httpx.URL(url),
-            headers=headers,
-            content=request.stream() if has_body else None,
-        )
-        response = await self._client.send(upstream, stream=True)
+
+        def upstream() -> httpx.Request:
+            assert self._client is not None
+            return self._client.build_request(
+                request.method,
+                httpx.URL(url),
+                headers=headers,
+                content=request.stream() if has_body else None,
+            )
+
+        try:
+            response = await self._client.send(upstream(), stream=True)
+        except httpx.RemoteProtocolError:
+            if has_body:
+                raise
+            # Orthanc closed a kept-alive connection just as the pool reused it (the
+            # browser's many frame requests hit this on a loaded machine): a request
+            # without a body is sent again, on a fresh connection.
+            response = await self._client.send(upstream(), stream=True)
         self.proxied.append(
             (request.method, f"/{path}" + (f"?{query}" if query else ""), response.status_code)
         )

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.output_kinds import DEFAULT_OUTPUTS, available_kinds, check_kinds
+from pipelines.output_kinds import DEFAULT_OUTPUTS, OutputOptions, available_kinds, check_kinds
 from worker.config.base import Section, check_ae_title, check_ca_bundle, check_http_url
 from worker.config.dicomweb import DicomwebAuthSettings
 
@@ -95,6 +95,17 @@ class DeliveryRule(Section):
     _outputs = field_validator("outputs")(_outputs)
 
 
+class OutputsOptionsSettings(Section):
+    """Settings of single output kinds (``pipelines.outputs.OutputOptions``)."""
+
+    #: sc: a capture of every slice of the series (True), or only of those with a finding.
+    sc_every_slice: bool = False
+
+    def output_options(self) -> OutputOptions:
+        """What the job's builders take (``annotate_study(options=...)``)."""
+        return OutputOptions(sc_every_slice=self.sc_every_slice)
+
+
 class DeliverySettings(Section):
     """How results reach the destinations.
 
@@ -107,6 +118,7 @@ class DeliverySettings(Section):
     to: tuple[str, ...] = ()
     #: What a destination without its own ``outputs`` receives.
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    outputs_options: OutputsOptionsSettings = OutputsOptionsSettings()
     max_retries: int = Field(default=5, ge=0, le=100)
     retry_delay_seconds: float = Field(default=30.0, gt=0)
     timeout_seconds: float = Field(default=60.0, gt=0)

@@ -80,6 +80,7 @@ def _annotate(rt: Runtime, job: Job) -> SavedResults:
         pipelines=rt.pipelines,
         software_version=__version__,
         outputs=lambda modalities, pipelines: _outputs_for(rt, job, modalities, pipelines),
+        options=rt.settings.delivery.outputs_options.output_options(),
     )
     with timed(folder, "save"):
         save_results(folder, result)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import Comprehensive3DSRStorage, CTImageStorage
 
 from pipelines import outputs as registry
 from pipelines.output_kinds import available_kinds
@@ -69,7 +69,7 @@ def test_an_objects_kind_is_known_from_its_sop_class(every_kind: StudyResult) ->
         "kos",
     ]
     other = Dataset()
-    other.SOPClassUID = SecondaryCaptureImageStorage
+    other.SOPClassUID = CTImageStorage  # a source image, never one of ours
     with pytest.raises(ValueError, match="not one of the output kinds"):
         output_kind(other)
 

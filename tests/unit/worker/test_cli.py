@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 
+from pipelines.outputs import OutputOptions
 from tests.support.jobs import create_job
 from tests.support.phantom import make_ct_phantom
 from worker.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
@@ -55,6 +57,30 @@ def test_run_writes_the_outputs_asked_for(
     assert sorted(pydicom.dcmread(p).Modality for p in out.glob("*.dcm")) == ["KO", "RTSTRUCT"]
     assert main([*args, "--outputs", "rtstruct,overlay"]) == EXIT_USAGE
     assert "--outputs: unknown output 'overlay'" in capsys.readouterr().err
+
+
+def test_run_writes_a_gsps_and_captures_with_the_sc_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines import runner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PACS_ANNOTATOR_DELIVERY__OUTPUTS_OPTIONS__SC_EVERY_SLICE", "true")
+    options: list[object] = []
+    real = runner.annotate_study
+
+    def spy(*args: object, **kwargs: Any) -> Any:
+        options.append(kwargs["options"])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "annotate_study", spy)
+    series = _series(tmp_path)
+    out = tmp_path / "out"
+    args = ["run", str(series), "--out", str(out), "--pipeline", "ct-basic"]
+    assert main([*args, "--outputs", "gsps,sc"]) == EXIT_OK
+    assert options == [OutputOptions(sc_every_slice=True)]
+    modalities = [pydicom.dcmread(p).Modality for p in out.glob("*.dcm")]
+    assert modalities.count("PR") == 1 and modalities.count("OT") == 12  # one per slice
 
 
 def test_run_reports_failure_with_exit_1(

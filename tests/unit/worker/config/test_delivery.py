@@ -129,7 +129,7 @@ def test_outputs_default_to_seg_and_sr_and_unknown_kinds_are_refused(tmp_path: P
     assert load_settings(None, data_dir=tmp_path).delivery.rules == ()
     message = refusal(tmp_path, destinations={"pacs": {**PACS, "outputs": ["rtstrct"]}})
     assert "destinations.pacs.outputs" in message and "unknown output 'rtstrct'" in message
-    assert "known: seg, rtstruct, sr, kos" in message  # gsps and sc: their writers to come
+    assert "known: seg, rtstruct, gsps, sc, sr, kos" in message
     message = refusal(tmp_path, delivery={"outputs": []})
     assert "delivery.outputs" in message and "at least one" in message
     message = refusal(

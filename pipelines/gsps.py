@@ -1,0 +1,280 @@
+"""Findings -> Grayscale Softcopy Presentation State (GSPS), for viewers without SEG or SR.
+
+Most diagnostic PACS viewers apply a GSPS to the images it references: they draw its
+graphics over the original pixels, in its display window. One GSPS per source series and
+pipeline (like the SEG) references every image of the series and holds:
+- per segment, a graphic layer in the SEG's colour (Graphic Layer Recommended Display
+  CIELab Value) with the segment's outline on every slice where it appears (every piece
+  and hole a closed POLYLINE) and its name beside the outline;
+- per finding type of the detections, a layer with, on every slice a detection's box
+  crosses, a CIRCLE (an ELLIPSE when the box is not as wide as high) and, on the slice
+  nearest its centre, a short label: finding and size;
+- the source series' window (Softcopy VOI LUT), or one over its values when it has none.
+Graphics are in PIXEL units (image coordinates, PS3.3 C.10.5.1.2); see ``pipelines.marks``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from pipelines.findings import Detection, Findings, Segment
+from pipelines.marks import (
+    Ellipse,
+    copy_body_part,
+    detection_caption,
+    detection_ellipses,
+    fallback_window,
+    finding_key,
+    overlay_layers,
+    segment_outlines,
+    source_window,
+)
+from pipelines.seg import copy_required_source_attributes
+from pipelines.sr_root import equipment
+from pipelines.uids import derive_uid
+from pipelines.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+#: Height of a text label's box, as a fraction of the image's rows (at least 8 pixels).
+LABEL_HEIGHT_FRACTION = 1 / 32
+#: Width of one character of a label, as a fraction of the label's height.
+CHARACTER_WIDTH_RATIO = 0.6
+
+
+@dataclass
+class _Slice:
+    """What one layer draws on one slice."""
+
+    graphics: list[hd.pr.GraphicObject] = field(default_factory=list)
+    texts: list[hd.pr.TextObject] = field(default_factory=list)
+
+
+def build_gsps(
+    volume: Volume,
+    findings: Findings,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    software_version: str,
+) -> Dataset:
+    """A GSPS drawing ``findings`` over every image of ``volume``'s series.
+
+    Raises ``pipelines.marks.NothingToDrawError`` when there is nothing to draw, and
+    ``ValueError`` when a mask does not fit the volume.
+    """
+    layers = overlay_layers(volume, findings)
+    graphic_layers: list[hd.pr.GraphicLayer] = []
+    annotations: list[hd.pr.GraphicAnnotation] = []
+    for number, segment in enumerate(layers.segments, start=1):
+        layer = hd.pr.GraphicLayer(
+            layer_name=f"SEGMENT {number}",
+            order=number,
+            description=segment.label[:64],
+            display_color=layers.lab(number - 1),
+        )
+        tracking = derive_uid("gsps-tracking", sop_uid, "segment", str(number))
+        graphic_layers.append(layer)
+        annotations += _annotations(volume, layer, _outlined(volume, segment, tracking))
+    for offset, finding_type in enumerate(layers.finding_types, start=1):
+        layer = hd.pr.GraphicLayer(
+            layer_name=f"DETECTION {offset}",
+            order=len(layers.segments) + offset,
+            description=finding_type.meaning[:64],
+            display_color=layers.lab(len(layers.segments) + offset - 1),
+        )
+        drawn: dict[int, _Slice] = {}
+        for index, detection in enumerate(findings.detections):
+            if finding_key(detection.finding_type) == finding_key(finding_type):
+                tracking = derive_uid("gsps-tracking", sop_uid, "detection", str(index))
+                _circle(volume, detection, tracking, drawn)
+        graphic_layers.append(layer)
+        annotations += _annotations(volume, layer, drawn)
+
+    algorithm = findings.algorithm
+    source = volume.datasets[0]
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=list(volume.datasets),
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=software_version,
+        device_serial_number="0",
+        content_label="AI_FINDINGS",
+        content_description=f"{algorithm.name} {algorithm.version}"[:64],
+        graphic_annotations=annotations,
+        graphic_layers=graphic_layers,
+        content_creator_name=f"{algorithm.name}^",
+        voi_lut_transformations=_voi(volume),
+        contributing_equipment=[equipment(algorithm)],
+        series_description=f"AI annotations ({algorithm.name})"[:64],
+    )
+    copy_required_source_attributes(source, gsps)
+    copy_body_part(source, gsps)
+    logger.info(
+        "built GSPS %s for series %s: %d segment(s), %d detection(s), %d annotated slice item(s)",
+        sop_uid,
+        volume.series_uid,
+        len(layers.segments),
+        len(findings.detections),
+        len(annotations),
+    )
+    return gsps
+
+
+def _outlined(volume: Volume, segment: Segment, tracking_uid: str) -> dict[int, _Slice]:
+    """Per slice, the segment's outlines and its name above the topmost one."""
+    drawn: dict[int, _Slice] = {}
+    for k, outlines in segment_outlines(segment.mask):
+        on_slice = drawn.setdefault(k, _Slice())
+        for outline in outlines:
+            on_slice.graphics.append(
+                hd.pr.GraphicObject(
+                    graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                    graphic_data=_inside(outline, volume),
+                    units=hd.pr.AnnotationUnitsValues.PIXEL,
+                    tracking_id=segment.label[:64],
+                    tracking_uid=tracking_uid,
+                )
+            )
+        top = min(outlines, key=lambda points: float(points[:, 1].min()))
+        anchor = top[int(np.argmin(top[:, 1]))]
+        on_slice.texts.append(_label(segment.label, volume, anchor, float(top[:, 1].max())))
+    return drawn
+
+
+def _circle(
+    volume: Volume, detection: Detection, tracking_uid: str, drawn: dict[int, _Slice]
+) -> None:
+    """The detection's ellipse on each slice it crosses, its caption on the nearest one."""
+    for ellipse in detection_ellipses(volume, detection):
+        on_slice = drawn.setdefault(ellipse.slice_index, _Slice())
+        on_slice.graphics.append(
+            _ellipse_graphic(ellipse, volume, detection.label[:64], tracking_uid)
+        )
+        if ellipse.is_centre_slice:
+            cx, cy = ellipse.centre
+            anchor = np.array([cx, cy - ellipse.half_height])
+            caption = detection_caption(detection, volume)
+            on_slice.texts.append(_label(caption, volume, anchor, cy + ellipse.half_height))
+
+
+def _annotations(
+    volume: Volume, layer: hd.pr.GraphicLayer, drawn: dict[int, _Slice]
+) -> list[hd.pr.GraphicAnnotation]:
+    return [
+        _SliceAnnotation(volume.datasets[k], layer, on_slice.graphics, on_slice.texts)
+        for k, on_slice in sorted(drawn.items())
+    ]
+
+
+class _SliceAnnotation(hd.pr.GraphicAnnotation):  # type: ignore[misc]
+    """highdicom's GraphicAnnotation for one single-frame image, without its IOD lookups.
+
+    highdicom's constructor looks each referenced image's SOP class up in the standard's
+    module tables (is it tiled? multi-frame?), 20-25 ms per item: 20 s for the three
+    segments of a 300-slice CT. For one single-frame image of a volume (always what this
+    writer annotates, its points already clipped to the image) the item is the same few
+    attributes; tests/unit/pipelines/test_gsps.py checks it equals highdicom's.
+    """
+
+    def __init__(
+        self,
+        image: Dataset,
+        layer: hd.pr.GraphicLayer,
+        graphics: list[hd.pr.GraphicObject],
+        texts: list[hd.pr.TextObject],
+    ) -> None:
+        Dataset.__init__(self)
+        if not (graphics or texts):
+            raise ValueError("an annotation needs a graphic or a text object")
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = image.SOPClassUID
+        reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        self.GraphicLayer = layer.GraphicLayer
+        self.ReferencedImageSequence = DicomSequence([reference])  # type: ignore[assignment]
+        if graphics:
+            self.GraphicObjectSequence = graphics
+        if texts:
+            self.TextObjectSequence = texts
+
+
+def _ellipse_graphic(
+    ellipse: Ellipse, volume: Volume, tracking_id: str, tracking_uid: str
+) -> hd.pr.GraphicObject:
+    """CIRCLE: centre, then a point on the circle; ELLIPSE: the ends of the major axis,
+    then those of the minor axis (PS3.3 C.10.5.1.2)."""
+    cx, cy = ellipse.centre
+    a, b = ellipse.half_width, ellipse.half_height
+    if ellipse.is_circle:
+        points = np.array([[cx, cy], [cx + a, cy]])
+        kind = hd.pr.GraphicTypeValues.CIRCLE
+    else:
+        horizontal = [[cx - a, cy], [cx + a, cy]]
+        vertical = [[cx, cy - b], [cx, cy + b]]
+        points = np.array(horizontal + vertical if a >= b else vertical + horizontal)
+        kind = hd.pr.GraphicTypeValues.ELLIPSE
+    return hd.pr.GraphicObject(
+        graphic_type=kind,
+        graphic_data=_inside(points, volume),
+        units=hd.pr.AnnotationUnitsValues.PIXEL,
+        tracking_id=tracking_id,
+        tracking_uid=tracking_uid,
+    )
+
+
+def _label(
+    text: str, volume: Volume, anchor: npt.NDArray[np.float64], below: float
+) -> hd.pr.TextObject:
+    """Text in a box above ``anchor`` (the top of what it names), else below ``below``."""
+    rows, columns = volume.voxels.shape[1:]
+    height = max(8.0, rows * LABEL_HEIGHT_FRACTION)
+    width = min(float(columns), len(text) * height * CHARACTER_WIDTH_RATIO)
+    left = float(np.clip(anchor[0] - width / 2, 0.0, columns - width))
+    bottom = float(anchor[1]) - 1.0
+    if bottom - height < 0:
+        bottom = min(below + 1.0 + height, float(rows))
+    top = max(0.0, bottom - height)
+    anchor_point = (float(np.clip(anchor[0], 0, columns)), float(np.clip(anchor[1], 0, rows)))
+    return hd.pr.TextObject(
+        text_value=text[:1024],
+        units=hd.pr.AnnotationUnitsValues.PIXEL,
+        bounding_box=(left, top, left + width, bottom),
+        anchor_point=anchor_point,
+        anchor_point_visible=False,
+    )
+
+
+def _inside(points: npt.NDArray[np.float64], volume: Volume) -> npt.NDArray[np.float64]:
+    """Points clipped to the image (0..Columns, 0..Rows): PIXEL units allow no more."""
+    rows, columns = volume.voxels.shape[1:]
+    return np.column_stack(
+        [np.clip(points[:, 0], 0.0, columns), np.clip(points[:, 1], 0.0, rows)]
+    ).astype(np.float64)
+
+
+def _voi(volume: Volume) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
+    """None to let highdicom copy the source's windows; one over the values when it has none."""
+    if any(
+        source_window(image) is not None or "VOILUTSequence" in image for image in volume.datasets
+    ):
+        return None
+    window = fallback_window(volume)
+    return [
+        hd.pr.SoftcopyVOILUTTransformation(
+            window_center=window.center,
+            window_width=window.width,
+            window_explanation="range of the series' values",
+        )
+    ]
