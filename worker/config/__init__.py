@@ -20,6 +20,11 @@ from worker.config.edge import (
 from worker.config.jobs import DEFAULT_QUEUE, RecoverySettings, WorkerSettings
 from worker.config.monitor import MonitorSettings
 from worker.config.options import with_worker_options, worker_hostname
+from worker.config.nnunet import (
+    ModelPipelineSettings,
+    NnunetPipelineSettings,
+    TotalSegmentatorPipelineSettings,
+)
 from worker.config.pipelines import BundlePipelineSettings, LabelCodeSettings, RoutingRuleSettings
 from worker.config.retention import RetentionSettings
 from worker.config.settings import ENV_PREFIX, Settings, SettingsError, load_settings
@@ -31,6 +36,9 @@ __all__ = [
     "MIB",
     "AllowedCallerSettings",
     "BundlePipelineSettings",
+    "ModelPipelineSettings",
+    "NnunetPipelineSettings",
+    "TotalSegmentatorPipelineSettings",
     "CompletionSettings",
     "DeliveryRule",
     "DeliverySettings",

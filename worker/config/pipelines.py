@@ -71,7 +71,19 @@ class LabelCodeSettings(Section):
         return value
 
 
-class BundlePipelineSettings(Section):
+class ModelQueueSettings(Section):
+    """Where a model pipeline's jobs run and for how long (bundles and nnU-Net alike)."""
+
+    queue: str = DEFAULT_QUEUE
+    oom_fallback_queue: str | None = None
+    time_limit_seconds: float | None = Field(default=None, gt=0)
+
+    _queues = field_validator("queue", "oom_fallback_queue")(
+        lambda value: None if value is None else check_queue(value)
+    )
+
+
+class BundlePipelineSettings(ModelQueueSettings):
     """One MONAI bundle run as a named pipeline (``pipelines: {NAME: {bundle: PATH}}``)."""
 
     bundle: Path
@@ -81,13 +93,6 @@ class BundlePipelineSettings(Section):
     labels: dict[str, LabelCodeSettings] = Field(default_factory=dict)
     min_score: float = Field(default=0.5, ge=0.0, le=1.0)
     amp: bool = True
-    queue: str = DEFAULT_QUEUE
-    oom_fallback_queue: str | None = None
-    time_limit_seconds: float | None = Field(default=None, gt=0)
-
-    _queues = field_validator("queue", "oom_fallback_queue")(
-        lambda value: None if value is None else check_queue(value)
-    )
 
     @field_validator("bundle")
     @classmethod

@@ -23,7 +23,8 @@ from worker.config.dicomweb import SOURCE_NAME, DicomwebSource
 from worker.config.edge import CompletionSettings, ScpSettings
 from worker.config.jobs import RecoverySettings, WorkerSettings
 from worker.config.monitor import MonitorSettings
-from worker.config.pipelines import BundlePipelineSettings, RoutingRuleSettings, default_routing
+from worker.config.nnunet import ModelPipelineSettings
+from worker.config.pipelines import RoutingRuleSettings, default_routing
 from worker.config.retention import RetentionSettings
 
 ENV_PREFIX = "PACS_ANNOTATOR_"
@@ -55,7 +56,7 @@ class Settings(BaseSettings):
     routing: tuple[RoutingRuleSettings, ...] = Field(default_factory=default_routing)
     worker: WorkerSettings = WorkerSettings()
     monitor: MonitorSettings = MonitorSettings()
-    pipelines: dict[str, BundlePipelineSettings] = Field(default_factory=dict)
+    pipelines: dict[str, ModelPipelineSettings] = Field(default_factory=dict)
     recovery: RecoverySettings = RecoverySettings()
     retention: RetentionSettings = RetentionSettings()
 
