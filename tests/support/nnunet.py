@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 THRESHOLD_HU = 300.0
 DATASET_ID = 900
@@ -66,12 +67,42 @@ def build_models(root: Path) -> NnunetModels:
     return models_under(root)
 
 
+@pytest.fixture(scope="session")
+def nnunet_models(tmp_path_factory: pytest.TempPathFactory) -> NnunetModels:
+    """Both model folders, built once per test session (import this fixture to use it)."""
+    pytest.importorskip("nnunetv2", reason="nnU-Net pipelines need the nnunet extra")
+    return build_models(tmp_path_factory.mktemp("nnunet"))
+
+
 def models_under(root: Path) -> NnunetModels:
     dataset = f"Dataset{DATASET_ID}_Threshold"
     return NnunetModels(
         model_folder=root / "results" / dataset / LEAF,
         totalseg_weights=root / "totalseg",
     )
+
+
+def placeholder_model_folder(path: Path, folds: tuple[int, ...] = (0,)) -> Path:
+    """The files a model folder must have, with placeholder weights (start-up checks only)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    (path / "plans.json").write_text("{}")
+    for fold in folds:
+        (path / f"fold_{fold}").mkdir(exist_ok=True)
+        (path / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"placeholder")
+    return path
+
+
+def placeholder_totalsegmentator(weights_dir: Path, task: str, mode: str) -> list[Path]:
+    """A TotalSegmentator weights_dir with placeholder folders for ``task`` in ``mode``."""
+    from pipelines.nnunet_files import totalsegmentator_map  # noqa: PLC0415
+
+    folders = []
+    for part in totalsegmentator_map()["tasks"][task]["modes"][mode]["datasets"]:
+        leaf = f"{part['trainer']}__{part['plans']}__{part['configuration']}"
+        dataset = weights_dir / f"Dataset{part['id']:03d}_TotalSegmentator_part"
+        folders.append(placeholder_model_folder(dataset / leaf, tuple(part["folds"])))
+    return folders
 
 
 def _write_raw_dataset(raw: Path) -> None:
