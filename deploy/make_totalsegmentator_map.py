@@ -45,8 +45,8 @@ COARSE_STEP_TASKS = {"total", "total_v3", "total_mr"}
 
 def main(source: Path, out: Path) -> None:
     sys.path.insert(0, str(source))
-    from totalsegmentator import map_to_binary as m  # noqa: PLC0415
-    from totalsegmentator.map_tasks_config import DEFAULT_CONFIG, TASK_CONFIGS  # noqa: PLC0415
+    from totalsegmentator import map_to_binary as m
+    from totalsegmentator.map_tasks_config import DEFAULT_CONFIG, TASK_CONFIGS
 
     parts = {
         "total": (m.class_map_5_parts, m.map_taskid_to_partname_ct),
@@ -87,18 +87,12 @@ def main(source: Path, out: Path) -> None:
     csv_path = source / "totalsegmentator" / "resources" / "totalsegmentator_snomed_mapping.csv"
     with csv_path.open(newline="") as f:
         for row in csv.DictReader(f):
-            def code(prefix: str) -> list[str] | None:
-                value = row[f"{prefix}.CodeValue"]
-                if not value:
-                    return None
-                return [value, row[f"{prefix}.CodingSchemeDesignator"], row[f"{prefix}.CodeMeaning"]]
-
-            rgb = [int(v) for v in row["DicomRGBColor"].split(",")] if row["DicomRGBColor"] else None
+            rgb = row["DicomRGBColor"]
             structures[row["Structure"]] = {
-                "category": code("SegmentedPropertyCategoryCodeSequence"),
-                "type": code("SegmentedPropertyTypeCodeSequence"),
-                "modifier": code("SegmentedPropertyTypeModifierCodeSequence"),
-                "color": "#{:02x}{:02x}{:02x}".format(*rgb) if rgb else None,
+                "category": _code(row, "SegmentedPropertyCategoryCodeSequence"),
+                "type": _code(row, "SegmentedPropertyTypeCodeSequence"),
+                "modifier": _code(row, "SegmentedPropertyTypeModifierCodeSequence"),
+                "color": "#{:02x}{:02x}{:02x}".format(*map(int, rgb.split(","))) if rgb else None,
             }
     version = next(
         line.split(":", 1)[1].strip()
@@ -113,6 +107,13 @@ def main(source: Path, out: Path) -> None:
         "structures": structures,
     }
     out.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+
+
+def _code(row: dict[str, str], prefix: str) -> list[str] | None:
+    value = row[f"{prefix}.CodeValue"]
+    if not value:
+        return None
+    return [value, row[f"{prefix}.CodingSchemeDesignator"], row[f"{prefix}.CodeMeaning"]]
 
 
 if __name__ == "__main__":

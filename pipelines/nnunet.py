@@ -238,7 +238,7 @@ def _predictor(spec: NnunetSpec, device: torch.device) -> Any:
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ.setdefault(variable, str(spec.folders[0].path))
     try:
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: PLC0415
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     except ImportError as exc:
         raise NnunetModelError(
             f"pipeline {spec.name} needs nnunetv2: pip install 'pacs-annotator[nnunet]' ({exc})"

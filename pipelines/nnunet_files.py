@@ -25,7 +25,7 @@ from pipelines.errors import BundleError
 
 DATA_FILE = Path(__file__).parent / "data" / "totalsegmentator.json"
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
-#: TotalSegmentator's download folder layout: weights_dir/Dataset<id>_<name>/<trainer>__<plans>__<configuration>
+#: TotalSegmentator's weights: weights_dir/Dataset<id>_<name>/<trainer>__<plans>__<configuration>
 _DATASET_GLOB = "Dataset{id:03d}_*"
 
 
@@ -60,8 +60,7 @@ def check_model_folder(folder: ModelFolder) -> None:
         checkpoint = path / f"fold_{fold}" / folder.checkpoint
         if not checkpoint.is_file():
             raise NnunetModelError(
-                f"nnU-Net model folder {path}: fold {fold} has no weights "
-                f"(expected {checkpoint})"
+                f"nnU-Net model folder {path}: fold {fold} has no weights (expected {checkpoint})"
             )
 
 

@@ -62,8 +62,8 @@ class NnunetInput:
                 f"prediction shape {labels.shape} differs from the input {self.array.shape}"
             )
         ijk = labels.transpose(2, 1, 0)
-        back = orientations.ornt_transform(self.target_ornt, self.source_ornt)
-        xyz = orientations.apply_orientation(ijk, back)
+        back = orientations.ornt_transform(self.target_ornt, self.source_ornt)  # type: ignore[no-untyped-call]
+        xyz = orientations.apply_orientation(ijk, back)  # type: ignore[no-untyped-call]
         if xyz.shape != self.source_shape_xyz:
             raise ValueError(f"label map shape {xyz.shape} is not {self.source_shape_xyz}")
         return np.ascontiguousarray(xyz.transpose(2, 1, 0), dtype=np.int32)
@@ -73,14 +73,14 @@ def to_nnunet(volume: Volume, orientation: str) -> NnunetInput:
     """The volume as nnU-Net's reader would have produced it in ``orientation``."""
     xyz = volume.voxels.transpose(2, 1, 0)
     affine = ras_affine(volume)
-    current = orientations.io_orientation(affine)
+    current = orientations.io_orientation(affine)  # type: ignore[no-untyped-call]
     if orientation == DICOM_ORDER:
         target = current
     else:
-        target = orientations.axcodes2ornt(tuple(orientation))
-    transform = orientations.ornt_transform(current, target)
-    ijk = orientations.apply_orientation(xyz, transform)
-    new_affine = affine @ orientations.inv_ornt_aff(transform, xyz.shape)
+        target = orientations.axcodes2ornt(tuple(orientation))  # type: ignore[no-untyped-call]
+    transform = orientations.ornt_transform(current, target)  # type: ignore[no-untyped-call]
+    ijk = orientations.apply_orientation(xyz, transform)  # type: ignore[no-untyped-call]
+    new_affine = affine @ orientations.inv_ornt_aff(transform, xyz.shape)  # type: ignore[no-untyped-call]
     spacing_ijk = np.linalg.norm(new_affine[:3, :3], axis=0)
     return NnunetInput(
         array=np.ascontiguousarray(ijk.transpose(2, 1, 0), dtype=np.float32),

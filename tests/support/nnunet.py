@@ -95,7 +95,7 @@ def placeholder_model_folder(path: Path, folds: tuple[int, ...] = (0,)) -> Path:
 
 def placeholder_totalsegmentator(weights_dir: Path, task: str, mode: str) -> list[Path]:
     """A TotalSegmentator weights_dir with placeholder folders for ``task`` in ``mode``."""
-    from pipelines.nnunet_files import totalsegmentator_map  # noqa: PLC0415
+    from pipelines.nnunet_files import totalsegmentator_map
 
     folders = []
     for part in totalsegmentator_map()["tasks"][task]["modes"][mode]["datasets"]:
@@ -107,7 +107,7 @@ def placeholder_totalsegmentator(weights_dir: Path, task: str, mode: str) -> lis
 
 def _write_raw_dataset(raw: Path) -> None:
     """Two 5 mm cases: dense blocks labelled 1 in noisy soft tissue, as .nii.gz for the planner."""
-    import SimpleITK as sitk  # noqa: PLC0415
+    import SimpleITK
 
     folder = raw / f"Dataset{DATASET_ID}_Threshold"
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -123,9 +123,9 @@ def _write_raw_dataset(raw: Path) -> None:
             (image, folder / "imagesTr" / f"case{case}_0000.nii.gz"),
             (label, folder / "labelsTr" / f"case{case}.nii.gz"),
         ):
-            written = sitk.GetImageFromArray(array)
+            written = SimpleITK.GetImageFromArray(array)
             written.SetSpacing((5.0, 5.0, 5.0))
-            sitk.WriteImage(written, str(path))
+            SimpleITK.WriteImage(written, str(path))
     dataset = {
         "channel_names": {"0": "CT"},
         "labels": {"background": 0, "dense": 1},
@@ -137,7 +137,7 @@ def _write_raw_dataset(raw: Path) -> None:
 
 
 def _plan(root: Path) -> dict[str, Any]:
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (  # noqa: PLC0415
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,
         plan_experiments,
     )
@@ -159,11 +159,11 @@ def _threshold_network(
     plans: dict[str, Any], dataset_json: dict[str, Any], *, trainer_name: str, threshold_hu: float
 ) -> Any:
     """nnunetv2's 3d_fullres network from ``plans`` with the threshold weights set."""
-    import torch  # noqa: PLC0415
-    from nnunetv2.utilities.find_objects import (  # noqa: PLC0415
+    import torch
+    from nnunetv2.utilities.find_objects import (
         recursive_find_trainer_class_by_name,
     )
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: PLC0415
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     manager = PlansManager(plans)
     configuration = manager.get_configuration("3d_fullres")
@@ -210,7 +210,7 @@ def _threshold_network(
 
 
 def _convs(stage: Any) -> list[Any]:
-    import torch  # noqa: PLC0415
+    import torch
 
     return [m for m in stage.modules() if isinstance(m, torch.nn.Conv3d)]
 
@@ -223,7 +223,7 @@ def _write_model_folder(
     trainer_name: str,
     mirroring: tuple[int, ...] | None,
 ) -> None:
-    import torch  # noqa: PLC0415
+    import torch
 
     network = _threshold_network(
         plans, dataset_json, trainer_name=trainer_name, threshold_hu=THRESHOLD_HU
@@ -250,7 +250,7 @@ def _main(root: Path) -> None:
     _write_model_folder(
         models.model_folder, plans, dataset_json, trainer_name="nnUNetTrainer", mirroring=(0, 1, 2)
     )
-    from pipelines.nnunet_files import totalsegmentator_map  # noqa: PLC0415
+    from pipelines.nnunet_files import totalsegmentator_map
 
     [part] = totalsegmentator_map()["tasks"]["total"]["modes"]["fastest"]["datasets"]
     assert part["id"] == TOTALSEG_DATASET and part["trainer"] == TOTALSEG_TRAINER

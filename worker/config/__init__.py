@@ -19,12 +19,12 @@ from worker.config.edge import (
 )
 from worker.config.jobs import DEFAULT_QUEUE, RecoverySettings, WorkerSettings
 from worker.config.monitor import MonitorSettings
-from worker.config.options import with_worker_options, worker_hostname
 from worker.config.nnunet import (
     ModelPipelineSettings,
     NnunetPipelineSettings,
     TotalSegmentatorPipelineSettings,
 )
+from worker.config.options import with_worker_options, worker_hostname
 from worker.config.pipelines import BundlePipelineSettings, LabelCodeSettings, RoutingRuleSettings
 from worker.config.retention import RetentionSettings
 from worker.config.settings import ENV_PREFIX, Settings, SettingsError, load_settings
@@ -36,9 +36,6 @@ __all__ = [
     "MIB",
     "AllowedCallerSettings",
     "BundlePipelineSettings",
-    "ModelPipelineSettings",
-    "NnunetPipelineSettings",
-    "TotalSegmentatorPipelineSettings",
     "CompletionSettings",
     "DeliveryRule",
     "DeliverySettings",
@@ -47,7 +44,9 @@ __all__ = [
     "DicomwebAuthSettings",
     "DicomwebSource",
     "LabelCodeSettings",
+    "ModelPipelineSettings",
     "MonitorSettings",
+    "NnunetPipelineSettings",
     "PollSettings",
     "RecoverySettings",
     "RetentionSettings",
@@ -57,6 +56,7 @@ __all__ = [
     "Section",
     "Settings",
     "SettingsError",
+    "TotalSegmentatorPipelineSettings",
     "WorkerSettings",
     "load_settings",
     "with_worker_options",

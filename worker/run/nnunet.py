@@ -1,4 +1,4 @@
-"""nnU-Net and TotalSegmentator settings -> ``NnunetSpec`` (the worker builds, ``pipelines`` runs)."""
+"""nnU-Net and TotalSegmentator settings -> ``NnunetSpec``: the worker builds, pipelines run."""
 
 from __future__ import annotations
 

@@ -38,6 +38,7 @@ def test_ras_axes_point_right_anterior_superior(orientation: str) -> None:
     ids = (k * 10000 + r * 100 + c).astype(np.float32)
     marked = Volume(voxels=ids, affine=volume.affine, datasets=volume.datasets)
     array = to_nnunet(marked, "RAS").array
+
     def lps(value: float) -> np.ndarray:
         kk, rest = divmod(int(value), 10000)
         rr, cc = divmod(rest, 100)

@@ -122,12 +122,14 @@ def test_missing_totalsegmentator_weights_name_the_folder_expected(tmp_path: Pat
     )
     assert "unknown TotalSegmentator task 'everything'" in refusal(
         tmp_path,
-        pipelines={"t": {"kind": "totalsegmentator", "task": "everything", "weights_dir": str(weights)}},
+        pipelines={
+            "t": {"kind": "totalsegmentator", "task": "everything", "weights_dir": str(weights)}
+        },
     )
 
 
 def test_a_bundle_is_still_a_bundle(tmp_path: Path) -> None:
-    from tests.support.jobs import settings_only_bundle  # noqa: PLC0415
+    from tests.support.jobs import settings_only_bundle
 
     bundle = settings_only_bundle(tmp_path / "bundle")
     settings = load_settings(
