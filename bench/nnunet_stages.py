@@ -31,26 +31,8 @@ from pipelines.nnunet import NnunetPipeline, NnunetSpec
 from pipelines.nnunet_files import ModelFolder
 from pipelines.routing import RoutingRule
 from pipelines.runner import annotate_study
-from tests.support.nnunet import build_models
-from tests.support.phantom import Nodule, make_ct_phantom
-
-
-def _series(folder: Path) -> list[Path]:
-    datasets = make_ct_phantom(
-        slices=32,
-        size=96,
-        pixel_spacing=2.5,
-        slice_spacing=4.0,
-        nodules=[Nodule((-30.0, 5.0, 20.0), 40.0)],
-        nodule_hu=700.0,
-    ).datasets
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, ds in enumerate(datasets):
-        path = folder / f"{i:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+from tests.support.nnunet import build_models, threshold_phantom
+from tests.support.studies import write_copy
 
 
 def _job(pipeline: NnunetPipeline, paths: list[Path], out: Path) -> dict[str, float]:
@@ -92,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("building the test model with nnunetv2's planner (child process) ...")
             folder = build_models(root / "models").model_folder
-            paths = _series(root / "series")
+            _, paths = write_copy(threshold_phantom("axial"), root / "series")
         pipeline = NnunetPipeline(
             NnunetSpec(
                 name="bench",

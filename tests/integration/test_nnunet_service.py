@@ -18,39 +18,21 @@ import yaml
 
 from pipelines.volume import load_series
 from tests.integration.conftest import RunningService, run_up, write_config
-from tests.integration.test_bundle_service import send_study
+from tests.integration.test_bundle_service import orthanc, send_study  # noqa: F401
 from tests.integration.test_round_trip import fetch_one
 from tests.support.dicom_validate import dciodvfy_errors
-from tests.support.nnunet import (  # noqa: F401  (nnunet_models is a fixture)
+from tests.support.nnunet import (
     THRESHOLD_HU,
     NnunetModels,
-    nnunet_models,
+    threshold_phantom,
 )
-from tests.support.orthanc import Orthanc, require_orthanc
-from tests.support.phantom import Nodule, make_ct_phantom
+from tests.support.orthanc import Orthanc
 from tests.support.processes import free_port, require_binaries
 from tests.unit.pipelines.test_bundle import dice, seg_masks
 from worker.cli import EXIT_OK, main
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("nnunetv2", reason="nnU-Net pipelines need the nnunet extra")
-
-
-def _phantom(orientation: str, seed: int, description: str) -> list[Any]:
-    datasets = make_ct_phantom(
-        slices=32,
-        size=96,
-        pixel_spacing=2.5,
-        slice_spacing=4.0,
-        orientation=orientation,  # type: ignore[arg-type]
-        shuffle=True,
-        seed=seed,
-        nodules=[Nodule((-30.0, 5.0, 20.0), 40.0)],
-        nodule_hu=700.0,
-    ).datasets
-    for ds in datasets:
-        ds.SeriesDescription = description
-    return datasets
 
 
 def _pipelines(models: NnunetModels, broken: Path) -> dict[str, Any]:
@@ -67,7 +49,7 @@ def _pipelines(models: NnunetModels, broken: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def broken_model(nnunet_models: NnunetModels, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def broken_model(nnunet_models: NnunetModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("broken") / "model"
     shutil.copytree(nnunet_models.model_folder, folder)
     (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"truncated")
@@ -75,10 +57,9 @@ def broken_model(nnunet_models: NnunetModels, tmp_path_factory: pytest.TempPathF
 
 
 def test_run_writes_a_seg_on_the_source_slices(
-    nnunet_models: NnunetModels,  # noqa: F811
+    nnunet_models: NnunetModels,
     broken_model: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = {
@@ -86,13 +67,13 @@ def test_run_writes_a_seg_on_the_source_slices(
         "pipelines": _pipelines(nnunet_models, broken_model),
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    datasets = _phantom("axial", 51, "dense axial")
+    datasets = threshold_phantom("axial", seed=51, description="dense axial")
     series = tmp_path / "series"
     series.mkdir()
     for i, ds in enumerate(datasets):
         ds.save_as(series / f"{i:03d}.dcm", enforce_file_format=True)
     out = tmp_path / "out"
-    args = ["--config", str(tmp_path / "config.yaml"), "run", str(series), "--out", str(out)]
+    args = ["run", "--config", str(tmp_path / "config.yaml"), str(series), "--out", str(out)]
     assert main([*args, "--pipeline", "dense"]) == EXIT_OK
     assert "dense done" in capsys.readouterr().out
     [seg_path] = out.glob("SEG-*.dcm")
@@ -106,16 +87,9 @@ def test_run_writes_a_seg_on_the_source_slices(
 
 
 @pytest.fixture(scope="module")
-def orthanc() -> Iterator[Orthanc]:
-    require_orthanc()
-    with Orthanc() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def nnunet_service(
-    orthanc: Orthanc,
-    nnunet_models: NnunetModels,  # noqa: F811
+    orthanc: Orthanc,  # noqa: F811
+    nnunet_models: NnunetModels,
     broken_model: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningService]:
@@ -135,10 +109,13 @@ def nnunet_service(
 
 
 def test_two_jobs_on_one_warm_model_deliver_aligned_segs(
-    orthanc: Orthanc, nnunet_service: RunningService, tmp_path: Path
+    orthanc: Orthanc,  # noqa: F811
+    nnunet_service: RunningService,
+    tmp_path: Path,
 ) -> None:
     for orientation, seed in (("axial", 52), ("sagittal", 53)):
-        datasets = _phantom(orientation, seed, f"dense {orientation}")
+        datasets = threshold_phantom(orientation, seed=seed, description=f"dense {orientation}")
+        (tmp_path / orientation).mkdir()
         job = send_study(orthanc, nnunet_service, datasets, tmp_path / orientation)
         assert job["state"] == "done", f"{job['error']}\n{nnunet_service.log()[-4000:]}"
         assert job["pipelines"] == ["dense"]
@@ -156,9 +133,13 @@ def test_two_jobs_on_one_warm_model_deliver_aligned_segs(
 
 
 def test_a_job_for_a_model_that_cannot_load_fails_with_the_reason(
-    orthanc: Orthanc, nnunet_service: RunningService, tmp_path: Path
+    orthanc: Orthanc,  # noqa: F811
+    nnunet_service: RunningService,
+    tmp_path: Path,
 ) -> None:
-    job = send_study(orthanc, nnunet_service, _phantom("axial", 54, "broken"), tmp_path)
+    job = send_study(
+        orthanc, nnunet_service, threshold_phantom("axial", seed=54, description="broken"), tmp_path
+    )
     assert job["state"] == "failed"
     assert "cannot be loaded" in job["error"] and "checkpoint_final.pth" in job["error"], job[
         "error"

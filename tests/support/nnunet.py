@@ -82,6 +82,26 @@ def models_under(root: Path) -> NnunetModels:
     )
 
 
+def threshold_phantom(orientation: str, *, seed: int = 11, description: str = "dense") -> list[Any]:
+    """A 32x96x96 CT at 2.5x2.5x4 mm, shuffled, with dense spheres above ``THRESHOLD_HU``."""
+    from tests.support.phantom import Nodule, make_ct_phantom
+
+    datasets = make_ct_phantom(
+        slices=32,
+        size=96,
+        pixel_spacing=2.5,
+        slice_spacing=4.0,
+        orientation=orientation,  # type: ignore[arg-type]
+        shuffle=True,
+        seed=seed,
+        nodules=[Nodule((-65.0, 5.0, 30.0), 40.0), Nodule((60.0, -20.0, -30.0), 30.0)],
+        nodule_hu=700.0,
+    ).datasets
+    for ds in datasets:
+        ds.SeriesDescription = description
+    return datasets
+
+
 def placeholder_model_folder(path: Path, folds: tuple[int, ...] = (0,)) -> Path:
     """The files a model folder must have, with placeholder weights (start-up checks only)."""
     path.mkdir(parents=True, exist_ok=True)

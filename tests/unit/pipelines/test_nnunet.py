@@ -21,35 +21,21 @@ from pipelines.nnunet import NnunetPipeline, NnunetSpec
 from pipelines.nnunet_files import ModelFolder, NnunetModelError
 from pipelines.volume import load_series
 from tests.support.dicom_validate import dciodvfy_errors
-from tests.support.nnunet import (  # noqa: F401  (nnunet_models is a fixture)
+from tests.support.nnunet import (
     THRESHOLD_HU,
     TOTALSEG_LABEL_1,
     NnunetModels,
-    nnunet_models,
+    threshold_phantom,
 )
-from tests.support.phantom import make_ct_phantom
-from tests.unit.pipelines.test_bundle import DENSE_SPHERES, dice, run_bundle, seg_masks
+from tests.unit.pipelines.test_bundle import dice, run_bundle, seg_masks
 from worker.config import load_settings
 from worker.run.bundles import configured_pipelines
 
 pytest.importorskip("nnunetv2", reason="nnU-Net pipelines need the nnunet extra")
 
 
-def _phantom(orientation: str) -> list:  # type: ignore[type-arg]
-    return make_ct_phantom(
-        slices=32,
-        size=96,
-        pixel_spacing=2.5,
-        slice_spacing=4.0,
-        orientation=orientation,  # type: ignore[arg-type]
-        shuffle=True,
-        nodules=DENSE_SPHERES,
-        nodule_hu=700.0,
-    ).datasets
-
-
 @pytest.fixture(scope="module")
-def threshold_pipeline(nnunet_models: NnunetModels) -> NnunetPipeline:  # noqa: F811
+def threshold_pipeline(nnunet_models: NnunetModels) -> NnunetPipeline:
     """One pipeline object for the module: it must load its model once for every series."""
     # Test-time mirroring off: eight times fewer network passes on a CPU.
     return NnunetPipeline(
@@ -65,7 +51,7 @@ def threshold_pipeline(nnunet_models: NnunetModels) -> NnunetPipeline:  # noqa: 
 def test_seg_matches_the_threshold_on_the_original_slices(
     threshold_pipeline: NnunetPipeline, tmp_path: Path, orientation: str
 ) -> None:
-    datasets = _phantom(orientation)
+    datasets = threshold_phantom(orientation)
     volume = load_series(datasets)
     pipeline = threshold_pipeline
     result, written = run_bundle(pipeline, datasets, tmp_path)  # type: ignore[arg-type]
@@ -88,7 +74,7 @@ def test_seg_matches_the_threshold_on_the_original_slices(
 
 
 def test_a_corrupt_checkpoint_fails_the_series_with_the_reason(
-    nnunet_models: NnunetModels,  # noqa: F811
+    nnunet_models: NnunetModels,
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "model"
@@ -97,7 +83,7 @@ def test_a_corrupt_checkpoint_fails_the_series_with_the_reason(
     pipeline = NnunetPipeline(NnunetSpec(name="broken", folders=(ModelFolder(folder),)))
     with pytest.raises(NnunetModelError, match=r"model .*model cannot be loaded \(folds 0"):
         pipeline.load()
-    volume = load_series(_phantom("axial"))
+    volume = load_series(threshold_phantom("axial"))
     with pytest.raises(ModelRunError, match="cannot be loaded"):
         pipeline.run(volume)
     (folder / "fold_0" / "checkpoint_final.pth").unlink()
@@ -106,7 +92,7 @@ def test_a_corrupt_checkpoint_fails_the_series_with_the_reason(
 
 
 def test_totalsegmentator_task_gives_coded_coloured_segments(
-    nnunet_models: NnunetModels,  # noqa: F811
+    nnunet_models: NnunetModels,
     tmp_path: Path,
 ) -> None:
     settings = load_settings(
@@ -125,7 +111,7 @@ def test_totalsegmentator_task_gives_coded_coloured_segments(
     assert isinstance(pipeline, NnunetPipeline)
     assert pipeline.spec.orientation == "RAS"  # as TotalSegmentator feeds its models
     assert pipeline.spec.use_mirroring is False
-    datasets = _phantom("axial")
+    datasets = threshold_phantom("axial")
     volume = load_series(datasets)
     _, written = run_bundle(pipeline, datasets, tmp_path)  # type: ignore[arg-type]
     [seg_path] = [p for p in written if p.name.startswith("SEG-")]
@@ -143,7 +129,7 @@ def test_totalsegmentator_task_gives_coded_coloured_segments(
 
 
 def test_label_names_are_coded_from_settings_totalsegmentator_or_snomed(
-    nnunet_models: NnunetModels,  # noqa: F811
+    nnunet_models: NnunetModels,
 ) -> None:
     from pydicom.sr.codedict import codes
 
