@@ -28,6 +28,7 @@ class Segment:
 
     ``color`` is the display colour the pipeline wants (sRGB); None lets the SEG writer
     choose the anatomical colour of ``property_type`` (see ``pipelines.colors``).
+    ``property_modifier`` qualifies the type, e.g. laterality (SCT 7771000 "Left").
     """
 
     label: str
@@ -35,6 +36,7 @@ class Segment:
     category: Code
     property_type: Code
     color: RGB | None = None
+    property_modifier: Code | None = None
 
     def __post_init__(self) -> None:
         if self.mask.dtype != np.bool_:

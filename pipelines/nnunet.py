@@ -154,7 +154,14 @@ class NnunetPipeline:
             for value, name in sorted(model.names.items()):
                 code = self.code(name)
                 segments.append(
-                    Segment(name, grid == value, code.category, code.property_type, code.color)
+                    Segment(
+                        name,
+                        grid == value,
+                        code.category,
+                        code.property_type,
+                        code.color,
+                        property_modifier=self.modifier(name),
+                    )
                 )
             postprocess += time.perf_counter() - start
         self.timings["inference"] = inference
@@ -173,6 +180,15 @@ class NnunetPipeline:
             property_type=Code(*published.property_type),
             color=parse_color(published.color) if published.color else None,
         )
+
+    def modifier(self, name: str) -> Code | None:
+        """TotalSegmentator's laterality of a class ("kidney_left": Left), unless configured."""
+        if name in self.spec.labels:
+            return None
+        published = structure_code(name)
+        if published is None or published.modifier is None:
+            return None
+        return Code(*published.modifier)
 
     def _load_folder(self, folder: ModelFolder) -> _Model:
         check_model_folder(folder)

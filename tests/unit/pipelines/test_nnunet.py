@@ -25,6 +25,7 @@ from tests.support.nnunet import (
     THRESHOLD_HU,
     TOTALSEG_LABEL_1,
     NnunetModels,
+    placeholder_model_folder,
     threshold_phantom,
 )
 from tests.unit.pipelines.test_bundle import dice, run_bundle, seg_masks
@@ -129,7 +130,7 @@ def test_totalsegmentator_task_gives_coded_coloured_segments(
 
 
 def test_label_names_are_coded_from_settings_totalsegmentator_or_snomed(
-    nnunet_models: NnunetModels,
+    tmp_path: Path,
 ) -> None:
     from pydicom.sr.codedict import codes
 
@@ -139,13 +140,15 @@ def test_label_names_are_coded_from_settings_totalsegmentator_or_snomed(
     pipeline = NnunetPipeline(
         NnunetSpec(
             name="codes",
-            folders=(ModelFolder(nnunet_models.model_folder),),
+            folders=(ModelFolder(placeholder_model_folder(tmp_path / "model")),),
             labels={"dense": given},
         )
     )
     assert pipeline.code("dense") is given
     kidney = pipeline.code("kidney_left")
     assert (kidney.property_type.value, kidney.color) == ("64033007", (46, 138, 184))
+    assert pipeline.modifier("kidney_left") == codes.SCT.Left  # laterality as published
+    assert pipeline.modifier("liver") is None
     assert pipeline.code("liver").property_type.value == "10200004"
     assert pipeline.code("lung").property_type.value == "39607008"  # SNOMED dictionary
     assert pipeline.code("blob").property_type.scheme_designator == LOCAL_SCHEME
