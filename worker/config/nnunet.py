@@ -104,10 +104,14 @@ class TotalSegmentatorPipelineSettings(_NnunetCommon):
         return totalsegmentator_task(self.task, self.mode, self.weights_dir)
 
 
+#: Tags of the ``pipelines:`` entry types (pydantic puts them in error locations).
+PIPELINE_KINDS = ("bundle", "nnunet", "totalsegmentator")
+
+
 def _pipeline_kind(value: Any) -> str:
     """``kind: nnunet`` or ``kind: totalsegmentator``; anything else is a MONAI bundle."""
     kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
-    return kind if kind in ("nnunet", "totalsegmentator") else "bundle"
+    return kind if kind in PIPELINE_KINDS[1:] else "bundle"
 
 
 #: One entry under ``pipelines:``: a MONAI bundle, an nnU-Net folder or a TotalSegmentator task.

@@ -75,7 +75,7 @@ def test_bad_values_are_refused(tmp_path: Path, field: str, value: object) -> No
         tmp_path,
         pipelines={"m": {"kind": "nnunet", "model_folder": str(folder), field: value}},
     )
-    assert f"pipelines.m.nnunet.{field}" in message
+    assert f"  pipelines.m.{field}: " in message
 
 
 def test_a_totalsegmentator_task_finds_its_dataset_folders(tmp_path: Path) -> None:
