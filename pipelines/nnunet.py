@@ -36,6 +36,7 @@ from pipelines.colors import parse_color
 from pipelines.errors import DeviceOutOfMemoryError, ModelRunError
 from pipelines.findings import Algorithm, Findings, Segment
 from pipelines.nnunet_files import (
+    DICOM_ORDER,
     ModelFolder,
     NnunetModelError,
     check_model_folder,
@@ -43,7 +44,7 @@ from pipelines.nnunet_files import (
     read_json,
     structure_code,
 )
-from pipelines.nnunet_geometry import DICOM_ORDER, NnunetInput, to_nnunet
+from pipelines.nnunet_geometry import NnunetInput, to_nnunet
 from pipelines.volume import Volume
 
 logger = logging.getLogger(__name__)

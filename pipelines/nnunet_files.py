@@ -25,6 +25,9 @@ from pipelines.errors import BundleError
 
 DATA_FILE = Path(__file__).parent / "data" / "totalsegmentator.json"
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+#: ``orientation:`` for the series as stored (i = column, j = row, k = slice).
+DICOM_ORDER = "dicom"
+_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
 #: TotalSegmentator's weights: weights_dir/Dataset<id>_<name>/<trainer>__<plans>__<configuration>
 _DATASET_GLOB = "Dataset{id:03d}_*"
 
@@ -205,3 +208,15 @@ def parse_folds(values: Iterable[int | str]) -> tuple[int | str, ...]:
         else:
             raise ValueError(f"fold {value!r} is not a fold number or 'all'")
     return tuple(folds)
+
+
+def check_orientation(code: str) -> str:
+    """``dicom`` or three patient direction letters, one per body axis (``RAS``, ``LPS``)."""
+    if code == DICOM_ORDER:
+        return code
+    upper = code.upper()
+    if len(upper) != 3 or not set(upper) <= set(_AXIS) or len({_AXIS[c] for c in upper}) != 3:
+        raise ValueError(
+            f"orientation {code!r} must be 'dicom' or one of L/R, P/A, I/S each (e.g. RAS)"
+        )
+    return upper

@@ -26,22 +26,8 @@ import numpy.typing as npt
 from nibabel import orientations
 
 from pipelines.bundle_geometry import ras_affine
+from pipelines.nnunet_files import DICOM_ORDER
 from pipelines.volume import Volume
-
-DICOM_ORDER = "dicom"
-_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
-
-
-def check_orientation(code: str) -> str:
-    """``dicom`` or three patient direction letters, one per body axis (``RAS``, ``LPS``)."""
-    if code == DICOM_ORDER:
-        return code
-    upper = code.upper()
-    if len(upper) != 3 or not set(upper) <= set(_AXIS) or len({_AXIS[c] for c in upper}) != 3:
-        raise ValueError(
-            f"orientation {code!r} must be 'dicom' or one of L/R, P/A, I/S each (e.g. RAS)"
-        )
-    return upper
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from pipelines.nnunet_files import (
     NnunetModelError,
     TotalSegmentatorTask,
     check_model_folder,
+    check_orientation,
     parse_folds,
     totalsegmentator_task,
 )
-from pipelines.nnunet_geometry import check_orientation
 from worker.config.pipelines import BundlePipelineSettings, LabelCodeSettings, ModelQueueSettings
 
 NNUNET_EXTRA = "pip install 'pacs-annotator[nnunet]'"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.nnunet_geometry import check_orientation, to_nnunet
+from pipelines.nnunet_files import check_orientation
+from pipelines.nnunet_geometry import to_nnunet
 from pipelines.volume import Volume, load_series
 from tests.support.phantom import make_ct_phantom
 
