@@ -152,7 +152,10 @@ class NnunetPipeline:
                     f"{self.name}: cannot read the model output for series "
                     f"{volume.series_uid}: {exc}"
                 ) from exc
+            present = {int(value) for value in np.unique(grid)}
             for value, name in sorted(model.names.items()):
+                if value not in present:
+                    continue  # not written to the SEG anyway: spare a full-size mask
                 code = self.code(name)
                 segments.append(
                     Segment(
@@ -245,6 +248,12 @@ class NnunetPipeline:
                 ) from exc
             raise ModelRunError(
                 f"{self.name}: nnU-Net inference failed on series {volume.series_uid}: {exc}"
+            ) from exc
+        except (ValueError, AssertionError, IndexError) as exc:
+            # nnunetv2's preprocessing refusing this input (e.g. a shape it cannot crop)
+            raise ModelRunError(
+                f"{self.name}: nnU-Net refused series {volume.series_uid}: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
         return np.asarray(labels)
 
