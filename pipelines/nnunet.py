@@ -33,7 +33,8 @@ from pydicom.sr.coding import Code
 
 from pipelines.bundle_outputs import LabelCode, label_code
 from pipelines.colors import parse_color
-from pipelines.errors import DeviceOutOfMemoryError, ModelRunError
+from pipelines.device_memory import out_of_memory
+from pipelines.errors import ModelRunError
 from pipelines.findings import Algorithm, Findings, Segment
 from pipelines.nnunet_files import (
     DICOM_ORDER,
@@ -236,16 +237,9 @@ class NnunetPipeline:
                     given.array[None], {"spacing": list(given.spacing)}
                 )
         except RuntimeError as exc:
-            message = str(exc).lower()
-            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in message:
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                raise DeviceOutOfMemoryError(
-                    f"{self.name}: out of memory on {self.device} for series "
-                    f"{volume.series_uid} ({tuple(volume.voxels.shape)} voxels): {exc}",
-                    pipeline=self.name,
-                    device=str(self.device),
-                ) from exc
+            memory = out_of_memory(exc, pipeline=self.name, device=self.device, volume=volume)
+            if memory is not None:
+                raise memory from exc
             raise ModelRunError(
                 f"{self.name}: nnU-Net inference failed on series {volume.series_uid}: {exc}"
             ) from exc

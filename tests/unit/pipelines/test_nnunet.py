@@ -14,9 +14,10 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pytest
+import torch
 
 from pipelines.bundle_outputs import LOCAL_SCHEME
-from pipelines.errors import ModelRunError
+from pipelines.errors import DeviceOutOfMemoryError, ModelRunError
 from pipelines.nnunet import NnunetPipeline, NnunetSpec
 from pipelines.nnunet_files import ModelFolder, NnunetModelError
 from pipelines.volume import load_series
@@ -152,3 +153,30 @@ def test_label_names_are_coded_from_settings_totalsegmentator_or_snomed(
     assert pipeline.code("liver").property_type.value == "10200004"
     assert pipeline.code("lung").property_type.value == "39607008"  # SNOMED dictionary
     assert pipeline.code("blob").property_type.scheme_designator == LOCAL_SCHEME
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory"), DeviceOutOfMemoryError),
+        (RuntimeError("shapes do not match"), ModelRunError),
+        (ValueError("cannot crop"), ModelRunError),
+    ],
+)
+def test_inference_errors_fail_the_series_with_the_reason(
+    threshold_pipeline: NnunetPipeline,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    expected: type[Exception],
+) -> None:
+    threshold_pipeline.load()
+    assert threshold_pipeline._models is not None
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    predictor = threshold_pipeline._models[0].predictor
+    monkeypatch.setattr(predictor, "predict_single_npy_array", fail)
+    volume = load_series(threshold_phantom("axial"))
+    with pytest.raises(expected, match=str(error)):
+        threshold_pipeline.run(volume)
