@@ -110,10 +110,6 @@ def totalsegmentator_map() -> dict[str, Any]:
     return loaded
 
 
-def totalsegmentator_tasks() -> tuple[str, ...]:
-    return tuple(sorted(totalsegmentator_map()["tasks"]))
-
-
 @dataclass(frozen=True)
 class TotalSegmentatorTask:
     """A TotalSegmentator task resolved to the model folders under a weights directory."""
