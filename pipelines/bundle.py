@@ -43,7 +43,8 @@ from pipelines.bundle_outputs import (
     label_code,
     label_maps,
 )
-from pipelines.errors import BundleError, DeviceOutOfMemoryError, ModelRunError
+from pipelines.device_memory import out_of_memory
+from pipelines.errors import BundleError, ModelRunError
 from pipelines.findings import Algorithm, Findings, Segment
 from pipelines.volume import Volume
 
@@ -184,18 +185,9 @@ class BundlePipeline:
                     return loaded.inferer(batch, loaded.network)
                 return loaded.network(batch)
         except RuntimeError as exc:
-            message = str(exc).lower()
-            if isinstance(exc, torch.OutOfMemoryError) or any(
-                text in message for text in ("out of memory", "can't allocate memory")
-            ):
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                raise DeviceOutOfMemoryError(
-                    f"{self.name}: out of memory on {self.device} for series "
-                    f"{volume.series_uid} ({tuple(volume.voxels.shape)} voxels): {exc}",
-                    pipeline=self.name,
-                    device=str(self.device),
-                ) from exc
+            memory = out_of_memory(exc, pipeline=self.name, device=self.device, volume=volume)
+            if memory is not None:
+                raise memory from exc
             raise ModelRunError(
                 f"{self.name}: inference failed on series {volume.series_uid}: {_describe(exc)}"
             ) from exc

@@ -31,6 +31,7 @@ class Segment:
 
     ``color`` is the display colour the pipeline wants (sRGB); None lets the SEG writer
     choose the anatomical colour of ``property_type`` (see ``pipelines.colors``).
+    ``property_modifier`` qualifies the type, e.g. laterality (SCT 7771000 "Left").
     """
 
     label: str
@@ -38,6 +39,7 @@ class Segment:
     category: Code
     property_type: Code
     color: RGB | None = None
+    property_modifier: Code | None = None
 
     @property
     def is_anatomy(self) -> bool:

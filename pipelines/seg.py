@@ -104,6 +104,14 @@ def build_seg(
         )
         for number, (segment, color) in enumerate(zip(segments, colors, strict=True), start=1)
     ]
+    for description, segment in zip(descriptions, segments, strict=True):
+        modifier = segment.property_modifier
+        if modifier is not None:  # e.g. laterality: highdicom takes no modifier argument
+            concept = hd.sr.CodedConcept(
+                modifier.value, modifier.scheme_designator, modifier.meaning
+            )
+            property_type = description.SegmentedPropertyTypeCodeSequence[0]
+            property_type.SegmentedPropertyTypeModifierCodeSequence = [concept]
     source_images, pixel_array = _frames_on_sources(volume, segments)
     equipment = hd.ContributingEquipment(
         manufacturer=algorithm.manufacturer,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.nnunet import nnunet_models  # noqa: F401  (session fixture, built once)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: ../shared/data, or PACS_ANNOTATOR_TEST_DATA (a checkout elsewhere, e.g. a git worktree).
 SHARED_DATA = Path(

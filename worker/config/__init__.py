@@ -19,6 +19,11 @@ from worker.config.edge import (
 )
 from worker.config.jobs import DEFAULT_QUEUE, RecoverySettings, WorkerSettings
 from worker.config.monitor import MonitorSettings
+from worker.config.nnunet import (
+    ModelPipelineSettings,
+    NnunetPipelineSettings,
+    TotalSegmentatorPipelineSettings,
+)
 from worker.config.options import with_worker_options, worker_hostname
 from worker.config.pipelines import BundlePipelineSettings, LabelCodeSettings, RoutingRuleSettings
 from worker.config.retention import RetentionSettings
@@ -39,7 +44,9 @@ __all__ = [
     "DicomwebAuthSettings",
     "DicomwebSource",
     "LabelCodeSettings",
+    "ModelPipelineSettings",
     "MonitorSettings",
+    "NnunetPipelineSettings",
     "PollSettings",
     "RecoverySettings",
     "RetentionSettings",
@@ -49,6 +56,7 @@ __all__ = [
     "Section",
     "Settings",
     "SettingsError",
+    "TotalSegmentatorPipelineSettings",
     "WorkerSettings",
     "load_settings",
     "with_worker_options",

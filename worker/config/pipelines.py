@@ -71,7 +71,19 @@ class LabelCodeSettings(Section):
         return value
 
 
-class BundlePipelineSettings(Section):
+class ModelQueueSettings(Section):
+    """Where a model pipeline's jobs run and for how long (bundles and nnU-Net alike)."""
+
+    queue: str = DEFAULT_QUEUE
+    oom_fallback_queue: str | None = None
+    time_limit_seconds: float | None = Field(default=None, gt=0)
+
+    _queues = field_validator("queue", "oom_fallback_queue")(
+        lambda value: None if value is None else check_queue(value)
+    )
+
+
+class BundlePipelineSettings(ModelQueueSettings):
     """One MONAI bundle run as a named pipeline (``pipelines: {NAME: {bundle: PATH}}``)."""
 
     bundle: Path
@@ -85,13 +97,6 @@ class BundlePipelineSettings(Section):
     overrides: dict[str, Any] = Field(default_factory=dict)
     #: Output class names by index (a detector's classes); empty: the metadata's channel_def.
     class_names: tuple[str, ...] = ()
-    queue: str = DEFAULT_QUEUE
-    oom_fallback_queue: str | None = None
-    time_limit_seconds: float | None = Field(default=None, gt=0)
-
-    _queues = field_validator("queue", "oom_fallback_queue")(
-        lambda value: None if value is None else check_queue(value)
-    )
 
     @field_validator("bundle")
     @classmethod

@@ -23,7 +23,8 @@ from worker.config.dicomweb import SOURCE_NAME, DicomwebSource
 from worker.config.edge import CompletionSettings, ScpSettings
 from worker.config.jobs import RecoverySettings, WorkerSettings
 from worker.config.monitor import MonitorSettings
-from worker.config.pipelines import BundlePipelineSettings, RoutingRuleSettings, default_routing
+from worker.config.nnunet import PIPELINE_KINDS, ModelPipelineSettings
+from worker.config.pipelines import RoutingRuleSettings, default_routing
 from worker.config.retention import RetentionSettings
 
 ENV_PREFIX = "PACS_ANNOTATOR_"
@@ -55,7 +56,7 @@ class Settings(BaseSettings):
     routing: tuple[RoutingRuleSettings, ...] = Field(default_factory=default_routing)
     worker: WorkerSettings = WorkerSettings()
     monitor: MonitorSettings = MonitorSettings()
-    pipelines: dict[str, BundlePipelineSettings] = Field(default_factory=dict)
+    pipelines: dict[str, ModelPipelineSettings] = Field(default_factory=dict)
     recovery: RecoverySettings = RecoverySettings()
     retention: RetentionSettings = RetentionSettings()
 
@@ -170,7 +171,10 @@ def _check_retention(settings: Settings) -> None:
 def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = list(err["loc"])
+        if len(loc) > 2 and loc[0] == "pipelines" and loc[2] in PIPELINE_KINDS:
+            del loc[2]  # the union's tag: admins know the entry by its name
+        where = ".".join(str(p) for p in loc) or "(top level)"
         lines.append(f"  {where}: {err['msg']}")
     return "\n".join(lines)
 

@@ -16,8 +16,10 @@ from pipelines.bundle import BundlePipeline, BundleSpec
 from pipelines.bundle_outputs import LabelCode
 from pipelines.colors import parse_color
 from pipelines.errors import BundleError
+from pipelines.nnunet import NnunetPipeline
 from pipelines.registry import builtin_pipelines
 from worker.config import BundlePipelineSettings, LabelCodeSettings, Settings
+from worker.run.nnunet import nnunet_spec
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +48,21 @@ def bundle_spec(name: str, settings: BundlePipelineSettings) -> BundleSpec:
 
 
 def configured_pipelines(settings: Settings) -> dict[str, Pipeline]:
-    """Fresh pipelines by name; bundles on ``worker.device``, not loaded yet."""
+    """Fresh pipelines by name; models on ``worker.device``, not loaded yet."""
     pipelines = dict(builtin_pipelines())
-    for name, bundle in settings.pipelines.items():
-        pipelines[name] = BundlePipeline(bundle_spec(name, bundle), device=settings.worker.device)
+    device = settings.worker.device
+    for name, model in settings.pipelines.items():
+        if isinstance(model, BundlePipelineSettings):
+            pipelines[name] = BundlePipeline(bundle_spec(name, model), device=device)
+        else:
+            pipelines[name] = NnunetPipeline(nnunet_spec(name, model, label_code), device=device)
     return pipelines
 
 
 def load_models(pipelines: dict[str, Pipeline]) -> None:
-    """Load every bundle now (in the worker process, after fork), so jobs find them warm."""
+    """Load every model now (in the worker process, after fork), so jobs find them warm."""
     for pipeline in pipelines.values():
-        if isinstance(pipeline, BundlePipeline):
+        if isinstance(pipeline, BundlePipeline | NnunetPipeline):
             try:
                 pipeline.load()
             except BundleError as exc:

@@ -352,3 +352,28 @@ def test_overlap_check_allocates_no_volume_sized_array() -> None:
     finally:
         tracemalloc.stop()
     assert peak < masks[0].nbytes // 2
+
+
+def test_a_laterality_modifier_qualifies_the_segmented_property(
+    phantom_volume: Volume, tmp_path: Path
+) -> None:
+    mask = np.zeros(phantom_volume.voxels.shape, dtype=bool)
+    mask[4:8, 20:30, 10:20] = True
+    left = codes.SCT.Left
+    findings = Findings(
+        algorithm=Algorithm(name="kidneys", version="1"),
+        segments=(
+            Segment(
+                "kidney_left",
+                mask,
+                codes.SCT.AnatomicalStructure,
+                codes.SCT.Kidney,
+                property_modifier=left,
+            ),
+        ),
+    )
+    path = _write(phantom_volume, findings, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    [item] = pydicom.dcmread(path).SegmentSequence
+    [modifier] = item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+    assert (modifier.CodeValue, modifier.CodingSchemeDesignator) == ("7771000", "SCT")
