@@ -267,7 +267,7 @@ def lung_envelope(lungs: Mask, spacing: Spacing) -> Mask:
                 continue
             part = labels[found] == index
             if part.sum() >= min_pixels:
-                envelope[k][found] |= convex_hull_image(part)
+                envelope[k][found] |= convex_hull_image(part)  # type: ignore[no-untyped-call]
     return envelope
 
 

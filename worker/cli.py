@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from worker import __version__
@@ -341,7 +341,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    from pipelines.evaluation.evaluate import evaluate_studies
+    from pipelines.evaluation.evaluate import Study, evaluate_studies
     from pipelines.evaluation.report import write_reports
     from worker.run.bundles import configured_pipelines
 
@@ -365,11 +365,12 @@ def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
 
-    def progress(items):  # type: ignore[no-untyped-def]
+    def progress(items: Iterable[Study]) -> Iterable[Study]:
         from tqdm import tqdm
 
-        items = list(items)
-        return tqdm(items, desc="evaluate", unit="study", disable=args.no_progress)
+        listed = list(items)  # a known total: the bar shows studies done of all
+        bar: Iterable[Study] = tqdm(listed, desc="evaluate", unit="study", disable=args.no_progress)
+        return bar
 
     evaluation = evaluate_studies(
         args.directory,

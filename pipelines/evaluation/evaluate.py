@@ -83,6 +83,10 @@ class Evaluation:
     match_mm: float
 
 
+#: A study to evaluate: its Study Instance UID and its files.
+Study = tuple[str, StudyFiles]
+
+
 def collect_studies(folder: Path) -> dict[str, StudyFiles]:
     """Every DICOM file under ``folder``, by Study Instance UID: images and annotations."""
     studies: dict[str, StudyFiles] = {}
@@ -121,12 +125,11 @@ def evaluate_studies(
     only: str | None = None,
     mapping: NameMap | None = None,
     match_mm: float = 10.0,
-    progress: Callable[[Iterable[tuple[str, StudyFiles]]], Iterable[tuple[str, StudyFiles]]]
-    | None = None,
+    progress: Callable[[Iterable[Study]], Iterable[Study]] | None = None,
 ) -> Evaluation:
     """Score every study of ``folder`` (see the module's docstring)."""
     studies = collect_studies(folder)
-    items: Iterable[tuple[str, StudyFiles]] = sorted(studies.items())
+    items: Iterable[Study] = sorted(studies.items())
     if progress is not None:
         items = progress(items)
     cases = []

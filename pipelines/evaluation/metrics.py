@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.metrics.froc import compute_froc_curve_data, compute_froc_score
+from monai.metrics.hausdorff_distance import HausdorffDistanceMetric
+from monai.metrics.meandice import DiceMetric
 
 from pipelines.evaluation.references import Lesion
 
@@ -45,12 +46,19 @@ def structure_score(
     pred = torch.from_numpy(np.ascontiguousarray(predicted))[None, None].float()
     ref = torch.from_numpy(np.ascontiguousarray(reference))[None, None].float()
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
-    dice_value = float(dice(pred, ref).item())
+    dice_value = _scalar(dice(pred, ref))
     if not predicted.any() or not reference.any():
         return StructureScore(dice=dice_value, hd95_mm=None)
     hausdorff = HausdorffDistanceMetric(include_background=True, percentile=95.0, reduction="none")
-    hd95 = float(hausdorff(pred, ref, spacing=list(spacing)).item())
+    hd95 = _scalar(hausdorff(pred, ref, spacing=list(spacing)))
     return StructureScore(dice=dice_value, hd95_mm=hd95)
+
+
+def _scalar(value: object) -> float:
+    """The one value of a metric called on one image (MONAI returns a 1x1 tensor)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"expected a tensor from the metric, got {type(value).__name__}")
+    return float(value.item())
 
 
 @dataclass(frozen=True)

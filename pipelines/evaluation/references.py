@@ -19,6 +19,7 @@ receives, not from in-memory values.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import highdicom as hd
 import numpy as np
@@ -148,7 +149,7 @@ def rtstruct_masks(ds: Dataset, volume: Volume) -> dict[str, Mask]:
             slices = np.rint(index[:, 0])
             if np.ptp(index[:, 0]) > 0.5 or not 0 <= slices[0] < shape[0]:
                 continue  # not on one of the image's slices
-            rows, cols = polygon(index[:, 1], index[:, 2], shape=shape[1:])
+            rows, cols = polygon(index[:, 1], index[:, 2], shape=shape[1:])  # type: ignore[no-untyped-call]
             plane = np.zeros(shape[1:], dtype=bool)
             plane[rows, cols] = True
             mask[int(slices[0])] ^= plane
@@ -163,7 +164,7 @@ def sr_lesions(ds: Dataset, images: dict[str, Dataset]) -> list[Lesion]:
         sr = _as_sr(ds)
     except (ValueError, AttributeError) as exc:
         raise AnnotationError(f"SR {ds.SOPInstanceUID} is not a readable TID 1500: {exc}") from exc
-    content = sr.content
+    content = cast(hd.sr.MeasurementReport, sr.content)
     groups = [
         *content.get_planar_roi_measurement_groups(),
         *content.get_volumetric_roi_measurement_groups(),
@@ -207,13 +208,12 @@ def _as_sr(ds: Dataset) -> hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR | hd.
     if sop_class == "1.2.840.10008.5.1.4.1.1.88.34":
         return hd.sr.Comprehensive3DSR.from_dataset(ds, copy=False)
     if sop_class == "1.2.840.10008.5.1.4.1.1.88.22":
-        return hd.sr.EnhancedSR.from_dataset(ds, copy=False)
+        return cast(hd.sr.EnhancedSR, hd.sr.EnhancedSR.from_dataset(ds, copy=False))
     return hd.sr.ComprehensiveSR.from_dataset(ds, copy=False)
 
 
 def _region_points(
-    group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
+    group: object,
     images: dict[str, Dataset],
 ) -> npt.NDArray[np.float64] | None:
     """The group's region in patient mm, or None (no region, or on an image not here)."""
