@@ -13,7 +13,8 @@ no lesion is a false positive, put in the size class of its own measured diamete
 
 The peer is the detector of another revision (default: ``main``) measured in the same run
 on the same volumes: ``git show REF:pipelines/ct_lung_nodules.py`` loaded beside this
-tree's modules.
+tree's modules. A third column is ``THRESHOLD_PEER``: threshold + connected components +
+size filter inside the filled lung mask, no envelope, opening, merging or shape filter.
 
 Run: .venv/bin/python bench/detection_phantom.py [--scans N] [--seed S] [--peer-ref REF]
 """
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.ct_basic import segment_body, segment_lungs  # noqa: E402
-from pipelines.ct_lung_nodules import detect_nodules  # noqa: E402
+from pipelines.ct_lung_nodules import THRESHOLD_PEER, detect_nodules  # noqa: E402
 from pipelines.volume import Volume, load_series  # noqa: E402
 from tests.support.lesions import WALLS, attached_lesion, free_lesion, make_lesion_phantom  # noqa: E402
 from tests.support.phantom import LARGE_LUNGS, Lesion, LesionShape, Vessel  # noqa: E402
@@ -163,6 +164,13 @@ def _ours(volume: Volume, lungs: np.ndarray, body: np.ndarray) -> list[tuple[np.
     return [(np.array(c.centre_mm), c.longest_diameter_mm) for c in found]
 
 
+def _threshold(
+    volume: Volume, lungs: np.ndarray, body: np.ndarray
+) -> list[tuple[np.ndarray, float]]:
+    found = detect_nodules(volume.voxels, lungs, volume.affine, THRESHOLD_PEER, body)
+    return [(np.array(c.centre_mm), c.longest_diameter_mm) for c in found]
+
+
 def _peer_module(ref: str, folder: Path) -> ModuleType:
     source = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{ref}:pipelines/ct_lung_nodules.py"],
@@ -204,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         detectors: dict[str, Detector] = {
             "ct-lung-nodules": _ours,
             f"peer ({args.peer_ref})": peer,
+            "threshold": _threshold,
         }
         tallies = {name: Tally() for name in detectors}
         for scan in range(args.scans):

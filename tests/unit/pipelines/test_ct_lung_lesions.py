@@ -8,15 +8,23 @@ mass >= 3 cm), with its size; nothing may be reported away from the lesions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipelines.ct_lung_nodules import MASS, NODULE, CtLungNodulesPipeline, lung_envelope
 from pipelines.findings import Detection, Findings
+from pipelines.registry import builtin_pipelines
+from pipelines.routing import DEFAULT_RULES
+from pipelines.runner import annotate_study
 from pipelines.volume import Volume, load_series
+from tests.support.dicom_validate import dciodvfy_errors, pixelmed_sr_errors
 from tests.support.lesions import attached_lesion, free_lesion, make_lesion_phantom
-from tests.support.phantom import Lesion
+from tests.support.phantom import CtPhantom, Lesion
 
 #: (size mm, where, lung (0 right, 1 left), shape): the representative cases; "free"
 #: lesions float in either lung, clear of the others.
@@ -45,8 +53,12 @@ def lesions() -> list[Lesion]:
 
 
 @pytest.fixture(scope="module")
-def findings(lesions: list[Lesion]) -> Findings:
-    phantom = make_lesion_phantom(lesions, seed=3)
+def phantom(lesions: list[Lesion]) -> CtPhantom:
+    return make_lesion_phantom(lesions, seed=3)
+
+
+@pytest.fixture(scope="module")
+def findings(phantom: CtPhantom) -> Findings:
     return CtLungNodulesPipeline().run(load_series(phantom.datasets))
 
 
@@ -106,3 +118,43 @@ def test_real_ct_lung_bases_give_no_mass(real_volume: Volume) -> None:
     findings = CtLungNodulesPipeline().run(real_volume)
     assert not [d for d in findings.detections if d.finding_type == MASS]
     assert len(findings.detections) <= 3
+
+
+def test_sr_with_masses_and_nodules_validates(phantom: CtPhantom, tmp_path: Path) -> None:
+    """The SR the worker writes for these findings: Mass and Nodule groups with their Long
+    Axis, and zero errors from dciodvfy and PixelMed's DicomSRValidator."""
+    paths = []
+    for number, ds in enumerate(phantom.datasets):
+        path = tmp_path / f"{number:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    result = annotate_study(
+        paths,
+        rules=DEFAULT_RULES,
+        pipelines=builtin_pipelines(),
+        software_version="test",
+        only="ct-lung-nodules",
+    )
+    assert result.report is not None
+    sr_path = tmp_path / "sr.dcm"
+    result.report.save_as(sr_path, enforce_file_format=True)
+    finding_types = set()
+    long_axes = []
+    for item in _walk(result.report):
+        if "ConceptNameCodeSequence" not in item:
+            continue
+        concept = item.ConceptNameCodeSequence[0].CodeValue
+        if concept == codes.DCM.Finding.value and "ConceptCodeSequence" in item:
+            finding_types.add(item.ConceptCodeSequence[0].CodeValue)
+        if concept == codes.SCT.LongAxis.value:
+            long_axes.append(float(item.MeasuredValueSequence[0].NumericValue))
+    assert {MASS.value, NODULE.value} <= finding_types
+    assert max(long_axes) > 60.0  # the 95 mm mass's size is in the SR
+    assert dciodvfy_errors(sr_path) == []
+    assert pixelmed_sr_errors(sr_path) == []
+
+
+def _walk(dataset: Dataset) -> Iterator[Dataset]:
+    for item in dataset.get("ContentSequence", []):
+        yield item
+        yield from _walk(item)
