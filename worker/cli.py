@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker import __version__
 from worker.config import (
@@ -20,6 +21,9 @@ from worker.config import (
     worker_hostname,
 )
 from worker.jobs.broker import require_broker_url
+
+if TYPE_CHECKING:  # the commands import what they need when they run
+    from pipelines.base import Pipeline
 
 log = logging.getLogger("pacs_annotator")
 
@@ -303,18 +307,10 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from pipelines.errors import DeviceOutOfMemoryError
     from pipelines.routing import RoutingRule
     from pipelines.runner import annotate_study
-    from worker.run.bundles import configured_pipelines
 
     settings = with_worker_options(settings, device=args.device, queues=None)
-    pipelines = configured_pipelines(settings)
-    if args.pipeline and args.pipeline not in pipelines:
-        known = ", ".join(sorted(pipelines))
-        print(
-            f"pacs-annotator: unknown pipeline {args.pipeline!r} (known: {known})", file=sys.stderr
-        )
-        return EXIT_USAGE
-    if not args.directory.is_dir():
-        print(f"pacs-annotator: {args.directory} is not a directory", file=sys.stderr)
+    pipelines = _local_pipelines(settings, args)
+    if pipelines is None:
         return EXIT_USAGE
     rules: tuple[RoutingRule, ...] = settings.routing_rules
     paths = sorted(p for p in args.directory.rglob("*") if p.is_file())
@@ -343,26 +339,18 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from pipelines.evaluation.evaluate import Study, evaluate_studies
     from pipelines.evaluation.report import write_reports
-    from worker.run.bundles import configured_pipelines
 
     try:
         mapping = _name_map(args.map)
     except ValueError as exc:
         print(f"pacs-annotator: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not args.directory.is_dir():
-        print(f"pacs-annotator: {args.directory} is not a directory", file=sys.stderr)
-        return EXIT_USAGE
     if not args.match_mm > 0:
         print("pacs-annotator: --match-mm must be > 0", file=sys.stderr)
         return EXIT_USAGE
     settings = with_worker_options(settings, device=args.device, queues=None)
-    pipelines = configured_pipelines(settings)
-    if args.pipeline and args.pipeline not in pipelines:
-        known = ", ".join(sorted(pipelines))
-        print(
-            f"pacs-annotator: unknown pipeline {args.pipeline!r} (known: {known})", file=sys.stderr
-        )
+    pipelines = _local_pipelines(settings, args)
+    if pipelines is None:
         return EXIT_USAGE
 
     def progress(items: Iterable[Study]) -> Iterable[Study]:
@@ -400,6 +388,24 @@ def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     print(f"wrote {json_path}\nwrote {html_path}")
     failed = [case for case in evaluation.cases if case.status == "failed"]
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _local_pipelines(settings: Settings, args: argparse.Namespace) -> dict[str, Pipeline] | None:
+    """The configured pipelines for ``run``/``evaluate``; None (message printed) when
+    ``--pipeline`` names none of them or ``DIR`` is not a folder."""
+    from worker.run.bundles import configured_pipelines
+
+    pipelines = configured_pipelines(settings)
+    if args.pipeline and args.pipeline not in pipelines:
+        known = ", ".join(sorted(pipelines))
+        print(
+            f"pacs-annotator: unknown pipeline {args.pipeline!r} (known: {known})", file=sys.stderr
+        )
+        return None
+    if not args.directory.is_dir():
+        print(f"pacs-annotator: {args.directory} is not a directory", file=sys.stderr)
+        return None
+    return pipelines
 
 
 def _name_map(values: Sequence[str]) -> dict[str, list[str]]:
