@@ -228,23 +228,22 @@ def detect_nodules(
     near_air = ndimage.binary_dilation(aerated, structure=_CONNECT_6)
     offset = np.array([s.start for s in crop], dtype=np.float64)
 
+    boxes = ndimage.find_objects(labels)
+
     def measure(index: int) -> Candidate | None:
-        found = ndimage.find_objects((labels == index).astype(np.uint8))[0]
+        found = boxes[index - 1]
         if found is None:
             return None
         mask = labels[found] == index
         return _measure(mask, hu_crop[found], near_air[found], found, offset, affine)
 
     kept: dict[int, Candidate] = {}
-    for index, found in enumerate(ndimage.find_objects(labels), start=1):
-        if found is None:
-            continue
-        mask = labels[found] == index
-        candidate = _measure(mask, hu_crop[found], near_air[found], found, offset, affine)
+    for index in range(1, len(boxes) + 1):
+        candidate = measure(index)
         if candidate is not None and _keep(candidate, settings):
             kept[index] = candidate
     if settings.merge_fragments:
-        kept = _merge_fragments(labels, kept, spacing, measure)
+        kept = _merge_fragments(labels, boxes, kept, spacing, measure)
     candidates = [replace(c, score=_score(c, settings)) for c in kept.values()]
     candidates.sort(key=lambda c: (-c.score, c.centre_mm))
     return candidates
@@ -292,6 +291,7 @@ def _label_candidates(solid: Mask, opening_mm: float, spacing: Spacing) -> npt.N
 
 def _merge_fragments(
     labels: npt.NDArray[np.int32],
+    boxes: list[tuple[slice, ...] | None],
     kept: dict[int, Candidate],
     spacing: Spacing,
     measure: Callable[[int], Candidate | None],
@@ -300,7 +300,8 @@ def _merge_fragments(
 
     A spiculated lesion, or one the opening split, comes out as one big component with
     smaller ones around it. A piece of at least ``MERGE_PART_FRACTION`` of the lesion's
-    volume is merged into it (``labels`` is relabelled, the lesion measured again); a
+    volume is merged into it (``labels`` and ``boxes`` are updated, the lesion measured
+    again); a
     smaller one is dropped, so a spicule does not change the lesion's size. Components the
     filters rejected (vessels) are not involved: a nodule beside a vessel stays itself.
     """
@@ -314,7 +315,9 @@ def _merge_fragments(
             MERGE_MAX_MM,
             max(MERGE_MIN_MM, MERGE_FRACTION * kept[index].equivalent_diameter_mm),
         )
-        found = ndimage.find_objects((labels == index).astype(np.uint8))[0]
+        found = boxes[index - 1]
+        if found is None:
+            continue
         pad = [math.ceil(reach_mm / s) for s in spacing]
         window = tuple(
             slice(max(0, b.start - p), min(n, b.stop + p))
@@ -330,7 +333,11 @@ def _merge_fragments(
                 continue
             absorbed.add(other)
             if kept[other].volume_mm3 >= MERGE_PART_FRACTION * kept[index].volume_mm3:
-                labels[labels == other] = index
+                piece = boxes[other - 1]
+                if piece is None:
+                    continue
+                labels[piece][labels[piece] == other] = index
+                boxes[index - 1] = _union(boxes[index - 1], piece)
                 grown.add(index)
     result = {i: c for i, c in kept.items() if i not in absorbed}
     for index in grown:
@@ -338,6 +345,14 @@ def _merge_fragments(
         if merged is not None:
             result[index] = merged
     return result
+
+
+def _union(one: tuple[slice, ...] | None, other: tuple[slice, ...]) -> tuple[slice, ...]:
+    if one is None:
+        return other
+    return tuple(
+        slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(one, other, strict=True)
+    )
 
 
 def _measure(
