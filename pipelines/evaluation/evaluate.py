@@ -134,11 +134,17 @@ def evaluate_studies(
         items = progress(items)
     cases = []
     for study_uid, files in items:
-        cases.append(
-            _evaluate_case(
-                study_uid, files, rules, pipelines, software_version, only, mapping or {}, match_mm
-            )
+        case = _evaluate_case(
+            study_uid, files, rules, pipelines, software_version, only, mapping or {}, match_mm
         )
+        logger.info(
+            "evaluate study %s: %s%s (%.1f s)",
+            study_uid,
+            case.status,
+            f", {case.reason}" if case.reason else "",
+            case.seconds,
+        )
+        cases.append(case)
     return summarise(cases, match_mm)
 
 

@@ -111,13 +111,25 @@ def _png(figure: Figure) -> str:
 
 def _froc_plot(evaluation: Evaluation) -> str:
     figure, axes = plt.subplots(figsize=(6, 4))
+    scans = max(1, sum(case.scored_for_detection for case in evaluation.cases))
+    widest = FROC_FP_RATES[-1]
+    curves = []
     for label, score in evaluation.detections.items():
         if score.froc_fps_per_scan:
-            order = np.argsort(score.froc_fps_per_scan)
-            fps = np.asarray(score.froc_fps_per_scan)[order]
-            sens = np.asarray(score.froc_sensitivity)[order]
-            axes.step(fps, sens, where="post", label=label)
+            # MONAI's points, then the operating point with every detection kept (its curve
+            # starts above the lowest score); the curve stays flat beyond it.
+            all_fps = (score.predictions - score.true_positives) / scans
+            fps = np.append(score.froc_fps_per_scan, all_fps)
+            sens = np.append(score.froc_sensitivity, score.sensitivity or 0.0)
+            order = np.lexsort((sens, fps))
+            curves.append((label, fps[order], sens[order], all_fps, score.sensitivity or 0.0))
+            widest = max(widest, float(fps.max()))
+    for label, fps, sens, all_fps, sensitivity in curves:
+        xs, ys = np.append(fps, widest), np.append(sens, sens[-1])
+        (line,) = axes.step(xs, ys, where="post", label=label)
+        axes.plot([all_fps], [sensitivity], "o", color=line.get_color())
     axes.set_xscale("symlog", linthresh=FROC_FP_RATES[0])
+    axes.set_xlim(0, widest)
     axes.set_xlabel("false positives per scan")
     axes.set_ylabel("sensitivity")
     axes.set_ylim(0, 1.05)
@@ -162,10 +174,12 @@ def _thumbnail(case: CaseResult) -> str | None:
         )
     figure, axes = plt.subplots(figsize=(2.4, 2.4))
     axes.imshow(volume.voxels[index], cmap="gray", vmin=-1000, vmax=400)
-    for masks_of, colour in ((reference.structures, "lime"), (predicted.structures, "red")):
-        for mask in masks_of.values():
-            if mask[index].any():
-                axes.contour(mask[index], levels=[0.5], colors=colour, linewidths=0.8)
+    # Only the structures the reference names: a prediction nobody scores is not drawn.
+    for name, mask in reference.structures.items():
+        guess = predicted.structures.get(name)
+        for shown, colour in ((mask, "lime"), (guess, "red")):
+            if shown is not None and shown[index].any():
+                axes.contour(shown[index], levels=[0.5], colors=colour, linewidths=0.8)
     for lesions, colour in ((reference.lesions, "lime"), (predicted.lesions, "red")):
         for lesion in lesions:
             point = np.linalg.inv(volume.affine) @ np.append(np.asarray(lesion.centre_mm), 1.0)
