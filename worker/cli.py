@@ -337,6 +337,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.errors import DeviceOutOfMemoryError
     from pipelines.evaluation.evaluate import Study, evaluate_studies
     from pipelines.evaluation.report import write_reports
 
@@ -360,16 +361,20 @@ def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         bar: Iterable[Study] = tqdm(listed, desc="evaluate", unit="study", disable=args.no_progress)
         return bar
 
-    evaluation = evaluate_studies(
-        args.directory,
-        rules=settings.routing_rules,
-        pipelines=pipelines,
-        software_version=__version__,
-        only=args.pipeline,
-        mapping=mapping,
-        match_mm=args.match_mm,
-        progress=progress,
-    )
+    try:
+        evaluation = evaluate_studies(
+            args.directory,
+            rules=settings.routing_rules,
+            pipelines=pipelines,
+            software_version=__version__,
+            only=args.pipeline,
+            mapping=mapping,
+            match_mm=args.match_mm,
+            progress=progress,
+        )
+    except DeviceOutOfMemoryError as exc:  # as `run`: the device is too small for the model
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     report_settings = {
         "pipelines": [args.pipeline] if args.pipeline else [],
         "map": mapping,
