@@ -19,7 +19,7 @@ from tests.support.references import (
     write_reference_seg,
     write_reference_sr,
 )
-from worker.cli import EXIT_OK, EXIT_USAGE, main
+from worker.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 
 CHROMIUM = "/usr/bin/chromium"  # what deploy/install.sh --dev installs (as the monitor's tests)
 
@@ -168,3 +168,23 @@ def test_masks_of_the_reference_seg_land_on_the_phantom_lungs(phantom_study: Pat
     truth = lung_masks(volume, DEFAULT_LUNGS)
     for name in ("Lung-Left", "Lung-Right"):
         assert np.array_equal(masks[name], truth[name])
+
+
+def test_a_reference_in_another_frame_fails_the_study_with_the_reason(
+    phantom_study: Path, tmp_path: Path
+) -> None:
+    import pydicom
+
+    study = tmp_path / "study"
+    study.mkdir()
+    for path in phantom_study.glob("ct-*.dcm"):
+        (study / path.name).symlink_to(path)
+    seg = pydicom.dcmread(phantom_study / "ref-seg.dcm")
+    seg.FrameOfReferenceUID = "1.2.3.4"
+    seg.save_as(study / "ref-seg.dcm")
+    out = tmp_path / "out"
+    assert main(["evaluate", str(study), "--out", str(out), "--no-progress"]) == EXIT_FAILED
+    (case,) = json.loads((out / "evaluation.json").read_text())["cases"]
+    assert case["status"] == "failed"
+    assert "another frame of reference" in case["reason"]
+    assert "another frame of reference" in (out / "evaluation.html").read_text()
