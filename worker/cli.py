@@ -8,8 +8,9 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker import __version__
 from worker.config import (
@@ -20,6 +21,9 @@ from worker.config import (
     worker_hostname,
 )
 from worker.jobs.broker import require_broker_url
+
+if TYPE_CHECKING:  # the commands import what they need when they run
+    from pipelines.base import Pipeline
 
 log = logging.getLogger("pacs_annotator")
 
@@ -122,6 +126,32 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated result objects to write: seg, sr, rtstruct, gsps, kos, sc "
         "(default: delivery.outputs)",
     )
+
+    e = sub.add_parser(
+        "evaluate",
+        parents=[config],
+        help="score the pipelines on studies with reference SEG, RTSTRUCT or SR annotations",
+    )
+    e.add_argument("directory", type=Path, metavar="DIR", help="studies and their references")
+    e.add_argument("--out", type=Path, required=True, metavar="OUTDIR")
+    e.add_argument("--pipeline", metavar="NAME", help="run this pipeline instead of the routing")
+    e.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="TARGET=NAME[,NAME...]",
+        help="count these structures or lesion classes as TARGET "
+        '(e.g. "Lungs=Lung-Left,Lung-Right"); repeatable',
+    )
+    e.add_argument(
+        "--match-mm",
+        type=float,
+        default=10.0,
+        help="a detection within this distance of a reference lesion's centre (or inside "
+        "its radius) matches it (default 10)",
+    )
+    e.add_argument("--device", help="cpu, cuda or cuda:N for the models (worker.device)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser(
         "monitor", parents=[config], help="run the admin web app: dashboard, /api, /metrics"
@@ -293,18 +323,10 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from pipelines.output_kinds import check_kinds
     from pipelines.routing import RoutingRule
     from pipelines.runner import annotate_study
-    from worker.run.bundles import configured_pipelines
 
     settings = with_worker_options(settings, device=args.device, queues=None)
-    pipelines = configured_pipelines(settings)
-    if args.pipeline and args.pipeline not in pipelines:
-        known = ", ".join(sorted(pipelines))
-        print(
-            f"pacs-annotator: unknown pipeline {args.pipeline!r} (known: {known})", file=sys.stderr
-        )
-        return EXIT_USAGE
-    if not args.directory.is_dir():
-        print(f"pacs-annotator: {args.directory} is not a directory", file=sys.stderr)
+    pipelines = _local_pipelines(settings, args)
+    if pipelines is None:
         return EXIT_USAGE
     outputs = settings.delivery.outputs
     if args.outputs is not None:
@@ -338,6 +360,100 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         detail = f": {o.reason}" if o.reason else ""
         print(f"series {o.series_uid} ({o.modality}) {o.pipeline or '-'} {o.status}{detail}")
     return EXIT_FAILED if result.failures else EXIT_OK
+
+
+def _cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.errors import DeviceOutOfMemoryError
+    from pipelines.evaluation.evaluate import Study, evaluate_studies
+    from pipelines.evaluation.report import write_reports
+
+    try:
+        mapping = _name_map(args.map)
+    except ValueError as exc:
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.match_mm > 0:
+        print("pacs-annotator: --match-mm must be > 0", file=sys.stderr)
+        return EXIT_USAGE
+    settings = with_worker_options(settings, device=args.device, queues=None)
+    pipelines = _local_pipelines(settings, args)
+    if pipelines is None:
+        return EXIT_USAGE
+
+    def progress(items: Iterable[Study]) -> Iterable[Study]:
+        from tqdm import tqdm
+
+        listed = list(items)  # a known total: the bar shows studies done of all
+        bar: Iterable[Study] = tqdm(listed, desc="evaluate", unit="study", disable=args.no_progress)
+        return bar
+
+    try:
+        evaluation = evaluate_studies(
+            args.directory,
+            rules=settings.routing_rules,
+            pipelines=pipelines,
+            software_version=__version__,
+            only=args.pipeline,
+            mapping=mapping,
+            match_mm=args.match_mm,
+            progress=progress,
+        )
+    except DeviceOutOfMemoryError as exc:  # as `run`: the device is too small for the model
+        print(f"pacs-annotator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    report_settings = {
+        "pipelines": [args.pipeline] if args.pipeline else [],
+        "map": mapping,
+        "match_mm": args.match_mm,
+        "version": __version__,
+    }
+    json_path, html_path = write_reports(args.out, evaluation, report_settings)
+    scored = sum(case.status == "scored" for case in evaluation.cases)
+    print(f"{scored} of {len(evaluation.cases)} studies scored")
+    for name, s in evaluation.structures.items():
+        print(f"structure {name}: Dice mean {s['dice_mean']:.3f} over {s['cases']} case(s)")
+    for label, d in evaluation.detections.items():
+        sensitivity = "-" if d.sensitivity is None else f"{d.sensitivity:.2f}"
+        precision = "-" if d.precision is None else f"{d.precision:.2f}"
+        print(f"detections {label}: sensitivity {sensitivity}, precision {precision}")
+    print(f"wrote {json_path}\nwrote {html_path}")
+    failed = [case for case in evaluation.cases if case.status == "failed"]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _local_pipelines(settings: Settings, args: argparse.Namespace) -> dict[str, Pipeline] | None:
+    """The configured pipelines for ``run``/``evaluate``; None (message printed) when
+    ``--pipeline`` names none of them or ``DIR`` is not a folder."""
+    from worker.run.bundles import configured_pipelines
+
+    pipelines = configured_pipelines(settings)
+    if args.pipeline and args.pipeline not in pipelines:
+        known = ", ".join(sorted(pipelines))
+        print(
+            f"pacs-annotator: unknown pipeline {args.pipeline!r} (known: {known})", file=sys.stderr
+        )
+        return None
+    if not args.directory.is_dir():
+        print(f"pacs-annotator: {args.directory} is not a directory", file=sys.stderr)
+        return None
+    return pipelines
+
+
+def _name_map(values: Sequence[str]) -> dict[str, list[str]]:
+    """``TARGET=A,B`` options as {TARGET: [A, B]}; a name may feed one target only."""
+    mapping: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for value in values:
+        target, sep, names = value.partition("=")
+        sources = [n.strip() for n in names.split(",") if n.strip()]
+        if not sep or not target.strip() or not sources:
+            raise ValueError(f"--map {value!r}: expected TARGET=NAME[,NAME...]")
+        for name in sources:
+            if name in seen:
+                raise ValueError(f"--map: {name!r} is mapped twice")
+            seen.add(name)
+        mapping.setdefault(target.strip(), []).extend(sources)
+    return mapping
 
 
 def _cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
@@ -400,7 +516,7 @@ def _cmd_annotate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 #: Commands that write only where the user points them; every other one keeps umask 077.
-_WRITES_ONLY_WHERE_TOLD = frozenset({"send", "run", "hash-password"})
+_WRITES_ONLY_WHERE_TOLD = frozenset({"send", "run", "evaluate", "hash-password"})
 
 _COMMANDS = {
     "up": _cmd_up,
@@ -410,6 +526,7 @@ _COMMANDS = {
     "jobs": _cmd_jobs,
     "workers": _cmd_workers,
     "run": _cmd_run,
+    "evaluate": _cmd_evaluate,
     "monitor": _cmd_monitor,
     "hash-password": _cmd_hash_password,
     "retry": _cmd_admin,

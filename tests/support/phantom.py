@@ -62,6 +62,28 @@ class Vessel:
 
 
 @dataclass(frozen=True)
+class LungGeometry:
+    """Two ellipsoid lungs: their centres and common semi-axes (x, y, z), LPS mm."""
+
+    centres: tuple[Point, Point]
+    semi_axes: Point
+
+    def contains(self, point: Sequence[float], margin: float = 0.0) -> bool:
+        """Whether ``point`` is inside a lung, at least ``margin`` mm from its edge (approx.)."""
+        a, b, c = (s - margin for s in self.semi_axes)
+        return any(
+            ((point[0] - cx) / a) ** 2 + ((point[1] - cy) / b) ** 2 + ((point[2] - cz) / c) ** 2
+            <= 1.0
+            for cx, cy, cz in self.centres
+        )
+
+
+DEFAULT_LUNGS = LungGeometry(LUNG_CENTRES, LUNG_SEMI_AXES)  # type: ignore[arg-type]
+#: Adult-sized lungs (12 x 14 x 22 cm) in the same body: room for a 10 cm mass.
+LARGE_LUNGS = LungGeometry(((-75.0, 0.0, 0.0), (75.0, 0.0, 0.0)), (60.0, 70.0, 110.0))
+
+
+@dataclass(frozen=True)
 class CtPhantom:
     """The datasets (in the order requested) and the true lung volume (both lungs, mL)."""
 
@@ -90,10 +112,13 @@ def make_ct_phantom(
     nodules: Sequence[Nodule] = (),
     vessels: Sequence[Vessel] = (),
     nodule_hu: float = NODULE_HU,
+    lungs: LungGeometry | None = None,
 ) -> CtPhantom:
     """Build the phantom; the grid is centred on the patient origin.
 
-    ``nodule_hu`` paints the nodules denser (e.g. bone-like spheres for geometry tests).
+    ``lungs`` replaces the default lung ellipsoids (e.g. the bigger ones of
+    ``LARGE_LUNGS``, with room for a 10 cm mass). ``nodule_hu`` paints the nodules
+    denser (e.g. bone-like spheres for geometry tests).
     ``shuffle`` returns the slices in random order with InstanceNumber following that
     random order, so a loader that sorts by file order or InstanceNumber gets it wrong.
     """
@@ -112,7 +137,7 @@ def make_ct_phantom(
         + r[..., None] * pixel_spacing * col_dir
         + c[..., None] * pixel_spacing * row_dir
     )
-    hu = _anatomy(points[..., 0], points[..., 1], points[..., 2])
+    hu = _anatomy(points[..., 0], points[..., 1], points[..., 2], lungs or DEFAULT_LUNGS)
     _add_solids(hu, points, nodules, vessels, nodule_hu)
     del points
     rng = np.random.default_rng(seed)
@@ -147,14 +172,17 @@ def make_ct_phantom(
 
 
 def _anatomy(
-    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], z: npt.NDArray[np.float64]
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+    z: npt.NDArray[np.float64],
+    lungs: LungGeometry,
 ) -> npt.NDArray[np.float32]:
     hu = np.full(x.shape, AIR_HU, dtype=np.float32)
     body = (x / BODY_SEMI_AXES[0]) ** 2 + (y / BODY_SEMI_AXES[1]) ** 2 <= 1.0
     hu[body] = TISSUE_HU
     hu[(y >= TABLE_Y[0]) & (y <= TABLE_Y[1]) & (np.abs(x) <= 180.0)] = TABLE_HU
-    a, b, c = LUNG_SEMI_AXES
-    for cx, cy, cz in LUNG_CENTRES:
+    a, b, c = lungs.semi_axes
+    for cx, cy, cz in lungs.centres:
         lung = ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((z - cz) / c) ** 2 <= 1.0
         hu[lung] = LUNG_HU
     bone = (x - BONE_CENTRE[0]) ** 2 + (y - BONE_CENTRE[1]) ** 2 <= BONE_RADIUS**2
@@ -314,3 +342,70 @@ def image_point_mm(image: Dataset, column: float, row: float) -> npt.NDArray[np.
         + orientation[:3] * (column - 0.5) * col_spacing
         + orientation[3:] * (row - 0.5) * row_spacing
     )
+
+
+LesionShape = Literal["round", "lobulated", "spiculated"]
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """A solid lesion of known centre and size, drawn as spheres (lobes) and tubes (spicules).
+
+    ``parts`` and ``spicules`` are what ``make_ct_phantom`` paints (its ``nodules`` and
+    ``vessels``); ``diameter`` is the diameter of the main sphere, so a lobulated or
+    spiculated lesion is a little larger than that along some directions.
+    """
+
+    centre: Point
+    diameter: float
+    shape: LesionShape
+    parts: tuple[Nodule, ...]
+    spicules: tuple[Vessel, ...]
+
+
+def make_lesion(
+    centre: Sequence[float], diameter: float, shape: LesionShape, rng: np.random.Generator
+) -> Lesion:
+    """A round, lobulated (4 bulges of 0.3-0.45 diameter on its surface) or spiculated
+    (8 tubes of 1.5 mm, 0.3-0.6 diameter long, radiating from its surface) lesion."""
+    centre_a = np.asarray(centre, dtype=np.float64)
+    radius = diameter / 2.0
+    parts = [Nodule(_point(centre_a), diameter)]
+    spicules: list[Vessel] = []
+    if shape == "lobulated":
+        for _ in range(4):
+            direction = _unit(rng)
+            lobe = diameter * float(rng.uniform(0.3, 0.45))
+            parts.append(Nodule(_point(centre_a + direction * (radius - lobe / 4.0)), lobe))
+    elif shape == "spiculated":
+        for _ in range(8):
+            direction = _unit(rng)
+            length = diameter * float(rng.uniform(0.3, 0.6))
+            start = centre_a + direction * radius * 0.8
+            spicules.append(Vessel(_point(start), _point(start + direction * length), 1.5))
+    return Lesion(_point(centre_a), diameter, shape, tuple(parts), tuple(spicules))
+
+
+def attached_centre(
+    lungs: LungGeometry, side: int, direction: Sequence[float], diameter: float, inside: float
+) -> Point:
+    """Centre of a lesion touching the lung's edge along ``direction`` from the centre of
+    lung ``side`` (0 right, 1 left): ``inside`` of its diameter lies in the lung, the rest
+    in the wall beyond the lung's edge (chest wall, mediastinum or diaphragm)."""
+    centre = np.array(lungs.centres[side])
+    unit = np.asarray(direction, dtype=np.float64)
+    unit /= np.linalg.norm(unit)
+    semi = np.array(lungs.semi_axes)
+    # Distance from the lung centre to its edge along ``unit`` (ellipsoid).
+    edge = 1.0 / math.sqrt(float(np.sum((unit / semi) ** 2)))
+    return _point(centre + unit * (edge + diameter * (1.0 - inside) - diameter / 2.0))
+
+
+def _unit(rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    vector = rng.normal(size=3)
+    result: npt.NDArray[np.float64] = vector / np.linalg.norm(vector)
+    return result
+
+
+def _point(values: npt.NDArray[np.float64]) -> Point:
+    return (float(values[0]), float(values[1]), float(values[2]))

@@ -13,6 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from pipelines import ct_basic, ct_lung_nodules
 from pipelines.findings import Algorithm, Classification, Findings, Segment
 from pipelines.measurements import measure_segment, round_to
 from pipelines.seg import build_seg, non_empty_segments
@@ -232,8 +233,9 @@ def test_provenance_evidence_and_procedure(
         if e.get("ManufacturerModelName") in names
     }
     assert set(equipment) == set(names)
-    for item in equipment.values():
-        assert item.SoftwareVersions == "0.1.0"
+    versions = {"ct-basic": ct_basic.VERSION, "ct-lung-nodules": ct_lung_nodules.VERSION}
+    for name, item in equipment.items():
+        assert item.SoftwareVersions == versions[name]
         assert item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
     [procedure] = [
         item.ConceptCodeSequence[0]
