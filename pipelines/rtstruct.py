@@ -74,6 +74,7 @@ CONTOUR_DECIMALS = 3
 #: Largest |coordinate| (mm) the fixed format keeps within DS's 16 characters.
 _MAX_FIXED_MM = 1e10
 _CONTOUR_DATA = Tag("ContourData")
+_CONTOUR_FORMAT = f"%.{CONTOUR_DECIMALS}f"
 #: A contour read back lies in its image's plane within this (mm; other systems round).
 ON_PLANE_MM = 0.1
 
@@ -253,7 +254,7 @@ def contour_data_element(points_mm: npt.NDArray[np.float64]) -> RawDataElement:
     if not np.isfinite(values).all() or np.abs(values).max() >= _MAX_FIXED_MM:
         raise ValueError("contour coordinates must be finite millimetres within a patient")
     values = values + 0.0  # no "-0.000"
-    text = "\\".join(np.char.mod(f"%.{CONTOUR_DECIMALS}f", values).tolist())
+    text = "\\".join([_CONTOUR_FORMAT % value for value in values.tolist()])
     encoded = text.encode("ascii")
     if len(encoded) % 2:
         encoded += b" "

@@ -16,12 +16,13 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RTStructureSetStorage
 
 from pipelines.contours import trace_plane
 from pipelines.findings import Algorithm, Findings, Segment
-from pipelines.rtstruct import build_rtstruct, rasterize_contours
+from pipelines.rtstruct import build_rtstruct, contour_data_element, rasterize_contours
 from pipelines.seg import build_seg, non_empty_segments
 from pipelines.volume import Volume
 from tests.support.dicom_validate import validation_reports
@@ -240,3 +241,39 @@ def test_dciodvfy_and_drtdump_find_nothing_wrong(
         again = pydicom.dcmread(path)
         assert again.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3"
         assert len(again.ROIContourSequence) == len(again.StructureSetROISequence)
+
+
+def test_contour_data_is_encoded_at_once_and_reads_back_as_the_points(tmp_path: Path) -> None:
+    """The bulk DS encoding: what pydicom reads back is every point to a thousandth of a mm,
+    each value a valid DS (at most 16 characters), the value of even length."""
+    rng = np.random.default_rng(7)
+    points = np.vstack(
+        [rng.uniform(-2000.0, 2000.0, size=(500, 3)), [[-0.0001, 0.0, 1e-9], [9999999.9996, -1, 2]]]
+    )
+    element = contour_data_element(points)
+    raw = bytes(element.value)
+    assert len(raw) % 2 == 0 and element.length == len(raw)
+    values = raw.decode("ascii").rstrip(" ").split("\\")
+    assert len(values) == points.size
+    assert max(len(value) for value in values) <= 16
+    assert "-0.000" not in values
+    item = Dataset()
+    item[element.tag] = element
+    assert np.array_equal(np.asarray(item.ContourData, dtype=float), np.round(points.ravel(), 3))
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        contour = Dataset()
+        contour[element.tag] = contour_data_element(points)
+        roi = Dataset()
+        roi.ContourSequence = [contour]
+        ds = Dataset()
+        ds.SOPClassUID = RTStructureSetStorage
+        ds.SOPInstanceUID = "2.25.9"
+        ds.ROIContourSequence = [roi]
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"contour-{syntax}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        again = pydicom.dcmread(path).ROIContourSequence[0].ContourSequence[0]
+        assert np.allclose(np.asarray(again.ContourData, dtype=float), points.ravel(), atol=5e-4)
+    with pytest.raises(ValueError, match="finite"):
+        contour_data_element(np.array([[0.0, np.nan, 1.0]]))
