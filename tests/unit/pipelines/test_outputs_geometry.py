@@ -15,6 +15,7 @@ from the DICOM attributes here, not from ``pipelines.planes``):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from pipelines.kos import build_kos
 from pipelines.rtstruct import build_rtstruct, rasterize_contours
 from pipelines.seg import build_seg, non_empty_segments
 from pipelines.volume import Volume, load_series
-from tests.support.dicom_validate import validation_reports
+from tests.support.dicom_validate import validation_errors
 from tests.support.tilted import HEAD_HU, SPHERE_HU, SphereStack, make_sphere_stack
 from tests.unit.pipelines.test_scanner_stacks import LAYOUTS
 
@@ -292,7 +293,18 @@ def test_dciodvfy_drtdump_and_pixelmed_find_nothing_wrong(
             path = tmp_path / f"{name}-{kind}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
-    reports = validation_reports(paths, tmp_path / "work")
-    assert {path.name: report.errors for path, report in reports.items()} == {
-        path.name: [] for path in paths
-    }
+    assert validation_errors(paths, tmp_path / "work") == []
+
+
+def test_a_contour_off_its_image_or_on_another_is_refused_when_read_back(tilted: _Built) -> None:
+    roi = copy.deepcopy(tilted.rtstruct.ROIContourSequence[0])
+    [reference] = roi.ContourSequence[0].ContourImageSequence
+    image = _images(tilted.sources)[_key(reference)]
+    points = np.asarray(roi.ContourSequence[0].ContourData, dtype=float).reshape(-1, 3)
+    roi.ContourSequence[0].ContourData = (points + 0.5 * image.normal).ravel().tolist()
+    with pytest.raises(ValueError, match=r"0\.50 mm off the plane"):
+        rasterize_contours(tilted.volume, roi)
+    roi.ContourSequence[0].ContourData = points.ravel().tolist()
+    reference.ReferencedSOPInstanceUID = "2.25.999"
+    with pytest.raises(ValueError, match="references an image not in the volume"):
+        rasterize_contours(tilted.volume, roi)
