@@ -231,10 +231,8 @@ def test_the_contours_give_the_seg_frames_back_on_the_source_planes(built: _Buil
         zip(segments, built.rtstruct.ROIContourSequence, strict=False), start=1
     ):
         drawn = rasterize_contours(built.volume, roi)
-        assert drawn.shape == (
-            len(built.volume.planes),
-            *built.volume.planes[0].dataset.pixel_array.shape[-2:],
-        )
+        first = built.sources[0]
+        assert drawn.shape == (len(built.volume.planes), int(first.Rows), int(first.Columns))
         from_seg = np.zeros_like(drawn)
         for key, frame in _seg_frames(built, number).items():
             from_seg[planes[key]] = frame
