@@ -6,6 +6,10 @@ on every job. For the findings of ct-basic and ct-lung-nodules on one series, ea
 keeps it (``worker.run.results.encode``), best of ``--repeat`` runs; the figure is the
 ratio to the SEG (the peer every job already writes), measured in the same run.
 
+The RTSTRUCT is also written a second time the way pydicom encodes Contour Data by itself
+(``rtstruct/DS``: each coordinate a ``DSfloat`` created and formatted one at a time), to show
+what handing it the encoded values (``pipelines.rtstruct.contour_data_element``) saves.
+
 Default series: the real 41-slice CT from ../shared/data, else the synthetic nodule
 phantom (60 slices of 224x224). Or --series DIR.
 
@@ -20,11 +24,17 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from unittest.mock import patch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
+from pipelines import rtstruct
 from pipelines.ct_basic import CtBasicPipeline
 from pipelines.ct_lung_nodules import CtLungNodulesPipeline
 from pipelines.findings import Findings
@@ -74,6 +84,18 @@ def _per_series(kind: SeriesKind, volume: Volume, findings: list[Findings]) -> l
     return made
 
 
+def _per_value(kind: SeriesKind, volume: Volume, findings: list[Findings]) -> list[Dataset]:
+    """The RTSTRUCTs with Contour Data given to pydicom as floats (as before the bulk
+    encoding): pydicom creates a DSfloat per value and formats each when writing."""
+
+    def as_floats(points_mm: npt.NDArray[np.float64]) -> DataElement:
+        values = (np.round(points_mm.reshape(-1), rtstruct.CONTOUR_DECIMALS) + 0.0).tolist()
+        return DataElement(Tag("ContourData"), "DS", values)
+
+    with patch.object(rtstruct, "contour_data_element", as_floats):
+        return _per_series(kind, volume, findings)
+
+
 def _per_study(
     kind: StudyKind, sources: list[Dataset], results: list[SeriesResult]
 ) -> list[Dataset]:
@@ -92,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[SeriesResult] = []
     for kind in SERIES_KINDS.values():
         seconds[kind.name], built = _best(args.repeat, partial(_per_series, kind, volume, findings))
+        if kind.name == "rtstruct":
+            seconds["rtstruct/DS"], _ = _best(
+                args.repeat, partial(_per_value, kind, volume, findings)
+            )
         if kind.name == "seg":
             segs = iter(built)
             results = [(volume, f, next(segs) if non_empty_segments(f) else None) for f in findings]
@@ -99,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds[study_kind.name], _ = _best(
             args.repeat, partial(_per_study, study_kind, list(volume.datasets), results)
         )
-    print(f"{'kind':<10} {'seconds':>8} {'x SEG':>6}")
+    print(f"{'kind':<12} {'seconds':>8} {'x SEG':>6}")
     for name, value in seconds.items():
-        print(f"{name:<10} {value:8.2f} {value / seconds['seg']:6.2f}")
+        print(f"{name:<12} {value:8.2f} {value / seconds['seg']:6.2f}")
     return 0
 
 

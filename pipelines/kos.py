@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipelines.findings import Findings, Segment
-from pipelines.regions import detection_region, segment_region
+from pipelines.regions import KeyImageRegion, detection_region, segment_region
 from pipelines.seg import copy_required_source_attributes, non_empty_segments
 from pipelines.sr import detection_summary
 from pipelines.sr_root import SeriesResult, device_observer, distinct_algorithms, equipment
@@ -49,7 +49,8 @@ def build_kos(
 
     Raises ``ValueError`` when no result has anything to point at.
     """
-    images: dict[str, Dataset] = {}
+    # Key images by (instance, frame): the frames of a multi-frame image are images apart.
+    images: dict[tuple[str, int | None], tuple[Dataset, int | None]] = {}
     reasons: list[str] = []
     # Anatomy (lungs, bone) is context, not a finding: its images are key only in a study
     # without any other finding (an organ segmentation model).
@@ -58,8 +59,8 @@ def build_kos(
     for result in results:
         volume, findings, _ = result
         selected = _key_images(volume, findings, anatomy=anatomy)
-        for image, why in selected:
-            images.setdefault(str(image.SOPInstanceUID), image)
+        for image, frame, why in selected:
+            images.setdefault((str(image.SOPInstanceUID), frame), (image, frame))
             reasons.append(why)
         if selected:
             contributed.append(result)
@@ -70,15 +71,23 @@ def build_kos(
         description = description[: MAX_DESCRIPTION - 3] + "..."
     algorithms = distinct_algorithms(contributed)
     names = ", ".join(sorted({algorithm.name for algorithm in algorithms}))
+    selected_images = [image for image, _ in images.values()]
     content = hd.ko.KeyObjectSelection(
         document_title=DOCUMENT_TITLE,
-        referenced_objects=list(images.values()),
+        referenced_objects=selected_images,
         observer_device_context=device_observer(software_version),
         description=description,
     )
-    first = next(iter(images.values()))
+    # highdicom references whole instances: a frame of a multi-frame image is named by its
+    # Referenced Frame Number (TID 2010 IMAGE items, in the order given above).
+    items = [item for item in content[0].ContentSequence if item.ValueType == "IMAGE"]
+    for item, (_, frame) in zip(items, images.values(), strict=True):
+        if frame is not None:
+            item.ReferencedSOPSequence[0].ReferencedFrameNumber = frame
+    evidence = list({str(image.SOPInstanceUID): image for image in selected_images}.values())
+    first = evidence[0]
     document = hd.ko.KeyObjectSelectionDocument(
-        evidence=list(images.values()),
+        evidence=evidence,
         content=content,
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -107,8 +116,11 @@ def _lesions(findings: Findings) -> list[Segment]:
     return [segment for segment in non_empty_segments(findings) if not segment.is_anatomy]
 
 
-def _key_images(volume: Volume, findings: Findings, *, anatomy: bool) -> list[tuple[Dataset, str]]:
-    """(key image, why) for each detection and non-empty segment (anatomy only if asked)."""
+def _key_images(
+    volume: Volume, findings: Findings, *, anatomy: bool
+) -> list[tuple[Dataset, int | None, str]]:
+    """(key image, its frame or None, why) for each detection and non-empty segment
+    (anatomy only if asked): the source plane the SR draws the finding on."""
     series = volume.datasets[0].get("SeriesNumber")
     where = f"series {series}" if series not in (None, "") else f"series {volume.series_uid}"
     algorithm = findings.algorithm.name
@@ -117,20 +129,22 @@ def _key_images(volume: Volume, findings: Findings, *, anatomy: bool) -> list[tu
         region = detection_region(volume, detection)
         text = (
             f"{detection_summary(detection, volume)}, {where} image "
-            f"{_image_number(region.image, region.slice_index)} ({algorithm})"
+            f"{_image_number(region)} ({algorithm})"
         )
-        selected.append((region.image, text))
+        selected.append((region.image, region.frame, text))
     for segment in non_empty_segments(findings) if anatomy else _lesions(findings):
         region = segment_region(volume, segment.mask)
         text = (
-            f"{segment.label}: largest extent, {where} image "
-            f"{_image_number(region.image, region.slice_index)} ({algorithm})"
+            f"{segment.label}: largest extent, {where} image {_image_number(region)} ({algorithm})"
         )
-        selected.append((region.image, text))
+        selected.append((region.image, region.frame, text))
     return selected
 
 
-def _image_number(image: Dataset, slice_index: int) -> str:
-    """The InstanceNumber viewers show, else the slice's place in the stack (from 1)."""
-    number = image.get("InstanceNumber")
-    return str(number) if number not in (None, "") else f"#{slice_index + 1}"
+def _image_number(region: KeyImageRegion) -> str:
+    """The InstanceNumber viewers show (and the frame of a multi-frame image), else the
+    plane's place in the stack (from 1)."""
+    number = region.image.get("InstanceNumber")
+    if number in (None, ""):
+        return f"#{region.slice_index + 1}"
+    return str(number) if region.frame is None else f"{number} frame {region.frame}"

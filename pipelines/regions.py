@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 from skimage import measure
 
+from pipelines.contours import nearest_plane
 from pipelines.findings import Detection
 from pipelines.volume import Volume
 
@@ -50,8 +51,7 @@ def detection_region(volume: Volume, detection: Detection) -> KeyImageRegion:
     ROI); its width and height are the box's extent along those directions.
     """
     centre = np.asarray(detection.centre_mm, dtype=np.float64)
-    normal = volume.planes[0].normal
-    k = int(np.argmin([abs(float((centre - plane.position) @ normal)) for plane in volume.planes]))
+    k = nearest_plane(volume, centre)
     plane = volume.planes[k]
     row_spacing, col_spacing = (float(v) for v in plane.pixel_spacing)
     offset = centre - plane.position

@@ -6,15 +6,21 @@ one ROI with a small closed contour (a circle of its longest diameter on the sli
 its centre). The ROI colours are the SEG's (``pipelines.colors``), so a structure looks the
 same whichever object a viewer shows.
 
-Contours: scikit-image's ``find_contours`` traces the 0.5 iso-line of each slice's mask
-(the boundary between inside and outside, padded so a mask touching the image border
-still closes), points inside straight runs dropped. A slice gives one CLOSED_PLANAR
-contour per boundary: the outline of every island and of every hole. Read with the
-even-odd rule, the usual reading of nested contours (a point inside an odd number of an
-ROI's contours on a plane is inside the ROI), they give the mask back:
-``rasterize_contours`` does that, and the tests compare it with the mask. Points are in
-patient coordinates (mm) on the slice's plane; each contour references the source image
-it lies on (Contour Image Sequence).
+Contours lie on the source planes, never on the voxel grid: the mask is taken onto every
+source image (``Volume.plane_masks``, which undoes the resampling of a tilted or unevenly
+spaced stack) and traced there (``pipelines.contours.plane_outlines``), and each point is
+placed with that image's own position, directions and pixel spacing. A plane gives one
+CLOSED_PLANAR contour per boundary: the outline of every island and of every hole. Read
+with the even-odd rule, the usual reading of nested contours (a point inside an odd number
+of an ROI's contours on a plane is inside the ROI), they give the mask back:
+``rasterize_contours`` does that, and the tests compare it with the mask. Each contour
+references the image it lies on (Contour Image Sequence), with its Referenced Frame Number
+when that image is a frame of a multi-frame instance (enhanced or legacy-converted CT/MR).
+
+Contour Data is the bulk of the object (tens of thousands of points on a real CT): the
+values are formatted here at once with a fixed three decimals (a thousandth of a mm, well
+within the 16 characters of a DS) and handed to pydicom as the encoded value, rather than
+created and formatted by pydicom one ``DSfloat`` at a time (see docs/benchmarks.md).
 
 highdicom does not write RTSTRUCT; ``rt-utils`` does, but needs OpenCV, gives each
 structure set random UIDs and writes no Contributing Equipment, so this module builds the
@@ -32,13 +38,21 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 from pydicom.uid import RTStructureSetStorage
-from skimage import draw, measure
 
 from pipelines.colors import RGB, segment_rgb
+from pipelines.contours import (
+    fill_polygons,
+    nearest_plane,
+    patient_to_plane,
+    plane_outlines,
+)
 from pipelines.findings import Detection, Findings, Segment
+from pipelines.planes import Plane
 from pipelines.seg import (
     check_mask_shapes,
     copy_required_source_attributes,
@@ -55,6 +69,14 @@ STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
 CIRCLE_POINTS = 24
 #: A detection's circle is at least this many pixels across, so a tiny lesion still shows.
 MIN_CIRCLE_RADIUS_PX = 1.5
+#: Contour Data decimals: a thousandth of a mm is far below a pixel and keeps values short.
+CONTOUR_DECIMALS = 3
+#: Largest |coordinate| (mm) the fixed format keeps within DS's 16 characters.
+_MAX_FIXED_MM = 1e10
+_CONTOUR_DATA = Tag("ContourData")
+_CONTOUR_FORMAT = f"%.{CONTOUR_DECIMALS}f"
+#: A contour read back lies in its image's plane within this (mm; other systems round).
+ON_PLANE_MM = 0.1
 
 
 @dataclass(frozen=True)
@@ -173,8 +195,20 @@ def build_rtstruct(
 
 
 def _referenced_frame_of_reference(volume: Volume, frame_of_reference: str) -> Dataset:
-    """The frame, study, series and every source image the contours may lie on."""
-    images = DicomSequence([_image_reference(ds) for ds in volume.datasets])
+    """The frame, study, series and every source image the contours may lie on.
+
+    One item per source instance; a multi-frame instance names the frames of this volume
+    (Referenced Frame Number, required when a reference is not to all of its frames).
+    """
+    frames: dict[str, list[int]] = {}
+    for plane in volume.planes:
+        listed = frames.setdefault(str(plane.dataset.SOPInstanceUID), [])
+        if plane.frame is not None:
+            listed.append(plane.frame)
+    images = DicomSequence()
+    for ds in volume.datasets:
+        numbers = sorted(frames.get(str(ds.SOPInstanceUID), []))
+        images.append(_image_reference(ds, numbers))
     series = Dataset()
     series.SeriesInstanceUID = volume.series_uid
     series.ContourImageSequence = images
@@ -188,117 +222,111 @@ def _referenced_frame_of_reference(volume: Volume, frame_of_reference: str) -> D
     return item
 
 
-def _image_reference(source: Dataset) -> Dataset:
+def _image_reference(source: Dataset, frames: list[int] | None = None) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = str(source.SOPClassUID)
     item.ReferencedSOPInstanceUID = str(source.SOPInstanceUID)
+    if frames:
+        item.ReferencedFrameNumber = frames if len(frames) > 1 else frames[0]
     return item
 
 
-def _contour(source: Dataset, points_mm: npt.NDArray[np.float64]) -> Dataset:
-    """One CLOSED_PLANAR contour on ``source``'s plane (the first point is not repeated)."""
+def _contour(plane: Plane, points_mm: npt.NDArray[np.float64]) -> Dataset:
+    """One CLOSED_PLANAR contour on ``plane``'s image or frame (first point not repeated)."""
     item = Dataset()
-    item.ContourImageSequence = DicomSequence([_image_reference(source)])
+    frames = [plane.frame] if plane.frame is not None else None
+    item.ContourImageSequence = DicomSequence([_image_reference(plane.dataset, frames)])
     item.ContourGeometricType = "CLOSED_PLANAR"
     item.NumberOfContourPoints = len(points_mm)
-    # mm to a thousandth is far below a pixel, and keeps each DS value short.
-    item.ContourData = (np.round(points_mm.reshape(-1), 3) + 0.0).tolist()
+    item[_CONTOUR_DATA] = contour_data_element(points_mm)
     return item
 
 
-def trace_slice(plane: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.float64]]:
-    """Every boundary of a 2D mask (islands and holes) as closed (row, col) polygons.
+def contour_data_element(points_mm: npt.NDArray[np.float64]) -> RawDataElement:
+    """Contour Data of (n, 3) points, encoded at once as a DS value.
 
-    The first point of each is not repeated at its end; the even-odd fill of all of them is
-    the mask (``rasterize_contours``).
+    Each coordinate is written with ``CONTOUR_DECIMALS`` fixed decimals ("-123.456": far
+    within DS's 16 characters for any coordinate in a patient) and the values joined by
+    backslashes, padded with a space to an even length as DS requires; pydicom writes the
+    bytes as given and decodes them (to the same DSfloat values) when the element is read.
     """
-    rows, cols = np.nonzero(plane.any(axis=1))[0], np.nonzero(plane.any(axis=0))[0]
-    if not len(rows):
-        return []
-    # Trace only the mask's bounding box (padded, so contours touching it close).
-    top, left = int(rows[0]), int(cols[0])
-    box = plane[top : int(rows[-1]) + 1, left : int(cols[-1]) + 1]
-    padded = np.pad(box, 1).astype(np.float32)
-    offset = np.array([top - 1.0, left - 1.0])
-    polygons = []
-    for contour in measure.find_contours(padded, 0.5):  # type: ignore[no-untyped-call]
-        outline = _without_straight_runs(contour[:-1] if _closed(contour) else contour)
-        if len(outline) >= 3:
-            polygons.append(outline + offset)
-    return polygons
-
-
-def _closed(contour: npt.NDArray[np.float64]) -> bool:
-    return len(contour) > 1 and bool(np.allclose(contour[0], contour[-1]))
-
-
-def _without_straight_runs(ring: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """The closed polygon ``ring`` without the points inside straight runs (same shape).
-
-    A traced pixel boundary has a point at every pixel edge; those between two collinear
-    neighbours carry nothing and make up most of the points.
-    """
-    before = ring - np.roll(ring, 1, axis=0)
-    after = np.roll(ring, -1, axis=0) - ring
-    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    return ring[np.abs(cross) > 1e-9]
+    values = np.round(np.asarray(points_mm, dtype=np.float64).reshape(-1), CONTOUR_DECIMALS)
+    if not np.isfinite(values).all() or np.abs(values).max() >= _MAX_FIXED_MM:
+        raise ValueError("contour coordinates must be finite millimetres within a patient")
+    values = values + 0.0  # no "-0.000"
+    text = "\\".join([_CONTOUR_FORMAT % value for value in values.tolist()])
+    encoded = text.encode("ascii")
+    if len(encoded) % 2:
+        encoded += b" "
+    return RawDataElement(_CONTOUR_DATA, "DS", len(encoded), encoded, 0, False, True)
 
 
 def _segment_contours(volume: Volume, segment: Segment) -> list[Dataset]:
-    """The segment's contours on every slice it covers, in slice order."""
-    contours = []
-    for k in np.flatnonzero(segment.mask.reshape(segment.mask.shape[0], -1).any(axis=1)):
-        for polygon in trace_slice(segment.mask[k]):
-            contours.append(_contour(volume.datasets[k], _to_patient(volume, int(k), polygon)))
-    return contours
-
-
-def _to_patient(
-    volume: Volume, k: int, polygon: npt.NDArray[np.float64]
-) -> npt.NDArray[np.float64]:
-    """(row, col) points on slice ``k`` -> (n, 3) patient LPS millimetres."""
-    index = np.column_stack(
-        [np.full(len(polygon), float(k)), polygon[:, 0], polygon[:, 1], np.ones(len(polygon))]
-    )
-    return (index @ volume.affine.T)[:, :3]
+    """The segment's contours on every source plane it covers, in plane order."""
+    return [
+        _contour(outline.plane, outline.points_mm)
+        for outline in plane_outlines(volume, segment.mask)
+    ]
 
 
 def _detection_contour(volume: Volume, detection: Detection) -> Dataset:
-    """A circle of the detection's longest diameter around its centre, on its centre slice."""
-    centre = np.linalg.solve(volume.affine, np.append(detection.centre_mm, 1.0))
-    k = int(np.clip(round(float(centre[0])), 0, volume.voxels.shape[0] - 1))
-    _, row_spacing, col_spacing = volume.spacing
+    """A circle of the detection's longest diameter around its centre, on the source plane
+    nearest the centre (the centre projected onto it), drawn with that plane's directions."""
+    plane = volume.planes[nearest_plane(volume, detection.centre_mm)]
+    centre = np.asarray(detection.centre_mm, dtype=np.float64)
+    centre = centre - float((centre - plane.position) @ plane.normal) * plane.normal
     radius_mm = max(
-        detection.longest_diameter_mm / 2, MIN_CIRCLE_RADIUS_PX * min(row_spacing, col_spacing)
+        detection.longest_diameter_mm / 2,
+        MIN_CIRCLE_RADIUS_PX * float(np.min(plane.pixel_spacing)),
     )
     angles = np.linspace(0.0, 2 * math.pi, CIRCLE_POINTS, endpoint=False)
-    polygon = np.column_stack(
-        [
-            centre[1] + radius_mm / row_spacing * np.sin(angles),
-            centre[2] + radius_mm / col_spacing * np.cos(angles),
-        ]
+    points = (
+        centre
+        + np.outer(radius_mm * np.cos(angles), plane.row_dir)
+        + np.outer(radius_mm * np.sin(angles), plane.col_dir)
     )
-    return _contour(volume.datasets[k], _to_patient(volume, k, polygon))
+    return _contour(plane, points)
 
 
 def rasterize_contours(volume: Volume, roi_contours: Dataset) -> npt.NDArray[np.bool_]:
-    """The mask an ROI Contour Sequence item draws on ``volume``'s grid (even-odd rule).
+    """The mask an ROI Contour Sequence item draws on ``volume``'s source planes.
 
-    Each contour is placed on the source slice its Contour Image Sequence references and
-    filled at the pixel centres; contours on one slice combine by exclusive or.
+    The result has one 2D mask per source plane (``volume.planes``), the shape of
+    ``volume.plane_masks``: on a regular volume the planes are the slices, so this is the
+    voxel grid; on a resampled one compare it with ``volume.plane_masks(mask)``. Each
+    contour is placed on the image (and frame) its Contour Image Sequence references, with
+    that image's geometry, and filled at the pixel centres; contours on one plane combine
+    by exclusive or (the even-odd rule). Raises ``ValueError`` for a contour that
+    references an image of another volume or lies off its image's plane.
     """
-    slices = {str(ds.SOPInstanceUID): k for k, ds in enumerate(volume.datasets)}
-    inverse = np.linalg.inv(volume.affine)
-    mask = np.zeros(volume.voxels.shape, dtype=np.bool_)
-    rows, cols = volume.voxels.shape[1:]
+    first = volume.planes[0]
+    index = {
+        _plane_key(plane.dataset.SOPInstanceUID, plane.frame): k
+        for k, plane in enumerate(volume.planes)
+    }
+    on_plane: dict[int, list[npt.NDArray[np.float64]]] = {}
     for contour in roi_contours.get("ContourSequence", []):
-        k = slices[str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)]
-        points = np.asarray([float(v) for v in contour.ContourData]).reshape(-1, 3)
-        index = np.column_stack([points, np.ones(len(points))]) @ inverse.T
-        filled = np.zeros((rows, cols), dtype=np.bool_)
-        rr, cc = draw.polygon(  # type: ignore[no-untyped-call]
-            index[:, 1], index[:, 2], shape=(rows, cols)
-        )
-        filled[rr, cc] = True
-        mask[k] ^= filled
+        reference = contour.ContourImageSequence[0]
+        frame = reference.get("ReferencedFrameNumber")
+        key = _plane_key(reference.ReferencedSOPInstanceUID, None if frame is None else int(frame))
+        if key not in index:
+            raise ValueError(
+                f"contour {contour.get('ContourNumber')} references an image not in the volume"
+            )
+        k = index[key]
+        points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
+        rows_cols, distances = patient_to_plane(volume.planes[k], points)
+        if np.abs(distances).max() > ON_PLANE_MM:
+            raise ValueError(
+                f"contour {contour.get('ContourNumber')} lies up to "
+                f"{np.abs(distances).max():.2f} mm off the plane of the image it references"
+            )
+        on_plane.setdefault(k, []).append(rows_cols)
+    mask = np.zeros((len(volume.planes), first.rows, first.cols), dtype=np.bool_)
+    for k, polygons in on_plane.items():
+        mask[k] = fill_polygons(polygons, (first.rows, first.cols))
     return mask
+
+
+def _plane_key(sop_uid: object, frame: int | None) -> tuple[str, int | None]:
+    return str(sop_uid), frame

@@ -69,11 +69,15 @@ def _write_bytes(blob: bytes, path: Path) -> None:
 
 
 def _datasets(ds: Dataset) -> Iterator[Dataset]:
-    """``ds`` and every item of its sequences, depth first."""
+    """``ds`` and every item of its sequences, depth first.
+
+    ``Dataset.elements`` leaves values not yet decoded as they are (an RTSTRUCT's Contour
+    Data is handed over encoded, ``pipelines/rtstruct.py``): only sequences are decoded.
+    """
     yield ds
-    for elem in ds:
+    for elem in ds.elements():
         if elem.VR == "SQ":
-            for item in elem.value:
+            for item in ds[elem.tag].value:
                 yield from _datasets(item)
 
 

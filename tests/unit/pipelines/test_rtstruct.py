@@ -8,6 +8,7 @@ and on the real CT. dciodvfy and DCMTK's drtdump must find nothing wrong.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import highdicom as hd
@@ -15,11 +16,13 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RTStructureSetStorage
 
+from pipelines.contours import trace_plane
 from pipelines.findings import Algorithm, Findings, Segment
-from pipelines.rtstruct import build_rtstruct, rasterize_contours, trace_slice
+from pipelines.rtstruct import build_rtstruct, contour_data_element, rasterize_contours
 from pipelines.seg import build_seg, non_empty_segments
 from pipelines.volume import Volume
 from tests.support.dicom_validate import validation_reports
@@ -96,9 +99,9 @@ def test_every_segment_rasterises_back_to_its_mask(
 
 def test_holes_and_islands_give_one_contour_per_boundary(phantom_volume: Volume) -> None:
     ring = _shapes(phantom_volume.voxels.shape)["Ring"]
-    assert len(trace_slice(ring[11])) == 3  # outer boundary, hole, island in the hole
-    assert len(trace_slice(ring[12])) == 4  # and the island apart
-    assert trace_slice(np.zeros((8, 8), dtype=bool)) == []
+    assert len(trace_plane(ring[11])) == 3  # outer boundary, hole, island in the hole
+    assert len(trace_plane(ring[12])) == 4  # and the island apart
+    assert trace_plane(np.zeros((8, 8), dtype=bool)) == []
 
 
 def test_contours_lie_on_the_image_they_reference(
@@ -176,9 +179,12 @@ def test_a_detection_is_a_circle_of_its_diameter_on_its_centre_slice(
         assert nodule_rtstruct.StructureSetROISequence[number - 1].ROIName == detection.label
         (contour,) = roi.ContourSequence
         centre = np.append(detection.centre_mm, 1.0)
-        nearest = round(float(np.linalg.solve(nodule_volume.affine, centre)[0]))
+        # The slice through the centre; a centre halfway between two slices may take either
+        # (it takes the one the SR and KOS draw it on).
+        k = float(np.linalg.solve(nodule_volume.affine, centre)[0])
+        nearest = {math.floor(k + 1e-6), math.ceil(k - 1e-6)}
         image = contour.ContourImageSequence[0].ReferencedSOPInstanceUID
-        assert image == nodule_volume.datasets[nearest].SOPInstanceUID
+        assert image in {nodule_volume.datasets[i].SOPInstanceUID for i in nearest}
         points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
         normal = nodule_volume.affine[:3, 0] / np.linalg.norm(nodule_volume.affine[:3, 0])
         in_plane = points.mean(axis=0) - np.asarray(detection.centre_mm)
@@ -235,3 +241,39 @@ def test_dciodvfy_and_drtdump_find_nothing_wrong(
         again = pydicom.dcmread(path)
         assert again.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3"
         assert len(again.ROIContourSequence) == len(again.StructureSetROISequence)
+
+
+def test_contour_data_is_encoded_at_once_and_reads_back_as_the_points(tmp_path: Path) -> None:
+    """The bulk DS encoding: what pydicom reads back is every point to a thousandth of a mm,
+    each value a valid DS (at most 16 characters), the value of even length."""
+    rng = np.random.default_rng(7)
+    points = np.vstack(
+        [rng.uniform(-2000.0, 2000.0, size=(500, 3)), [[-0.0001, 0.0, 1e-9], [9999999.9996, -1, 2]]]
+    )
+    element = contour_data_element(points)
+    raw = bytes(element.value)
+    assert len(raw) % 2 == 0 and element.length == len(raw)
+    values = raw.decode("ascii").rstrip(" ").split("\\")
+    assert len(values) == points.size
+    assert max(len(value) for value in values) <= 16
+    assert "-0.000" not in values
+    item = Dataset()
+    item[element.tag] = element
+    assert np.array_equal(np.asarray(item.ContourData, dtype=float), np.round(points.ravel(), 3))
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        contour = Dataset()
+        contour[element.tag] = contour_data_element(points)
+        roi = Dataset()
+        roi.ContourSequence = [contour]
+        ds = Dataset()
+        ds.SOPClassUID = RTStructureSetStorage
+        ds.SOPInstanceUID = "2.25.9"
+        ds.ROIContourSequence = [roi]
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"contour-{syntax}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        again = pydicom.dcmread(path).ROIContourSequence[0].ContourSequence[0]
+        assert np.allclose(np.asarray(again.ContourData, dtype=float), points.ravel(), atol=5e-4)
+    with pytest.raises(ValueError, match="finite"):
+        contour_data_element(np.array([[0.0, np.nan, 1.0]]))
