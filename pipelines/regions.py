@@ -50,8 +50,7 @@ def detection_region(volume: Volume, detection: Detection) -> KeyImageRegion:
     ROI); its width and height are the box's extent along those directions.
     """
     centre = np.asarray(detection.centre_mm, dtype=np.float64)
-    normal = volume.planes[0].normal
-    k = int(np.argmin([abs(float((centre - plane.position) @ normal)) for plane in volume.planes]))
+    k = nearest_plane(volume, centre)
     plane = volume.planes[k]
     row_spacing, col_spacing = (float(v) for v in plane.pixel_spacing)
     offset = centre - plane.position
@@ -72,6 +71,14 @@ def detection_region(volume: Volume, detection: Detection) -> KeyImageRegion:
         dtype=np.float32,
     )
     return KeyImageRegion(plane.dataset, k, "POLYLINE", points, plane.frame)
+
+
+def nearest_plane(volume: Volume, point_mm: npt.NDArray[np.float64]) -> int:
+    """Index in ``volume.planes`` of the source plane nearest ``point_mm`` along its normal
+    (the first of two at the same distance)."""
+    normal = volume.planes[0].normal
+    distances = [abs(float((point_mm - plane.position) @ normal)) for plane in volume.planes]
+    return int(np.argmin(distances))
 
 
 def segment_region(volume: Volume, mask: npt.NDArray[np.bool_]) -> KeyImageRegion:
