@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 
 from pipelines.findings import Detection, Findings, Segment
 from pipelines.marks import (
@@ -47,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 #: Height of a text label's box, as a fraction of the image's rows (at least 8 pixels).
 LABEL_HEIGHT_FRACTION = 1 / 32
+#: Graphic Data (0070,0022), FL: the points of a graphic object.
+_GRAPHIC_DATA = Tag(0x00700022)
 #: Width of one character of a label, as a fraction of the label's height.
 CHARACTER_WIDTH_RATIO = 0.6
 
@@ -168,13 +172,7 @@ def _outlined(volume: Volume, segment: Segment, tracking_uid: str) -> dict[int, 
         on_slice = drawn.setdefault(k, _Slice())
         for outline in outlines:
             on_slice.graphics.append(
-                hd.pr.GraphicObject(
-                    graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-                    graphic_data=_inside(outline, volume),
-                    units=hd.pr.AnnotationUnitsValues.PIXEL,
-                    tracking_id=segment.label[:64],
-                    tracking_uid=tracking_uid,
-                )
+                polyline(_inside(outline, volume), segment.label[:64], tracking_uid)
             )
         top = min(outlines, key=lambda points: float(points[:, 1].min()))
         anchor = top[int(np.argmin(top[:, 1]))]
@@ -246,6 +244,37 @@ class _SliceAnnotation(hd.pr.GraphicAnnotation):  # type: ignore[misc]
             self.GraphicObjectSequence = graphics
         if texts:
             self.TextObjectSequence = texts
+
+
+def polyline(
+    points: npt.NDArray[np.float64], tracking_id: str, tracking_uid: str
+) -> hd.pr.GraphicObject:
+    """highdicom's POLYLINE graphic object (PIXEL units), its Graphic Data encoded at once.
+
+    highdicom sets Graphic Data as a list of Python floats, which pydicom checks and packs
+    one value at a time: most of what a GSPS of long outlines cost. The item is made by
+    highdicom from the first two points (it checks type, units and tracking), then given
+    the whole outline as little-endian FL bytes in one go, the bytes pydicom would write
+    (tests/unit/pipelines/test_gsps.py checks they are the same). Points must be finite
+    and not negative, as highdicom requires of PIXEL units.
+    """
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
+        raise ValueError(f"a POLYLINE needs two or more (column, row) points, not {points.shape}")
+    if not np.isfinite(points).all() or float(points.min()) < 0.0:
+        raise ValueError("POLYLINE points in PIXEL units must be finite and not negative")
+    graphic = hd.pr.GraphicObject(
+        graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+        graphic_data=points[:2],
+        units=hd.pr.AnnotationUnitsValues.PIXEL,
+        tracking_id=tracking_id,
+        tracking_uid=tracking_uid,
+    )
+    graphic.NumberOfGraphicPoints = len(points)
+    data = np.ascontiguousarray(points, dtype="<f4").tobytes()
+    graphic[_GRAPHIC_DATA] = RawDataElement(
+        _GRAPHIC_DATA, "FL", len(data), data, 0, is_implicit_VR=False, is_little_endian=True
+    )
+    return graphic
 
 
 def _ellipse_graphic(

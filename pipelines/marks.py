@@ -76,8 +76,8 @@ class Ellipse:
     def outline(self, count: int = 72) -> npt.NDArray[np.float64]:
         """``count`` points (column, row) around the ellipse, the first repeated last."""
         angles = np.linspace(0.0, 2 * math.pi, count + 1)
-        points = (
-            np.asarray(self.centre)
+        points: npt.NDArray[np.float64] = (
+            np.asarray(self.centre, dtype=np.float64)
             + np.cos(angles)[:, None] * np.asarray(self.major)
             + np.sin(angles)[:, None] * np.asarray(self.minor)
         )

@@ -12,6 +12,8 @@ import pydicom
 import pytest
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sr.codedict import codes
 from skimage import draw
 
@@ -357,3 +359,33 @@ def test_readme_rendering(
     if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
         (REPO_ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
         both.save(REPO_ROOT / "docs" / "images" / "gsps.png", optimize=True)
+
+
+def _encoded(item: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, item)
+    return buffer.getvalue()
+
+
+def test_bulk_graphic_data_is_encoded_as_pydicom_encodes_it() -> None:
+    """The outline's Graphic Data, packed at once, is byte for byte highdicom's item."""
+    points = np.random.default_rng(7).uniform(0.0, 511.5, size=(301, 2))
+    uid = "2.25.2003"
+    ours = gsps_module.polyline(points, "Liver", uid)
+    theirs = hd.pr.GraphicObject(
+        graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+        graphic_data=points,
+        units=hd.pr.AnnotationUnitsValues.PIXEL,
+        tracking_id="Liver",
+        tracking_uid=uid,
+    )
+    assert _encoded(ours) == _encoded(theirs)
+    assert int(ours.NumberOfGraphicPoints) == 301
+    assert np.array_equal(
+        np.asarray(ours.GraphicData, dtype=np.float32).reshape(-1, 2), points.astype(np.float32)
+    )
+    with pytest.raises(ValueError, match="not negative"):
+        gsps_module.polyline(points - 600.0, "Liver", uid)
+    with pytest.raises(ValueError, match="two or more"):
+        gsps_module.polyline(points[:1], "Liver", uid)
