@@ -249,32 +249,42 @@ class _SliceAnnotation(hd.pr.GraphicAnnotation):  # type: ignore[misc]
 def polyline(
     points: npt.NDArray[np.float64], tracking_id: str, tracking_uid: str
 ) -> hd.pr.GraphicObject:
-    """highdicom's POLYLINE graphic object (PIXEL units), its Graphic Data encoded at once.
+    """highdicom's POLYLINE graphic object (PIXEL units), its Graphic Data packed at once."""
+    return _Polyline(points, tracking_id, tracking_uid)
+
+
+class _Polyline(hd.pr.GraphicObject):  # type: ignore[misc]
+    """highdicom's POLYLINE GraphicObject in PIXEL units, its Graphic Data encoded at once.
 
     highdicom sets Graphic Data as a list of Python floats, which pydicom checks and packs
-    one value at a time: most of what a GSPS of long outlines cost. The item is made by
-    highdicom from the first two points (it checks type, units and tracking), then given
-    the whole outline as little-endian FL bytes in one go, the bytes pydicom would write
-    (tests/unit/pipelines/test_gsps.py checks they are the same). Points must be finite
-    and not negative, as highdicom requires of PIXEL units.
+    one value at a time, and converts the type and units through enumerations for every
+    object: thousands of outlines per GSPS. This item holds the same attributes, Graphic
+    Data as little-endian FL bytes made in one go, the bytes pydicom would write
+    (tests/unit/pipelines/test_gsps.py checks the encoded item equals highdicom's). The
+    points are checked as highdicom checks them: two or more, finite, not negative.
     """
-    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
-        raise ValueError(f"a POLYLINE needs two or more (column, row) points, not {points.shape}")
-    if not np.isfinite(points).all() or float(points.min()) < 0.0:
-        raise ValueError("POLYLINE points in PIXEL units must be finite and not negative")
-    graphic = hd.pr.GraphicObject(
-        graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-        graphic_data=points[:2],
-        units=hd.pr.AnnotationUnitsValues.PIXEL,
-        tracking_id=tracking_id,
-        tracking_uid=tracking_uid,
-    )
-    graphic.NumberOfGraphicPoints = len(points)
-    data = np.ascontiguousarray(points, dtype="<f4").tobytes()
-    graphic[_GRAPHIC_DATA] = RawDataElement(
-        _GRAPHIC_DATA, "FL", len(data), data, 0, is_implicit_VR=False, is_little_endian=True
-    )
-    return graphic
+
+    def __init__(
+        self, points: npt.NDArray[np.float64], tracking_id: str, tracking_uid: str
+    ) -> None:
+        Dataset.__init__(self)
+        if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
+            raise ValueError(
+                f"a POLYLINE needs two or more (column, row) points, not {points.shape}"
+            )
+        if not np.isfinite(points).all() or float(points.min()) < 0.0:
+            raise ValueError("POLYLINE points in PIXEL units must be finite and not negative")
+        self.GraphicDimensions = 2
+        self.GraphicType = hd.pr.GraphicTypeValues.POLYLINE.value
+        self.GraphicAnnotationUnits = hd.pr.AnnotationUnitsValues.PIXEL.value
+        self.NumberOfGraphicPoints = len(points)
+        data = np.ascontiguousarray(points, dtype="<f4").tobytes()
+        self[_GRAPHIC_DATA] = RawDataElement(
+            _GRAPHIC_DATA, "FL", len(data), data, 0, is_implicit_VR=False, is_little_endian=True
+        )
+        self.GraphicFilled = "N"
+        self.TrackingID = tracking_id
+        self.TrackingUID = tracking_uid
 
 
 def _ellipse_graphic(
