@@ -14,6 +14,7 @@ judged against the source images alone, read independently of ``pipelines.planes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,24 +230,31 @@ def test_the_cases_are_what_they_claim(cases: dict[str, _Case]) -> None:
         assert case.volume.voxels.shape[1:] != (64, 64)  # the sheared grid is larger
 
 
+def _layer(
+    gsps: Dataset, description: str, images: dict[ImageKey, Dataset]
+) -> Iterator[tuple[ImageKey, Dataset]]:
+    """(source image, annotation) of each graphic annotation of the layer ``description``,
+    checking that it is drawn on a source image (and frame)."""
+    layers = {item.GraphicLayer: item.GraphicLayerDescription for item in gsps.GraphicLayerSequence}
+    for annotation in gsps.GraphicAnnotationSequence:
+        if layers[annotation.GraphicLayer] != description:
+            continue
+        (reference,) = annotation.ReferencedImageSequence
+        key = _key(reference)
+        assert key in images, f"the GSPS draws on {key}, not a source image"
+        assert reference.ReferencedSOPClassUID == images[key].SOPClassUID
+        yield key, annotation
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_gsps_outlines_are_the_seg_frame_of_the_same_source_image(
     cases: dict[str, _Case], name: str
 ) -> None:
     case = cases[name]
     images = _images(case.sources)
-    layers = {
-        item.GraphicLayer: item.GraphicLayerDescription for item in case.gsps.GraphicLayerSequence
-    }
     outlines: dict[ImageKey, list[npt.NDArray[np.float64]]] = {}
     labelled: set[ImageKey] = set()
-    for annotation in case.gsps.GraphicAnnotationSequence:
-        if layers[annotation.GraphicLayer] != "Sphere":
-            continue
-        (reference,) = annotation.ReferencedImageSequence
-        key = _key(reference)
-        assert key in images, f"the GSPS draws on {key}, not a source image"
-        assert reference.ReferencedSOPClassUID == images[key].SOPClassUID
+    for key, annotation in _layer(case.gsps, "Sphere", images):
         for item in annotation.get("GraphicObjectSequence", []):
             points = np.asarray(item.GraphicData, dtype=np.float64).reshape(-1, 2)
             outlines.setdefault(key, []).append(points)
@@ -291,16 +299,9 @@ def test_detection_circles_are_largest_on_the_nearest_image_within_1_mm(
         for key, ds in images.items()
     }
     nearest = min(distance, key=distance.__getitem__)
-    layers = {
-        item.GraphicLayer: item.GraphicLayerDescription for item in case.gsps.GraphicLayerSequence
-    }
     radii: dict[ImageKey, float] = {}
     labelled = []
-    for annotation in case.gsps.GraphicAnnotationSequence:
-        if layers[annotation.GraphicLayer] != codes.SCT.Nodule.meaning:
-            continue
-        (reference,) = annotation.ReferencedImageSequence
-        key = _key(reference)
+    for key, annotation in _layer(case.gsps, codes.SCT.Nodule.meaning, images):
         geometry = _geometry(images[key], key[1])
         for item in annotation.get("GraphicObjectSequence", []):
             assert item.GraphicType == "CIRCLE"
