@@ -370,3 +370,40 @@ def test_captures_reference_their_frame(cases: dict[str, _Case]) -> None:
         assert source.ReferencedSOPInstanceUID == case.sources[0].SOPInstanceUID
         assert int(source.ReferencedFrameNumber) >= 1
         assert f"frame {int(source.ReferencedFrameNumber)}" in capture.ImageComments
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_capture_rings_are_on_the_images_the_gsps_circles(
+    cases: dict[str, _Case], name: str
+) -> None:
+    """A detection alone: a capture of each image its box crosses, the ring around the
+    centre's place on that image (within 1 mm)."""
+    case = cases[name]
+    images = _images(case.sources)
+    detections = Findings(case.findings.algorithm, detections=case.findings.detections)
+    captures = build_sc(
+        case.volume,
+        detections,
+        series_uid=derive_uid(name, "sc-rings"),
+        series_number=901,
+        software_version="0.0.1",
+        sop_uid_for=lambda k: derive_uid(name, "sc-rings", str(k)),
+        every_slice=False,
+    )
+    circled = {key for key, _ in _layer(case.gsps, codes.SCT.Nodule.meaning, images)}
+    keys = [_key(capture.SourceImageSequence[0]) for capture in captures]
+    assert set(keys) == circled and len(keys) == len(circled)
+    centre = case.stack.centre
+    checked = 0
+    for capture, key in zip(captures, keys, strict=True):
+        pixels = capture.pixel_array.astype(np.int16)[:64, :64]
+        ring = np.argwhere((pixels.max(axis=2) - pixels.min(axis=2)) > 0)
+        if len(ring) < 8 or ring.min(axis=0).min() == 0 or ring.max(axis=0).max() == 63:
+            continue  # a ring cut by the image's edge has no centre to check
+        geometry = _geometry(images[key], key[1])
+        on_image = centre - ((centre - geometry.position) @ geometry.normal) * geometry.normal
+        middle = (ring.min(axis=0) + ring.max(axis=0)) / 2  # (row, column) of its box
+        drawn = geometry.point_mm(float(middle[1]) + 0.5, float(middle[0]) + 0.5)
+        assert np.linalg.norm(drawn - on_image) < 1.0 + max(geometry.spacing), key
+        checked += 1
+    assert checked >= len(captures) // 2
