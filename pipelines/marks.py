@@ -1,13 +1,18 @@
-"""Where findings are marked on the source slices, for the writers that draw on images.
+"""Where findings are marked on the source images, for the writers that draw on images.
 
 The GSPS (``pipelines.gsps``) draws these marks as vector graphics over the source images
 and the secondary capture (``pipelines.sc``) burns them into copies of them; both take
-them from here so the two always agree:
-- a segment is outlined on every slice where it appears, every piece and every hole;
-- a detection is an ellipse on every slice its box crosses: the cross-section of the
+them from here so the two always agree. Marks are on the source planes
+(``Volume.planes``: single-frame images or frames of a multi-frame one), never on the
+slices of a resampled grid, each in its own plane's pixel coordinates and geometry:
+- a segment is outlined on every plane where it appears (``Volume.plane_masks``, the
+  same masks as the SEG's frames), every piece and every hole;
+- a detection is an ellipse on every plane its box crosses: the cross-section of the
   ellipsoid inscribed in the box (a circle where the box is as wide as it is high), so
-  the largest one lies on the slice nearest the detection's centre;
-- the source series' display window, for the GSPS's VOI LUT and the capture's grey.
+  the largest one lies on the plane nearest the detection's centre
+  (``pipelines.contours.nearest_plane``, the SR's key image);
+- the source's display window (per frame for a multi-frame image), for the GSPS's VOI
+  LUT and the capture's grey.
 Image coordinates are DICOM's (column, row), the top-left corner of the image at (0, 0)
 and the centre of the pixel at index (row r, column c) at (c + 0.5, r + 0.5).
 """
@@ -27,32 +32,57 @@ from pydicom.sr.coding import Code
 from skimage import measure
 
 from pipelines.colors import RGB, segment_rgb
+from pipelines.contours import nearest_plane
 from pipelines.findings import Detection, Findings, Segment
 from pipelines.measurements import round_to
+from pipelines.planes import Plane
 from pipelines.seg import check_mask_shapes, non_empty_segments
 from pipelines.volume import Volume
 
 #: An ellipse is at least this many pixels across each half, so a tiny lesion still shows.
 MIN_HALF_AXIS_PX = 1.5
+#: Thickness (mm, half) given to a box that is flat along an axis, so it has an ellipsoid.
+_FLAT_MM = 1e-3
 #: Percentiles of the voxel values that bound the display window of a series without one.
 FALLBACK_WINDOW_PERCENTILES = (1.0, 99.0)
 
 
 @dataclass(frozen=True)
 class Ellipse:
-    """A detection's mark on one slice: centre (column, row), half axes along the image's
-    rows (``half_width``) and columns (``half_height``), in pixels."""
+    """A detection's mark on one source plane (``slice_index`` into ``Volume.planes``):
+    centre and the two half axes (major first), as (column, row) vectors in pixels."""
 
     slice_index: int
     centre: tuple[float, float]
-    half_width: float
-    half_height: float
-    #: True on the slice nearest the detection's centre (where its label goes).
+    major: tuple[float, float]
+    minor: tuple[float, float]
+    #: True on the plane nearest the detection's centre (where its label goes).
     is_centre_slice: bool
 
     @property
     def is_circle(self) -> bool:
-        return math.isclose(self.half_width, self.half_height, rel_tol=1e-3)
+        return math.isclose(math.hypot(*self.major), math.hypot(*self.minor), rel_tol=1e-3)
+
+    @property
+    def half_width(self) -> float:
+        """Half the width of the box around the ellipse, in pixels."""
+        return math.hypot(self.major[0], self.minor[0])
+
+    @property
+    def half_height(self) -> float:
+        """Half the height of the box around the ellipse, in pixels."""
+        return math.hypot(self.major[1], self.minor[1])
+
+    def outline(self, count: int = 72) -> npt.NDArray[np.float64]:
+        """``count`` points (column, row) around the ellipse, the first repeated last."""
+        angles = np.linspace(0.0, 2 * math.pi, count + 1)
+        points: npt.NDArray[np.float64] = (
+            np.asarray(self.centre, dtype=np.float64)
+            + np.cos(angles)[:, None] * np.asarray(self.major)
+            + np.sin(angles)[:, None] * np.asarray(self.minor)
+        )
+        points[-1] = points[0]
+        return points
 
 
 @dataclass(frozen=True)
@@ -134,42 +164,81 @@ def finding_key(code: Code) -> tuple[str, str]:
 
 
 def detection_ellipses(volume: Volume, detection: Detection) -> list[Ellipse]:
-    """The detection's ellipse on each slice its box crosses (at least the nearest one)."""
-    centre = np.linalg.solve(volume.affine, np.append(np.asarray(detection.centre_mm), 1.0))
-    k_centre, row, col = (float(v) for v in centre[:3])
-    depth = volume.voxels.shape[0]
-    nearest = int(np.clip(round(k_centre), 0, depth - 1))
-    extent_mm = np.abs(
-        np.asarray(detection.bbox_max_mm, dtype=np.float64)
-        - np.asarray(detection.bbox_min_mm, dtype=np.float64)
+    """The detection's ellipse on each source plane its box crosses (at least the nearest).
+
+    The mark is where the plane cuts the ellipsoid inscribed in the box (its axes along the
+    patient's), worked out in each plane's own position, orientation and pixel spacing: a
+    tilted or unevenly spaced stack gets its marks where the box is, not where a resampled
+    slice would put them, and a tilted plane through a sphere still shows a circle. The
+    nearest plane shows the section through the centre when it misses the ellipsoid (a
+    box thinner than the gap between planes).
+    """
+    centre_mm = np.asarray(detection.centre_mm, dtype=np.float64)
+    nearest = nearest_plane(volume, centre_mm)
+    half_mm = (
+        np.abs(
+            np.asarray(detection.bbox_max_mm, dtype=np.float64)
+            - np.asarray(detection.bbox_min_mm, dtype=np.float64)
+        )
+        / 2
     )
-    slice_spacing, row_spacing, col_spacing = volume.spacing
-    axes = volume.affine[:3, :3] / np.array([slice_spacing, row_spacing, col_spacing])
-    half_depth_mm = float(np.abs(axes[:, 0]) @ extent_mm) / 2
-    half_width = float(np.abs(axes[:, 2]) @ extent_mm) / 2 / col_spacing
-    half_height = float(np.abs(axes[:, 1]) @ extent_mm) / 2 / row_spacing
-    reach = math.floor(half_depth_mm / slice_spacing) + 1
+    # (x - c)^T D (x - c) <= 1 inside the ellipsoid; flat boxes get a hair of thickness.
+    inverse_squares = np.diag(1.0 / np.maximum(half_mm, _FLAT_MM) ** 2)
     ellipses = []
-    for k in range(max(0, nearest - reach), min(depth, nearest + reach + 1)):
-        offset_mm = abs(k - k_centre) * slice_spacing
-        if k != nearest and offset_mm > half_depth_mm:
+    for k, plane in enumerate(volume.planes):
+        section = _section(plane, centre_mm, inverse_squares, through_centre=False)
+        if section is None and k == nearest:
+            section = _section(plane, centre_mm, inverse_squares, through_centre=True)
+        if section is None:
             continue
-        if offset_mm >= half_depth_mm:
-            # only the nearest slice gets here: a box thinner than the slice gap, drawn
-            # where the slice closest to it shows it
-            scale = 1.0
-        else:
-            scale = math.sqrt(1.0 - (offset_mm / half_depth_mm) ** 2)
+        centre, major, minor = section
         ellipses.append(
             Ellipse(
                 slice_index=k,
-                centre=(col + 0.5, row + 0.5),
-                half_width=max(half_width * scale, MIN_HALF_AXIS_PX),
-                half_height=max(half_height * scale, MIN_HALF_AXIS_PX),
+                centre=(float(centre[0]), float(centre[1])),
+                major=(float(major[0]), float(major[1])),
+                minor=(float(minor[0]), float(minor[1])),
                 is_centre_slice=k == nearest,
             )
         )
     return ellipses
+
+
+def _section(
+    plane: Plane,
+    centre_mm: npt.NDArray[np.float64],
+    inverse_squares: npt.NDArray[np.float64],
+    *,
+    through_centre: bool,
+) -> tuple[npt.NDArray[np.float64], ...] | None:
+    """(centre, major, minor half axis) in image coordinates of the ellipse where ``plane``
+    (or, ``through_centre``, the parallel plane through the centre) cuts the ellipsoid;
+    None when it misses it."""
+    row_spacing, col_spacing = (float(v) for v in plane.pixel_spacing)
+    # x = origin + U p: p = (column, row) pixel offsets from the ellipsoid's centre's foot
+    along = 0.0 if through_centre else float((centre_mm - plane.position) @ plane.normal)
+    foot = centre_mm - along * plane.normal
+    units = np.column_stack([plane.row_dir * col_spacing, plane.col_dir * row_spacing])
+    to_centre = foot - centre_mm
+    quadratic = units.T @ inverse_squares @ units
+    linear = units.T @ inverse_squares @ to_centre
+    shift = -np.linalg.solve(quadratic, linear)
+    room = 1.0 - float(to_centre @ inverse_squares @ to_centre) + float(linear @ -shift)
+    if room <= 0.0:
+        return None
+    values, vectors = np.linalg.eigh(quadratic / room)  # ascending: major axis first
+    lengths = np.maximum(1.0 / np.sqrt(values), MIN_HALF_AXIS_PX)
+    offset = foot - plane.position
+    centre = (
+        np.array(
+            [
+                float(offset @ plane.row_dir) / col_spacing + 0.5,
+                float(offset @ plane.col_dir) / row_spacing + 0.5,
+            ]
+        )
+        + shift
+    )
+    return centre, vectors[:, 0] * lengths[0], vectors[:, 1] * lengths[1]
 
 
 def detection_caption(detection: Detection, volume: Volume) -> str:
@@ -185,7 +254,10 @@ def detection_caption(detection: Detection, volume: Volume) -> str:
 def segment_outlines(
     mask: npt.NDArray[np.bool_],
 ) -> Iterator[tuple[int, list[npt.NDArray[np.float64]]]]:
-    """(slice index, closed outlines) for each slice of ``mask`` with any voxel in it.
+    """(plane index, closed outlines) for each plane of ``mask`` with any pixel in it.
+
+    ``mask`` holds one 2D mask per source plane (``Volume.plane_masks``), so the outlines
+    are in each source image's own pixel coordinates.
 
     Each outline is an (N, 2) array of (column, row) image coordinates, first point equal
     to the last: the boundary between the pixels inside and outside, as marching squares
@@ -243,7 +315,26 @@ def _corners(contour: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 def source_window(image: Dataset) -> Window | None:
     """The first window (centre, width) the source image states, or None."""
-    center, width = image.get("WindowCenter"), image.get("WindowWidth")
+    return _first_window(image)
+
+
+def plane_window(plane: Plane) -> Window | None:
+    """The window of one source plane: a frame's Frame VOI LUT (its own functional group,
+    else the shared one), else the image's, or None."""
+    if plane.frame is not None:
+        ds = plane.dataset
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+        shared = ds.get("SharedFunctionalGroupsSequence") or []
+        groups = [per_frame[plane.frame - 1]] if plane.frame <= len(per_frame) else []
+        for group in [*groups, *shared]:
+            voi = group.get("FrameVOILUTSequence")
+            if voi and (window := _first_window(voi[0])) is not None:
+                return window
+    return _first_window(plane.dataset)
+
+
+def _first_window(item: Dataset) -> Window | None:
+    center, width = item.get("WindowCenter"), item.get("WindowWidth")
     if center in (None, "") or width in (None, ""):
         return None
     first_center = float(center[0] if isinstance(center, MultiValue) else center)

@@ -30,10 +30,17 @@ ORIENTATION_TOLERANCE = 1e-3
 #: Two planes closer than this along the slice normal (mm) are at the same position.
 SAME_POSITION_MM = 1e-3
 
-#: Dimension index pointers that order frames in space (not a reason to split).
+#: Dimension index pointers that order frames in space (not a reason to split). A legacy
+#: converted instance of a tilted or unevenly spaced series is ordered by the Instance
+#: Number of the images it was made from (highdicom's converter does so).
 _SPATIAL_DIMENSIONS = frozenset(
     int(Tag(keyword))
-    for keyword in ("ImagePositionPatient", "InStackPositionNumber", "SliceLocation")
+    for keyword in (
+        "ImagePositionPatient",
+        "InStackPositionNumber",
+        "SliceLocation",
+        "InstanceNumber",
+    )
 )
 #: Readable names of the dimensions a multi-frame image is most often split by.
 _DIMENSION_NAMES = {

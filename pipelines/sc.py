@@ -1,15 +1,19 @@
-"""Findings -> a derived Secondary Capture series: the overlay burned into copies of the slices.
+"""Findings -> a derived Secondary Capture series: the overlay burned into copies of the images.
 
-For the viewer that shows nothing but images. Each capture is a source slice in its display
-window, in RGB, with, in the colours of the SEG (``pipelines.marks.overlay_layers``):
-- each segment tinted (``FILL_OPACITY``) and outlined on its boundary pixels;
-- each detection's ellipse on every slice its box crosses, labelled (finding, size) on the
-  slice nearest its centre;
+For the viewer that shows nothing but images. Each capture is a source plane (a
+single-frame image, or one frame of a multi-frame image) with its own pixels (never the
+resampled grid's) in its display window, in RGB, with, in the colours of the SEG
+(``pipelines.marks.overlay_layers``):
+- each segment tinted (``FILL_OPACITY``) and outlined on its boundary pixels, from the
+  segment's mask on that plane (``Volume.plane_masks``: the SEG's frame for the image);
+- each detection's ellipse on every plane its box crosses, labelled (finding, size) on the
+  plane nearest its centre;
 and a legend (colour -> structure, and the warning) in a strip below the image, so no
-pixel of the slice is hidden and pixel (row, column) of the capture is pixel (row, column)
-of its source slice. Captures are labelled as derived and not for primary diagnosis
+pixel of the image is hidden and pixel (row, column) of the capture is pixel (row, column)
+of its source image. Captures are labelled as derived and not for primary diagnosis
 (SeriesDescription, ImageComments, BurnedInAnnotation YES) and reference their source
-slice (Source Image Sequence). Text is drawn by Pillow with its built-in font.
+image and frame (Source Image Sequence, Referenced Frame Number). Text is drawn by Pillow
+with its built-in font.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from pipelines.marks import (
     detection_ellipses,
     fallback_window,
     overlay_layers,
-    source_window,
+    plane_window,
 )
+from pipelines.planes import Plane
 from pipelines.seg import copy_required_source_attributes
 from pipelines.sr_root import equipment
 from pipelines.volume import Volume
@@ -55,6 +60,8 @@ NOT_FOR_DIAGNOSIS = "NOT FOR PRIMARY DIAGNOSIS"
 SERIES_DESCRIPTION = "AI overlay, derived, not for primary diagnosis ({name})"
 #: Purpose of reference of the source slice (CID 7202 "Source Image Purposes of Reference").
 SOURCE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+#: Source images decoded at a time for a resampled volume (bounds the memory it takes).
+PIXEL_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -87,12 +94,14 @@ def build_sc(
     sop_uid_for: Callable[[int], str],
     every_slice: bool,
 ) -> list[Dataset]:
-    """One RGB capture per slice with something drawn on it (every slice if ``every_slice``).
+    """One RGB capture per source plane with something drawn on it (every plane if
+    ``every_slice``).
 
-    ``sop_uid_for(k)`` gives the SOP Instance UID of the capture of slice ``k`` (axis-0
-    index of ``volume``), so a rerun gives the same UIDs. Raises
-    ``pipelines.marks.NothingToDrawError`` when there is nothing to draw and ``ValueError``
-    when a mask does not fit the volume.
+    ``sop_uid_for(k)`` gives the SOP Instance UID of the capture of source plane ``k``
+    (index in ``volume.planes``), so a rerun gives the same UIDs. Raises
+    ``pipelines.marks.NothingToDrawError`` when there is nothing to draw, ``ValueError``
+    when a mask does not fit the volume and ``VolumeError`` when a resampled volume's
+    source pixels cannot be read again.
     """
     layers = overlay_layers(volume, findings)
     ellipses: dict[int, list[tuple[Ellipse, RGB, str]]] = {}
@@ -101,62 +110,66 @@ def build_sc(
         caption = detection_caption(detection, volume)
         for ellipse in detection_ellipses(volume, detection):
             ellipses.setdefault(ellipse.slice_index, []).append((ellipse, color, caption))
+    plane_masks = [volume.plane_masks(segment.mask) for segment in layers.segments]
     marked = set(ellipses)
-    for segment in layers.segments:
-        marked.update(int(k) for k in np.flatnonzero(segment.mask.any(axis=(1, 2))))
-    indices = range(volume.voxels.shape[0]) if every_slice else sorted(marked)
-    rows, columns = volume.voxels.shape[1:]
+    for masks in plane_masks:
+        marked.update(int(k) for k in np.flatnonzero(masks.any(axis=(1, 2))))
+    indices = list(range(len(volume.planes))) if every_slice else sorted(marked)
+    rows, columns = volume.planes[0].rows, volume.planes[0].cols
     style = _Style.for_image(rows, columns)
     legend = _legend_entries(layers)
     title = f"AI overlay: {findings.algorithm.name}"
     fallback: Window | None = None
     captures = []
-    for k in indices:
-        window = source_window(volume.datasets[k])
-        if window is None:
-            fallback = fallback or fallback_window(volume)
-            window = fallback
-        pixels = render_capture(
-            volume, k, layers, ellipses.get(k, []), window, title, legend, style
-        )
-        captures.append(
-            _capture(
-                volume,
-                k,
-                pixels,
-                findings,
-                series_uid,
-                series_number,
-                software_version,
-                sop_uid_for(k),
+    for start in range(0, len(indices), PIXEL_BATCH):
+        batch = indices[start : start + PIXEL_BATCH]
+        for k, values in zip(batch, volume.plane_pixels(batch), strict=True):
+            plane = volume.planes[k]
+            window = plane_window(plane)
+            if window is None:
+                fallback = fallback or fallback_window(volume)
+                window = fallback
+            grey = window.to_unit(values) * 255.0
+            if plane.dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+                grey = 255.0 - grey
+            insides = [
+                (masks[k], color)
+                for masks, color in zip(plane_masks, layers.segment_rgb, strict=True)
+            ]
+            pixels = render_capture(grey, insides, ellipses.get(k, []), title, legend, style)
+            captures.append(
+                _capture(
+                    plane,
+                    k,
+                    pixels,
+                    findings,
+                    series_uid,
+                    series_number,
+                    software_version,
+                    sop_uid_for(k),
+                )
             )
-        )
     logger.info(
         "built %d secondary capture(s) for series %s (%s)",
         len(captures),
         volume.series_uid,
-        "every slice" if every_slice else "slices with findings",
+        "every source image" if every_slice else "source images with findings",
     )
     return captures
 
 
 def render_capture(
-    volume: Volume,
-    k: int,
-    layers: Layers,
+    grey: npt.NDArray[np.float32],
+    insides: list[tuple[npt.NDArray[np.bool_], RGB]],
     ellipses: list[tuple[Ellipse, RGB, str]],
-    window: Window,
     title: str,
     legend: list[tuple[RGB, str]],
     style: _Style,
 ) -> npt.NDArray[np.uint8]:
-    """Slice ``k`` windowed to grey, the overlay burned in, the legend strip below it."""
-    grey = window.to_unit(volume.voxels[k]) * 255.0
-    if volume.datasets[k].get("PhotometricInterpretation") == "MONOCHROME1":
-        grey = 255.0 - grey
+    """A source image windowed to grey (0..255), each segment's mask on it (``insides``,
+    with its colour) and the ellipses burned in, the legend strip below it."""
     image = np.repeat(grey[..., None], 3, axis=2)
-    for segment, color in zip(layers.segments, layers.segment_rgb, strict=True):
-        inside = segment.mask[k]
+    for inside, color in insides:
         if not inside.any():
             continue
         tint = np.array(color, dtype=np.float32)
@@ -178,7 +191,11 @@ def render_capture(
             cx + ellipse.half_width,
             cy + ellipse.half_height,
         )
-        draw.ellipse(box, outline=color, width=style.line_width)
+        if min(abs(ellipse.major[0]), abs(ellipse.major[1])) < 1e-6:  # along the axes
+            draw.ellipse(box, outline=color, width=style.line_width)
+        else:  # turned: a ring of short lines
+            ring = [(float(x) - 0.5, float(y) - 0.5) for x, y in ellipse.outline()]
+            draw.line(ring, fill=color, width=style.line_width, joint="curve")
         if ellipse.is_centre_slice:
             _caption(draw, caption, color, box, rows, columns, style)
     _draw_legend(draw, title, legend, rows, style)
@@ -243,7 +260,7 @@ def _caption(
 
 
 def _capture(
-    volume: Volume,
+    plane: Plane,
     k: int,
     pixels: npt.NDArray[np.uint8],
     findings: Findings,
@@ -252,10 +269,14 @@ def _capture(
     software_version: str,
     sop_uid: str,
 ) -> Dataset:
-    source = volume.datasets[k]
+    source = plane.dataset
     algorithm = findings.algorithm
-    orientation = hd.spatial.get_closest_patient_orientation(volume.affine)
-    _, row_spacing, col_spacing = volume.spacing
+    # the image's own axes: (k, row, col) -> patient, as get_closest_patient_orientation reads
+    axes = np.eye(4)
+    axes[:3, 1], axes[:3, 2] = plane.col_dir, plane.row_dir
+    axes[:3, 0] = plane.normal
+    orientation = hd.spatial.get_closest_patient_orientation(axes)
+    row_spacing, col_spacing = (float(v) for v in plane.pixel_spacing)
     # "AI <what> (<algorithm>)" as every output's; the warning kept whole within 64 characters
     name = algorithm.name[: 64 - len(SERIES_DESCRIPTION.format(name=""))]
     capture = hd.sc.SCImage.from_ref_dataset(
@@ -283,15 +304,17 @@ def _capture(
     capture.BurnedInAnnotation = "YES"
     capture.ImageComments = (
         f"Derived image: findings of {algorithm.name} {algorithm.version} burned into a copy "
-        f"of source image {source.SOPInstanceUID} (legend below the image). "
+        f"of source image {plane.describe()} (legend below the image). "
         f"{NOT_FOR_DIAGNOSIS}: read the original series."
     )
     capture.DerivationDescription = (
-        "Source slice in its display window, AI findings burned in (pacs-annotator)"
+        "Source image in its display window, AI findings burned in (pacs-annotator)"
     )
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if plane.frame is not None:
+        reference.ReferencedFrameNumber = plane.frame
     reference.PurposeOfReferenceCodeSequence = DicomSequence(
         [hd.sr.CodedConcept.from_code(SOURCE_PURPOSE)]
     )

@@ -118,6 +118,25 @@ class Volume:
         first = self.planes[0]
         return to_planes(mask, self.grid, first.rows, first.cols)
 
+    def plane_pixels(self, indices: Sequence[int]) -> list[npt.NDArray[np.float32]]:
+        """The values (after the modality transform) of the source planes ``indices``.
+
+        The voxels' own slices when the grid is the planes; else each plane decoded again
+        from its instance (or frame), as the scanner produced it, not the interpolation.
+        Raises ``VolumeError`` when the pixel data was not kept or cannot be decoded.
+        """
+        if self.grid is None or self.grid.regular:
+            return [self.voxels[k] for k in indices]
+
+        def fail(problem: str) -> VolumeError:
+            return VolumeError(f"series {self.series_uid}: {problem}")
+
+        planes = [self.planes[k] for k in indices]
+        for plane in planes:
+            if "PixelData" not in plane.dataset and "FloatPixelData" not in plane.dataset:
+                raise fail(f"the pixel data of instance {plane.describe()} was not kept")
+        return _plane_pixels(planes, fail)
+
 
 @dataclass(frozen=True)
 class UnreadableFile:

@@ -12,6 +12,7 @@ import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from skimage import draw
 
 from pipelines.volume import Volume
 from tests.support.dicom_validate import PIXELMED_JAR, java_path, pixelmed_messages
@@ -33,12 +34,17 @@ class Drawn:
 
 
 def drawn_objects(gsps: Dataset, volume: Volume) -> tuple[list[Drawn], list[Drawn]]:
-    """(graphic objects, text objects) of ``gsps``, each on the volume slice it references."""
-    index = {str(ds.SOPInstanceUID): k for k, ds in enumerate(volume.datasets)}
+    """(graphic objects, text objects) of ``gsps``, each on the source plane (index in
+    ``volume.planes``) of the image, and frame, it references."""
+    index = {
+        (str(plane.dataset.SOPInstanceUID), plane.frame): k for k, plane in enumerate(volume.planes)
+    }
     graphics, texts = [], []
     for annotation in gsps.GraphicAnnotationSequence:
         (reference,) = annotation.ReferencedImageSequence
-        k = index[str(reference.ReferencedSOPInstanceUID)]
+        frame = reference.get("ReferencedFrameNumber")
+        key = (str(reference.ReferencedSOPInstanceUID), None if frame is None else int(frame))
+        k = index[key]
         for item in annotation.get("GraphicObjectSequence", []):
             graphics.append(Drawn(str(annotation.GraphicLayer), k, item))
         for item in annotation.get("TextObjectSequence", []):
@@ -54,6 +60,28 @@ def nearest_slices(volume: Volume, point_mm: tuple[float, float, float]) -> set[
     positions = np.array([ds.ImagePositionPatient for ds in volume.datasets], dtype=np.float64)
     distance = np.abs((positions - np.asarray(point_mm)) @ normal)
     return {int(k) for k in np.flatnonzero(distance <= distance.min() + 1e-3)}
+
+
+def assert_on_boundary(points: np.ndarray, plane: np.ndarray) -> None:
+    """Every vertex lies between a pixel centre inside the mask and one outside it."""
+    padded = np.pad(plane, 1)  # outside the image is outside the mask
+    for column, row in points:
+        r, c = row - 0.5 + 1, column - 0.5 + 1  # pixel-index coordinates in ``padded``
+        rows = {int(np.floor(r)), int(np.ceil(r))}
+        cols = {int(np.floor(c)), int(np.ceil(c))}
+        around = {bool(padded[i, j]) for i in rows for j in cols}
+        assert around == {True, False}, f"vertex ({column}, {row}) is not on the boundary"
+
+
+def even_odd_fill(polylines: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Pixels whose centres are inside an odd number of outlines (holes cancel out)."""
+    filled = np.zeros(shape, dtype=bool)
+    for points in polylines:
+        inside = np.zeros(shape, dtype=bool)
+        rr, cc = draw.polygon(points[:, 1] - 0.5, points[:, 0] - 0.5, shape)
+        inside[rr, cc] = True
+        filled ^= inside
+    return filled
 
 
 def assert_pixelmed_valid(paths: list[Path]) -> None:

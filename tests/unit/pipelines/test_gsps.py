@@ -12,6 +12,8 @@ import pydicom
 import pytest
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sr.codedict import codes
 from skimage import draw
 
@@ -25,8 +27,10 @@ from tests.support.dicom_validate import dciodvfy_messages
 from tests.support.ohif import dicom_lab_to_rgb
 from tests.support.phantom import image_point_mm, make_ct_phantom
 from tests.unit.pipelines.overlay_checks import (
+    assert_on_boundary,
     assert_pixelmed_valid,
     drawn_objects,
+    even_odd_fill,
     nearest_slices,
 )
 
@@ -95,32 +99,10 @@ def test_outlines_lie_on_the_mask_boundary_and_enclose_the_mask(
             polylines = [g.points for g in mine if g.slice_index == k]
             for points in polylines:
                 assert np.array_equal(points[0], points[-1]), "an outline is not closed"
-                _assert_on_boundary(points, plane)
-            assert np.array_equal(_even_odd_fill(polylines, plane.shape), plane), (
+                assert_on_boundary(points, plane)
+            assert np.array_equal(even_odd_fill(polylines, plane.shape), plane), (
                 f"{segment.label}, slice {k}: the outlines do not enclose exactly the mask"
             )
-
-
-def _assert_on_boundary(points: np.ndarray, plane: np.ndarray) -> None:
-    """Every vertex lies between a pixel centre inside the mask and one outside it."""
-    padded = np.pad(plane, 1)  # outside the image is outside the mask
-    for column, row in points:
-        r, c = row - 0.5 + 1, column - 0.5 + 1  # pixel-index coordinates in ``padded``
-        rows = {int(np.floor(r)), int(np.ceil(r))}
-        cols = {int(np.floor(c)), int(np.ceil(c))}
-        around = {bool(padded[i, j]) for i in rows for j in cols}
-        assert around == {True, False}, f"vertex ({column}, {row}) is not on the boundary"
-
-
-def _even_odd_fill(polylines: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    """Pixels whose centres are inside an odd number of outlines (holes cancel out)."""
-    filled = np.zeros(shape, dtype=bool)
-    for points in polylines:
-        inside = np.zeros(shape, dtype=bool)
-        rr, cc = draw.polygon(points[:, 1] - 0.5, points[:, 0] - 0.5, shape)
-        inside[rr, cc] = True
-        filled ^= inside
-    return filled
 
 
 def test_pieces_and_holes_each_get_an_outline(phantom_volume: Volume) -> None:
@@ -142,8 +124,8 @@ def test_pieces_and_holes_each_get_an_outline(phantom_volume: Volume) -> None:
     assert len(polylines) == 4
     assert {g.slice_index for g in graphics} == {k}
     for points in polylines:
-        _assert_on_boundary(points, mask[k])
-    assert np.array_equal(_even_odd_fill(polylines, mask.shape[1:]), mask[k])
+        assert_on_boundary(points, mask[k])
+    assert np.array_equal(even_odd_fill(polylines, mask.shape[1:]), mask[k])
 
 
 def test_detection_circles_lie_on_the_nearest_slice_within_1_mm(
@@ -306,7 +288,7 @@ def test_real_ct(tmp_path: Path, real_volume: Volume, real_findings: Findings) -
         polylines = [
             g.points for g in graphics if g.slice_index == k and names[g.layer] == segment.label
         ]
-        assert np.array_equal(_even_odd_fill(polylines, segment.mask.shape[1:]), segment.mask[k])
+        assert np.array_equal(even_odd_fill(polylines, segment.mask.shape[1:]), segment.mask[k])
 
 
 def _render(gsps: Dataset, image: Dataset, k: int, volume: Volume) -> Image.Image:
@@ -377,3 +359,33 @@ def test_readme_rendering(
     if os.environ.get("PACS_ANNOTATOR_README_SCREENSHOT") == "1":
         (REPO_ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
         both.save(REPO_ROOT / "docs" / "images" / "gsps.png", optimize=True)
+
+
+def _encoded(item: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, item)
+    return buffer.getvalue()
+
+
+def test_bulk_graphic_data_is_encoded_as_pydicom_encodes_it() -> None:
+    """The outline's Graphic Data, packed at once, is byte for byte highdicom's item."""
+    points = np.random.default_rng(7).uniform(0.0, 511.5, size=(301, 2))
+    uid = "2.25.2003"
+    ours = gsps_module.polyline(points, "Liver", uid)
+    theirs = hd.pr.GraphicObject(
+        graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+        graphic_data=points,
+        units=hd.pr.AnnotationUnitsValues.PIXEL,
+        tracking_id="Liver",
+        tracking_uid=uid,
+    )
+    assert _encoded(ours) == _encoded(theirs)
+    assert int(ours.NumberOfGraphicPoints) == 301
+    assert np.array_equal(
+        np.asarray(ours.GraphicData, dtype=np.float32).reshape(-1, 2), points.astype(np.float32)
+    )
+    with pytest.raises(ValueError, match="not negative"):
+        gsps_module.polyline(points - 600.0, "Liver", uid)
+    with pytest.raises(ValueError, match="two or more"):
+        gsps_module.polyline(points[:1], "Liver", uid)

@@ -12,7 +12,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from pipelines.errors import VolumeError
 from pipelines.volume import Volume, load_series, scan_files
-from tests.support.phantom import CtPhantom, _anatomy, make_ct_phantom
+from tests.support.phantom import DEFAULT_LUNGS, CtPhantom, _anatomy, make_ct_phantom
 
 
 def _copies(datasets: list[Dataset]) -> list[Dataset]:
@@ -24,7 +24,7 @@ def _assert_voxels_match_anatomy(volume: Volume) -> None:
     k, r, c = np.meshgrid(*(np.arange(n) for n in volume.voxels.shape), indexing="ij")
     index = np.stack([k, r, c, np.ones_like(k)], axis=-1).reshape(-1, 4).T
     points = volume.affine @ index
-    truth = _anatomy(points[0], points[1], points[2]).reshape(volume.voxels.shape)
+    truth = _anatomy(points[0], points[1], points[2], DEFAULT_LUNGS).reshape(volume.voxels.shape)
     assert np.abs(volume.voxels - truth).max() < 80  # noise is 10 HU
 
 
