@@ -8,6 +8,7 @@ so the pipeline is exercised exactly as a downloaded bundle would exercise it.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -212,8 +213,24 @@ def detection_config(*, intensity: tuple[float, float], pixdim: Sequence[float])
 
 
 def train_detector(detector: Any, *, steps: int, shape: Sequence[int], seed: int = 0) -> None:
-    """Train a RetinaNetDetector briefly on bright spheres in noise (image voxel space)."""
+    """Train a RetinaNetDetector briefly on bright spheres in noise (image voxel space).
+
+    Deterministic whatever ran before in the process: every random source is seeded
+    (MONAI's samplers draw from the global generators) and training runs on one thread, so
+    the order of floating-point sums does not depend on the thread pool others left behind.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_detector(detector, steps=steps, shape=shape, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_detector(detector: Any, *, steps: int, shape: Sequence[int], seed: int) -> None:
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
     detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
