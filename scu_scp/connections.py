@@ -20,7 +20,10 @@ Logs carry peer addresses only.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import secrets
 import socket
 import ssl
 import threading
@@ -28,7 +31,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 __all__ = [
     "PDU_HEADER_BYTES",
@@ -325,31 +329,49 @@ class AddressCounts:
 class AssociationSlots:
     """Associations whose A-ASSOCIATE-RQ has arrived, capped at ``scp.max_associations``.
 
-    Connections still waiting for their request do not count: they are bounded in time by
-    :class:`PduClock` instead.
+    Counted across every process of the SCP: each slot is a lock file in ``folder``, held
+    (``flock``) by the association that took it until it ends. A process that dies gives
+    its slots back with it. Connections still waiting for their request do not count:
+    they are bounded in time by :class:`PduClock` instead.
     """
 
-    def __init__(self, maximum: int) -> None:
+    def __init__(self, maximum: int, folder: Path) -> None:
         if maximum < 1:
             raise ValueError(f"max_associations must be >= 1, got {maximum}")
         self.maximum = maximum
-        self._held: set[Any] = set()
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self._paths = [folder / f"{n}.lock" for n in range(maximum)]
+        self._held: dict[Any, BinaryIO] = {}
         self._lock = threading.Lock()
 
     def take(self, assoc: Any) -> bool:
-        """Count ``assoc`` (an acceptor Association) unless every slot is held."""
+        """Hold a slot for ``assoc`` (an acceptor Association) unless every slot is held."""
         with self._lock:
-            self._held = {a for a in self._held if a.is_alive()}
-            if len(self._held) >= self.maximum:
-                return False
-            self._held.add(assoc)
-            return True
+            for gone in [a for a in self._held if not a.is_alive()]:
+                self._held.pop(gone).close()
+            start = secrets.randbelow(self.maximum)  # processes rarely try the same file
+            for n in range(self.maximum):
+                path = self._paths[(start + n) % self.maximum]
+                handle = os.fdopen(
+                    os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600), "wb"
+                )
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                self._held[assoc] = handle
+                return True
+            return False
 
     def give_back(self, assoc: Any) -> None:
         """The association ended (released, aborted, connection closed)."""
         with self._lock:
-            self._held.discard(assoc)
+            handle = self._held.pop(assoc, None)
+        if handle is not None:
+            handle.close()  # closing the file releases its lock
 
     def held(self) -> int:
+        """Slots held by this process's associations."""
         with self._lock:
             return sum(1 for a in self._held if a.is_alive())

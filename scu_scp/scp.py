@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom import uid
 from pydicom.dataset import Dataset
@@ -38,6 +38,7 @@ from scu_scp.admission import (
 from scu_scp.completion import AssociationEnd, CompletionTracker
 from scu_scp.connections import PDU_HEADER_BYTES, AssociationSlots, ConnectionLimits
 from scu_scp.models import SpooledStudy
+from scu_scp.reactor import WaitingRequestHandler
 from scu_scp.received import SizeGuard, TooLargeError, discard_partial_dataset, read_received
 from scu_scp.security import (
     AllowedCaller,
@@ -48,10 +49,14 @@ from scu_scp.security import (
 )
 from scu_scp.spool import Spool, StudyTooLargeError
 
+if TYPE_CHECKING:
+    from scu_scp.receivers import ReceiverProcesses
+
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_OUT_OF_RESOURCES",
     "TRANSFER_SYNTAXES",
+    "CompletionReports",
     "StorageSCP",
     "release_counts",
 ]
@@ -88,12 +93,23 @@ DIMSE_TIMEOUT = 120.0  # one large instance (multi-frame) may take a while
 NETWORK_TIMEOUT = 300.0  # PACS may keep an idle association open between series
 
 
+class CompletionReports(Protocol):
+    """What the C-STORE and association-end handlers tell about arrivals: the SCP's own
+    :class:`CompletionTracker`, or in a receiver process the link to the SCP's."""
+
+    def touch(self, study_uid: str, at: float | None = None, *, carrier: Any = None) -> None: ...
+
+    def association_ended(
+        self, carrier: Any, end: AssociationEnd, at: float | None = None
+    ) -> None: ...
+
+
 @dataclass
 class _Receiver:
     """State shared by the C-STORE handler threads (one per association)."""
 
     spool: Spool
-    tracker: CompletionTracker
+    tracker: CompletionReports
     admission: Admission | None = None  # None: no allow-list, no limits
     quiet_only_aets: tuple[str, ...] = ()  # glob patterns: their release means nothing
     paused: bool = False
@@ -230,7 +246,7 @@ _ENDS = {
 }
 
 
-def handle_association_end(event: Any, tracker: CompletionTracker) -> None:
+def handle_association_end(event: Any, tracker: CompletionReports) -> None:
     """EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE: tell the tracker how the association
     ended (after its last C-STORE: pynetdicom runs both in the association's thread)."""
     tracker.association_ended(event.assoc, _ENDS[event.event.name])
@@ -308,6 +324,8 @@ class StorageSCP:
         tls: ServerTls | None = None,
         limits: ScpLimits | None = None,
         connection_limits: ConnectionLimits | None = None,
+        processes: int = 1,
+        process_setup: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= len(ae_title.strip()) <= 16 or "\\" in ae_title:
@@ -320,6 +338,8 @@ class StorageSCP:
             raise ValueError("retry_initial must be > 0 and retry_max >= retry_initial")
         if max_associations < 1:
             raise ValueError(f"max_associations must be >= 1, got {max_associations}")
+        if processes < 1:
+            raise ValueError(f"processes must be >= 1, got {processes}")
         self.ae_title = ae_title.strip()
         self.host = host
         self._requested_port = port
@@ -328,11 +348,22 @@ class StorageSCP:
         self.poll_interval = poll_interval
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.processes = processes
+        self.process_setup = process_setup  # run first in each receiver process (logging)
+        self._options = {  # what a receiver process needs to build its listener
+            "quiet_only_aets": tuple(quiet_only_aets),
+            "max_associations": max_associations,
+            "allowed_callers": tuple(allowed_callers),
+            "tls": tls,
+            "limits": limits,
+            "connection_limits": connection_limits,
+        }
+        self._receivers: ReceiverProcesses | None = None
         self._clock = clock  # of the completion tracker; tests inject one
         self.tracker = CompletionTracker(
             quiet_seconds, clock, release_grace_seconds=release_grace_seconds
         )
-        self.slots = AssociationSlots(max_associations)
+        self.slots = AssociationSlots(max_associations, spool.state / "association-slots")
         # The longest PDU we accept follows from the maximum we advertise.
         self.connection_limits = replace(
             connection_limits or ConnectionLimits(),
@@ -389,9 +420,15 @@ class StorageSCP:
     @paused.setter
     def paused(self, value: bool) -> None:
         self._receiver.paused = value
+        if self._receivers is not None:
+            self._receivers.set_paused(value)
 
     def start(self) -> None:
-        """Listen and start sealing; resumes studies left incoming by a previous run."""
+        """Listen and start sealing; resumes studies left incoming by a previous run.
+
+        With ``processes`` > 1 the other receiver processes start too, on the same port
+        (``scu_scp/receivers.py``); this process alone seals and hands studies over.
+        """
         if self._server is not None:
             raise RuntimeError("StorageSCP already started")
         self._seed_from_spool()
@@ -399,6 +436,47 @@ class StorageSCP:
         discarded = self.spool.discard_unfinished_receives()
         if discarded:
             LOGGER.warning("deleted %d datasets cut off when the SCP last stopped", discarded)
+        self._listen(reuse_port=self.processes > 1)
+        if self.processes > 1:
+            from scu_scp.receivers import ReceiverProcesses, ReceiverSpec  # imports scp
+
+            spec = ReceiverSpec(
+                ae_title=self.ae_title,
+                host=self.host,
+                port=self.port,
+                spool_root=self.spool.root,
+                setup=self.process_setup,
+                **self._options,  # type: ignore[arg-type]
+            )
+            self._receivers = ReceiverProcesses(spec, self.tracker, self.spool)
+            self._receivers.start(self.processes - 1, paused=self.paused)
+        self._stop.clear()
+        self._poller = threading.Thread(
+            target=self._poll_loop, name=f"scp-completion-{self.ae_title}", daemon=True
+        )
+        self._poller.start()
+        LOGGER.info(
+            "storage SCP %s listening on %s:%d%s%s",
+            self.ae_title,
+            self.host,
+            self.port,
+            " (TLS)" if self._ssl_context is not None else "",
+            f" in {self.processes} processes" if self.processes > 1 else "",
+        )
+
+    def listen(self, tracker: CompletionReports) -> None:
+        """Receive into the spool without sealing, reporting arrivals to ``tracker``.
+
+        What each receiver process of a multi-process SCP runs (``scu_scp/receivers.py``):
+        the port is shared (``SO_REUSEPORT``) and the process that called ``start`` seals.
+        """
+        if self._server is not None:
+            raise RuntimeError("StorageSCP already started")
+        self.tracker = tracker  # type: ignore[assignment]
+        self._receiver.tracker = tracker
+        self._listen(reuse_port=True)
+
+    def _listen(self, *, reuse_port: bool) -> None:
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [self.admission]),
             (evt.EVT_REJECTED, _log_association),
@@ -407,9 +485,9 @@ class StorageSCP:
             (evt.EVT_ACCEPTED, _log_association),
             (evt.EVT_RELEASED, _log_association),
             (evt.EVT_ABORTED, _log_association),
-            (evt.EVT_RELEASED, handle_association_end, [self.tracker]),
-            (evt.EVT_ABORTED, handle_association_end, [self.tracker]),
-            (evt.EVT_CONN_CLOSE, handle_association_end, [self.tracker]),
+            (evt.EVT_RELEASED, handle_association_end, [self._receiver.tracker]),
+            (evt.EVT_ABORTED, handle_association_end, [self._receiver.tracker]),
+            (evt.EVT_CONN_CLOSE, handle_association_end, [self._receiver.tracker]),
             (evt.EVT_ABORTED, handle_cut_off),
             (evt.EVT_CONN_CLOSE, handle_cut_off),
             *((event, _give_back_slot, [self.slots]) for event in _SLOT_ENDS),
@@ -423,6 +501,8 @@ class StorageSCP:
             evt_handlers=handlers,
             server_class=TlsHandshakeServer,
             connection_limits=self.connection_limits,
+            request_handler=WaitingRequestHandler,
+            reuse_port=reuse_port,
         )
         # Every C-STORE dataset goes to a file as it arrives instead of memory.
         _CHUNKED_RECEIVE.acquire()
@@ -434,18 +514,6 @@ class StorageSCP:
         ).start()
         self._ae._servers.append(server)
         self._server = server
-        self._stop.clear()
-        self._poller = threading.Thread(
-            target=self._poll_loop, name=f"scp-completion-{self.ae_title}", daemon=True
-        )
-        self._poller.start()
-        LOGGER.info(
-            "storage SCP %s listening on %s:%d%s",
-            self.ae_title,
-            self.host,
-            self.port,
-            " (TLS)" if self._ssl_context is not None else "",
-        )
 
     def _check_receive_folder(self) -> None:
         """Say so when pynetdicom's files cannot be renamed into the spool, only copied."""
@@ -461,6 +529,9 @@ class StorageSCP:
 
     def stop(self) -> None:
         """Stop accepting, then stop sealing; unsealed studies stay in the spool."""
+        receivers, self._receivers = self._receivers, None
+        if receivers is not None:
+            receivers.stop()  # their last reports reach the tracker before sealing stops
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -504,6 +575,8 @@ class StorageSCP:
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
+            if self._receivers is not None:
+                self._receivers.replace_dead()
             self.poll_once()
 
     def poll_once(self) -> None:

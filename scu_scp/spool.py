@@ -12,6 +12,10 @@ Layout under ``root``::
     tmp/                                            partial writes (never read)
     receiving/                                      datasets still arriving at the SCP
                                                     (pynetdicom's files; see receiving)
+    state/spool.lock                                the store/seal lock between processes
+    state/study-bytes/<study_uid>                   bytes of each incoming study so far
+                                                    (a cache for scp.max_study_bytes,
+                                                    recounted from the files when missing)
 
 An instance is fsynced, renamed into place and its directory fsynced (one file and one
 directory fsync per instance), so a success status is only returned to the PACS for data
@@ -22,6 +26,7 @@ the spool holds patient data.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -161,12 +166,41 @@ def _parse_time(value: object) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+class _SpoolLock:
+    """Held while a study's folder changes: a thread lock for this process's association
+    threads, then an ``flock`` on ``state/spool.lock`` for other processes (the SCP's
+    receiver processes, a fetch adopting a batch). Both are needed: threads of one process
+    share the lock file's open description, which ``flock`` does not tell apart.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._thread = threading.Lock()
+        # A file object, closed with the spool when it is collected.
+        self._file = path.open("ab")
+        os.fchmod(self._file.fileno(), FILE_MODE)
+        self._fd = self._file.fileno()
+
+    def __enter__(self) -> None:
+        self._thread.acquire()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread.release()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread.release()
+
+
 class Spool:
     """Files received instances by study/series/SOP UID and seals complete studies.
 
-    The lock makes ``store`` and ``seal`` of the same study safe across the SCP's
-    association threads; only the SCP process may store and seal (the lock is not shared
-    between processes). Other processes may read sealed batches.
+    The lock makes ``store`` and ``seal`` of the same study safe across threads and
+    processes: the SCP's association threads and its receiver processes store, the SCP
+    seals. Other processes may read sealed batches.
     """
 
     def __init__(self, root: Path) -> None:
@@ -180,8 +214,8 @@ class Spool:
         # folder, set by worker/service/scp.py): on the spool's file system, so a
         # received file is renamed in, not copied; emptied when an SCP starts.
         self.receiving = self.root / "receiving"
-        self._lock = threading.Lock()
-        self._incoming_bytes: dict[str, int] = {}  # study UID -> bytes, filled lazily
+        self.state = self.root / "state"
+        self._study_bytes = self.state / "study-bytes"
         self.root.mkdir(parents=True, exist_ok=True)
         for directory in (
             self.root,
@@ -191,9 +225,12 @@ class Spool:
             self.superseded,
             self.tmp,
             self.receiving,
+            self.state,
+            self._study_bytes,
         ):
             _mkdir_private(directory)
             _make_private(directory)  # also folders made by an older version
+        self._lock = _SpoolLock(self.state / "spool.lock")
         self._device = self.tmp.stat().st_dev  # a received file elsewhere is copied in
         self._discard_partial_writes()
 
@@ -283,7 +320,7 @@ class Spool:
                 if resent:
                     self._supersede(target, study_uid, series_uid, sop_uid)
                 source.replace(target)
-                self._incoming_bytes[study_uid] = size
+                self._write_study_bytes(study_uid, size)
                 # The folder's fsync runs outside the lock, so associations overlap their
                 # fsyncs; the descriptor follows the folder even if a seal moves it now.
                 series_fd = os.open(series_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -386,7 +423,7 @@ class Spool:
             self._write_json(source / METADATA_NAME, meta)
             target = self.studies / batch_id
             source.rename(target)
-            self._incoming_bytes.pop(study_uid, None)
+            (self._study_bytes / study_uid).unlink(missing_ok=True)
             _fsync_dir(self.incoming)
             _fsync_dir(self.studies)
         return self._study_from(target, meta)
@@ -427,9 +464,14 @@ class Spool:
     # -- internals -----------------------------------------------------------------------
 
     def _study_size_after(self, study_uid: str, target: Path, added: int, limit: int) -> int:
-        """Bytes of the incoming study once ``target`` holds ``added`` bytes (under the lock)."""
-        current = self._incoming_bytes.get(study_uid)
-        if current is None:  # first instance since start or seal: count what is on disk
+        """Bytes of the incoming study once ``target`` holds ``added`` bytes (under the lock).
+
+        The running total is kept in ``state/study-bytes/`` so every process storing into
+        the study sees the others' instances; without it (first instance, after a seal or
+        a restart, or unreadable) the study's files are counted.
+        """
+        current = self._read_study_bytes(study_uid)
+        if current is None:
             current = sum(p.stat().st_size for p in self._instance_files(self.incoming / study_uid))
         replaced = target.stat().st_size if target.exists() else 0
         size = current - replaced + added
@@ -438,6 +480,23 @@ class Spool:
                 f"study {study_uid} would hold {size} bytes, over the limit of {limit}"
             )
         return size
+
+    def _read_study_bytes(self, study_uid: str) -> int | None:
+        try:
+            return int((self._study_bytes / study_uid).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def _write_study_bytes(self, study_uid: str, size: int) -> None:
+        """A cache, not data: written in place without fsync (a torn or stale value after a
+        crash is dropped at the next start, see ``discard_unfinished_receives``)."""
+        fd = os.open(
+            self._study_bytes / study_uid, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE
+        )
+        try:
+            os.write(fd, str(size).encode())
+        finally:
+            os.close(fd)
 
     def _load_sealed(self, path: Path) -> SpooledStudy:
         meta = self._read_json(path / METADATA_NAME)
@@ -509,9 +568,14 @@ class Spool:
     def discard_unfinished_receives(self) -> int:
         """Delete datasets a previous SCP process was receiving when it died.
 
-        Only the SCP process receives, so at its start nothing in ``receiving/`` is in
-        flight; none of it was acknowledged to a sender. Returns how many were deleted.
+        Only the SCP (and the receiver processes it starts afterwards) receives, so at its
+        start nothing in ``receiving/`` is in flight; none of it was acknowledged to a
+        sender. Returns how many were deleted. The study byte counts, which a crash may
+        have left one instance behind, are dropped too (recounted from the files).
         """
+        for counted in self._study_bytes.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                counted.unlink()
         count = 0
         for leftover in self.receiving.iterdir():
             with contextlib.suppress(FileNotFoundError):

@@ -12,9 +12,14 @@ pynetdicom release moves any of this, these fail before the receiver breaks.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import re
 import socketserver
+from pathlib import Path
 
+import pynetdicom
+import pytest
 from pynetdicom import AE, _config, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
@@ -23,8 +28,14 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.transport import AssociationServer, AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import (
+    AssociationServer,
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
 
+from scu_scp.reactor import WaitingAssociation, WaitingDUL
 from scu_scp.security import TlsHandshakeServer
 
 
@@ -127,3 +138,53 @@ def test_pynetdicom_counts_every_acceptor_thread_against_maximum_associations() 
     source = inspect.getsource(ACSE._negotiate_as_acceptor)
     assert "active_associations" in source and "maximum_associations" in source
     assert "evt.EVT_REQUESTED" in inspect.getsource(Association.run_reactor)
+
+
+# -- the waiting reactors (scu_scp/reactor.py) -------------------------------------------
+# They are copies of these pynetdicom methods with only the 1 ms sleeps replaced by waits
+# (and the acceptor's class, its socket's read size and the context copy changed). A
+# pynetdicom release that edits any of them must be ported again, not mixed with ours.
+
+_PORTED_SOURCES = {
+    DULServiceProvider.run_reactor: "e3a10eb3a0931e48",
+    DULServiceProvider.stop_dul: "28a7e0be126e7b30",
+    DULServiceProvider.__init__: "c82dafa9438ddf70",
+    Association._run_reactor: "f28838c5559e462a",
+    Association.__init__: "eb07516b8009ad8f",
+    RequestHandler._create_association: "05c8d12b79863cdb",
+    AssociationSocket.recv: "6bc20a33b1b7cfe7",
+    AssociationServer.service_actions: "0a0853a3615ac7c5",
+}
+
+
+@pytest.mark.parametrize("method", list(_PORTED_SOURCES), ids=lambda m: m.__qualname__)
+def test_the_methods_the_waiting_reactor_ports_are_unchanged(method: object) -> None:
+    digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]  # type: ignore[arg-type]
+    assert digest == _PORTED_SOURCES[method], (  # type: ignore[index]
+        f"pynetdicom changed {method.__qualname__}: port it again into scu_scp/reactor.py"  # type: ignore[attr-defined]
+    )
+
+
+def test_the_waiting_reactor_replaces_exactly_the_polling_sleeps() -> None:
+    assert "time.sleep(self._run_loop_delay)" in inspect.getsource(DULServiceProvider.run_reactor)
+    assert "time.sleep(0.001)" in inspect.getsource(Association._run_reactor)
+    for source in (
+        inspect.getsource(WaitingDUL._run_reactor_loop),
+        inspect.getsource(WaitingAssociation._run_reactor),
+    ):
+        assert "time.sleep" not in source
+
+
+def test_the_queues_the_reactor_wakes_on_are_the_only_ones_work_arrives_by() -> None:
+    """Every put onto a queue in pynetdicom goes to one of the four queues WaitingDUL and
+    WaitingAssociation replace with waking ones (``provider_queue`` is the DUL's
+    ``to_provider_queue``), or to ``_recv_pdu``, which the DUL thread fills and reads
+    itself right before an ``event_queue`` put."""
+    package = Path(pynetdicom.__file__).parent
+    puts = set()
+    for path in package.glob("*.py"):
+        puts |= set(re.findall(r"(\w+)\.put\(", path.read_text()))
+    waking = {"event_queue", "to_provider_queue", "provider_queue", "to_user_queue", "msg_queue"}
+    assert puts <= waking | {"_recv_pdu"}, puts
+    assert "def provider_queue" in inspect.getsource(AssociationSocket)
+    assert "return self.assoc.dul.to_provider_queue" in inspect.getsource(AssociationSocket)

@@ -94,11 +94,13 @@ def test_metadata_is_written_once_at_first_instance(tmp_path: Path) -> None:
 def test_unsafe_uid_is_rejected_before_touching_disk(tmp_path: Path, field: str, bad: str) -> None:
     spool = Spool(tmp_path)
     uids = {"study_uid": STUDY, "series_uid": SERIES, "sop_uid": sop(1), field: bad}
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert before == {tmp_path / "state" / "spool.lock"}  # the spool's own, empty
 
     with pytest.raises(ValueError, match="UID"):
         spool.store(b"data", calling_ae="PACS", calling_host="h", **uids)
 
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_validate_uid_accepts_real_uids() -> None:
