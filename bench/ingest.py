@@ -1,18 +1,21 @@
 """Benchmark (not a test): DICOM ingest into our SCP against dcmtk storescp and Orthanc.
 
 1. Ingest: the same CT series is sent with dcmtk ``storescu`` (one association) to
-   (a) our StorageSCP with the durable spool (fsync per instance), (b) dcmtk ``storescp``,
-   (c) Orthanc; every receiver runs as its own process with ``TCP_NODELAY=1``, all three
-   at once. One warm-up send each, then ``--repeats`` interleaved rounds (one timed send
-   to each receiver per round); the median is reported. Beside them, (d) pynetdicom alone
-   as our SCP runs it, storing nothing (the ceiling for a pynetdicom receiver), and the
-   fsync floor: each file of the series written, fsynced, renamed and its folder fsynced,
-   no network: what one instance's durability costs on this disk.
+   (a) our StorageSCP with the durable spool (fsync per instance), with one process and
+   with each ``--processes`` count, (b) dcmtk ``storescp``, (c) Orthanc; every receiver
+   runs as its own process with ``TCP_NODELAY=1``, all of them at once. One warm-up send
+   each, then ``--repeats`` interleaved rounds (one timed send to each receiver per
+   round); the median is reported. Beside them, (d) pynetdicom alone as our SCP runs it,
+   storing nothing (the ceiling for a pynetdicom receiver), and the fsync floor: each file
+   of the series written, fsynced, renamed and its folder fsynced, no network: what one
+   instance's durability costs on this disk.
 2. Concurrency: N simultaneous ``storescu`` senders (each its own copy of the series with
-   new UIDs) into a fresh StorageSCP and, in the same round, a fresh ``storescp``;
-   afterwards every instance must be in our spool.
+   new UIDs) into each receiver: ours (each process count), storescp and Orthanc, started
+   once per N; ``--rounds`` interleaved rounds with fresh studies, the median reported;
+   afterwards every instance must be in each of our spools.
 
 Run: .venv/bin/python bench/ingest.py [--series DIR] [--repeats 5] [--senders 1,4,16]
+     [--rounds 3] [--processes 2] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -57,9 +60,9 @@ def dcmtk(name: str) -> str:
     raise SystemExit(f"dcmtk {name} not found (Debian package dcmtk)")
 
 
-def serve_scp(spool_dir: Path, port: int, source: Path | None = None) -> None:
-    """Child mode: our SCP alone in this process until SIGTERM; ``source`` holds another
-    revision's ``scu_scp`` package (``--baseline``)."""
+def serve_scp(spool_dir: Path, port: int, source: Path | None = None, processes: int = 1) -> None:
+    """Child mode: our SCP alone in this process (and its receiver processes) until
+    SIGTERM; ``source`` holds another revision's ``scu_scp`` package (``--baseline``)."""
     if source is not None:
         if "scu_scp" in sys.modules:
             raise SystemExit("scu_scp already imported: cannot run the baseline")
@@ -83,6 +86,7 @@ def serve_scp(spool_dir: Path, port: int, source: Path | None = None) -> None:
         on_complete=lambda study: None,
         quiet_seconds=86400,  # no sealing during the run: measure receiving only
         max_associations=64,
+        **({"processes": processes} if processes > 1 else {}),  # type: ignore[arg-type]
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -130,9 +134,12 @@ def wait_echo(aet: str, port: int, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def our_scp(spool_dir: Path, source: Path | None = None) -> Iterator[tuple[str, int]]:
+def our_scp(
+    spool_dir: Path, source: Path | None = None, processes: int = 1
+) -> Iterator[tuple[str, int]]:
     port = free_port()
     extra = [] if source is None else ["--scp-source", str(source)]
+    extra += ["--scp-processes", str(processes)]
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve-scp", str(spool_dir), str(port), *extra], env=NODELAY
     )
@@ -230,15 +237,42 @@ def fsync_floor(files: list[Path], work: Path) -> float:
 
 
 OURS = "pacs-annotator SCP (durable spool)"
+
+
+def ours_in(processes: int) -> str:
+    return f"pacs-annotator SCP, scp.processes {processes}"
+
+
 BEFORE = "pacs-annotator SCP before (--baseline)"
 STORESCP = "dcmtk storescp"
 
 
-def ingest(files: list[Path], repeats: int, work: Path, baseline: Path | None) -> list[Rate]:
+def _our_spools(work: Path, tag: str, processes: Sequence[int]) -> dict[str, Path]:
+    """Spool folder of each of our receivers: one process, then each ``processes``."""
+    return {OURS: work / f"spool{tag}"} | {ours_in(n): work / f"spool{tag}-p{n}" for n in processes}
+
+
+def _check_stored(spools: dict[str, Path], expected: set[str]) -> None:
+    for name, spool in spools.items():
+        stored = {p.stem for p in (spool / "incoming").rglob("*.dcm")}
+        lost = expected - stored
+        if lost:
+            raise SystemExit(f"{name}: {len(lost)} acknowledged instances missing from the spool")
+
+
+def _sop_uids(files: Sequence[Path]) -> set[str]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+
+
+def ingest(
+    files: list[Path], repeats: int, work: Path, baseline: Path | None, processes: Sequence[int]
+) -> list[Rate]:
     megabytes = sum(p.stat().st_size for p in files) / 1e6
+    spools = _our_spools(work, "", processes)
     starters: dict[str, Callable[[], AbstractContextManager[tuple[str, int]]]] = {
-        OURS: lambda: our_scp(work / "spool"),
+        OURS: partial(our_scp, spools[OURS]),
     }
+    starters |= {ours_in(n): partial(our_scp, spools[ours_in(n)], None, n) for n in processes}
     if baseline is not None:
         starters[BEFORE] = lambda: our_scp(work / "spool-before", baseline)
     starters |= {
@@ -261,9 +295,7 @@ def ingest(files: list[Path], repeats: int, work: Path, baseline: Path | None) -
     for name, seconds in times.items():
         rates.append(Rate(name, statistics.median(seconds), len(files), megabytes))
         print(f"  {name}: median {statistics.median(seconds):.3f} s of {seconds}", flush=True)
-    stored = list((work / "spool" / "incoming").rglob("*.dcm"))
-    if len(stored) != len(files):
-        raise SystemExit(f"our spool holds {len(stored)} instances, expected {len(files)}")
+    _check_stored(spools, _sop_uids(files))
     return rates
 
 
@@ -302,33 +334,42 @@ def _senders(aet: str, port: int, sets: list[list[Path]]) -> float:
 
 
 def concurrency(
-    files: list[Path], senders: Sequence[int], work: Path, baseline: Path | None
+    files: list[Path],
+    senders: Sequence[int],
+    work: Path,
+    baseline: Path | None,
+    processes: Sequence[int],
+    rounds: int,
 ) -> list[tuple[int, dict[str, Rate]]]:
-    sets = copies(files, max(senders), work / "copies")
+    """For each N: every receiver started once, then ``rounds`` interleaved rounds of N
+    simultaneous senders into each (fresh studies every round); the median round."""
+    sets = copies(files, max(senders) * rounds, work / "copies")
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     rows = []
     for n in senders:
+        spools = _our_spools(work, f"-n{n}", processes)
         starters: dict[str, Callable[[], AbstractContextManager[tuple[str, int]]]] = {
-            OURS: partial(our_scp, work / f"spool-n{n}"),
+            name: partial(our_scp, spool, None, 1 if name == OURS else int(name.split()[-1]))
+            for name, spool in spools.items()
         }
         if baseline is not None:
             starters[BEFORE] = partial(our_scp, work / f"spool-before-n{n}", baseline)
         starters[STORESCP] = partial(storescp, work / f"storescp-n{n}")
-        rates = {}
-        for name, start in starters.items():
-            with start() as (aet, port):
-                rates[name] = Rate(
-                    name, _senders(aet, port, sets[:n]), n * len(files), n * megabytes
-                )
-        stored = {p.stem for p in (work / f"spool-n{n}" / "incoming").rglob("*.dcm")}
-        expected = {
-            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for s in sets[:n] for p in s
+        starters["Orthanc"] = orthanc
+        seconds: dict[str, list[float]] = {name: [] for name in starters}
+        with ExitStack() as stack:
+            receivers = {name: stack.enter_context(start()) for name, start in starters.items()}
+            for r in range(rounds):
+                batch = sets[r * n : (r + 1) * n]
+                for name, (aet, port) in receivers.items():
+                    seconds[name].append(_senders(aet, port, batch))
+        rates = {
+            name: Rate(name, statistics.median(times), n * len(files), n * megabytes)
+            for name, times in seconds.items()
         }
-        lost = expected - stored
-        seconds = ", ".join(f"{name} {r.seconds:.2f} s" for name, r in rates.items())
-        print(f"  N={n}: {len(stored)} of {len(expected)} stored, {len(lost)} lost; {seconds}")
-        if lost:
-            raise SystemExit(f"N={n}: {len(lost)} acknowledged instances missing from the spool")
+        _check_stored(spools, _sop_uids([p for s in sets[: n * rounds] for p in s]))
+        summary = ", ".join(f"{name} {r.seconds:.2f} s" for name, r in rates.items())
+        print(f"  N={n} (median of {rounds}): all in each of our spools; {summary}", flush=True)
         rows.append((n, rates))
     return rows
 
@@ -338,9 +379,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--senders", default="1,4,16")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per N of concurrent senders")
     parser.add_argument("--serve-scp", nargs=2, metavar=("SPOOL", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--scp-source", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--scp-processes", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--processes",
+        default="2",
+        help="also measure our SCP with scp.processes at these values (comma-separated)",
+    )
     parser.add_argument(
         "--baseline",
         metavar="REV",
@@ -348,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.serve_scp:
-        serve_scp(Path(args.serve_scp[0]), int(args.serve_scp[1]), args.scp_source)
+        serve_scp(
+            Path(args.serve_scp[0]), int(args.serve_scp[1]), args.scp_source, args.scp_processes
+        )
         return 0
     if args.serve_bare:
         serve_bare(args.serve_bare)
@@ -370,9 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check=True,
             ).stdout
             subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
-        rates = ingest(files, args.repeats, work, baseline)
+        processes = [int(n) for n in args.processes.split(",") if n.strip()]
+        rates = ingest(files, args.repeats, work, baseline, processes)
         print(f"concurrency: N = {senders}", flush=True)
-        rows = concurrency(files, senders, work, baseline)
+        rows = concurrency(files, senders, work, baseline, processes, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

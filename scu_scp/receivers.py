@@ -52,6 +52,7 @@ __all__ = ["ReceiverProcesses", "ReceiverSpec", "run_receiver"]
 
 LOGGER = logging.getLogger(__name__)
 
+_START_SECONDS = 60.0  # a new interpreter importing pydicom and pynetdicom on a busy host
 _STOP_SECONDS = 15.0  # a receiver finishing its in-flight stores before it is killed
 _RESTART_DELAY = (1.0, 30.0)  # seconds before a dead receiver is replaced, doubling
 
@@ -91,6 +92,10 @@ class _TrackerLink:
         self._numbers = itertools.count(1)
         self._prefix = f"{os.getpid()}-"
 
+    def listening(self) -> None:
+        with self._lock:
+            self._conn.send(("listening",))
+
     def touch(self, study_uid: str, at: float | None = None, *, carrier: Any = None) -> None:
         with self._lock:
             token = None
@@ -129,7 +134,9 @@ def run_receiver(spec: ReceiverSpec, conn: Connection, paused: bool) -> None:
         connection_limits=spec.connection_limits,
     )
     scp.paused = paused
-    scp.listen(_TrackerLink(conn))
+    link = _TrackerLink(conn)
+    scp.listen(link)
+    link.listening()
     LOGGER.info("SCP receiver process %d listening on %s:%d", os.getpid(), spec.host, spec.port)
     try:
         while True:
@@ -155,6 +162,7 @@ class _Child:
     process: multiprocessing.process.BaseProcess
     conn: Connection
     carriers: set[Hashable] = field(default_factory=set)  # open associations it reported
+    listening: bool = False
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -176,6 +184,7 @@ class ReceiverProcesses:
         self._reader: threading.Thread | None = None
 
     def start(self, count: int, *, paused: bool = False) -> None:
+        """Start ``count`` receivers and return once they listen (or after a minute)."""
         self._paused = paused
         for number in range(1, count + 1):
             self._spawn(number)
@@ -183,6 +192,16 @@ class ReceiverProcesses:
             target=self._read_reports, name="scp-receiver-reports", daemon=True
         )
         self._reader.start()
+        deadline = time.monotonic() + _START_SECONDS
+        while self.listening() < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.listening() < count:
+            LOGGER.warning(
+                "%d of %d SCP receiver processes listening after %.0f s; going on",
+                self.listening(),
+                count,
+                _START_SECONDS,
+            )
 
     def _spawn(self, number: int) -> None:
         ours, theirs = self._context.Pipe(duplex=True)
@@ -200,10 +219,10 @@ class ReceiverProcesses:
         self._send(child, ("paused", self._paused))  # in case it changed while it started
         LOGGER.info("started SCP receiver process %d (pid %s)", number, process.pid)
 
-    def alive(self) -> int:
-        """Receiver processes running now (not counting the SCP process itself)."""
+    def listening(self) -> int:
+        """Receiver processes listening now (not counting the SCP process itself)."""
         with self._lock:
-            return sum(1 for c in self._children.values() if c.process.is_alive())
+            return sum(1 for c in self._children.values() if c.listening)
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
@@ -243,7 +262,10 @@ class ReceiverProcesses:
 
     def _apply(self, child: _Child, message: tuple[Any, ...]) -> None:
         kind = message[0]
-        if kind == "touch":
+        if kind == "listening":
+            child.listening = True
+            self._restarts.pop(child.number, None)  # it works: the next death waits 1 s again
+        elif kind == "touch":
             _, study_uid, token = message
             if token is not None:
                 child.carriers.add(token)

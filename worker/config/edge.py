@@ -60,6 +60,9 @@ class ScpSettings(Section):
     associate_request_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     pdu_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     max_connections_per_address: int = Field(default=5, ge=0, le=1000)
+    # Processes receiving on the port (scu_scp/receivers.py): more than 1 lets concurrent
+    # senders use more than one core.
+    processes: int = Field(default=1, ge=1, le=64)
 
     _ae = field_validator("ae_title")(check_ae_title)
 

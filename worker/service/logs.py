@@ -17,7 +17,13 @@ from typing import TypeAlias
 
 from scu_scp.redact import escape_controls, redact_credentials
 
-__all__ = ["SERVICE_UMASK", "SafeFormatter", "configure_logging", "restrict_new_files"]
+__all__ = [
+    "SERVICE_UMASK",
+    "SafeFormatter",
+    "configure_logging",
+    "receiver_process_setup",
+    "restrict_new_files",
+]
 
 SERVICE_UMASK = 0o077
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
@@ -64,3 +70,10 @@ def configure_logging(level: str) -> None:
 def restrict_new_files() -> None:
     """Files this process and its children create are 0600, folders 0700."""
     os.umask(SERVICE_UMASK)
+
+
+def receiver_process_setup(level: str) -> None:
+    """What an SCP receiver process (``scp.processes``) runs first: the service's logging
+    and file modes, as the SCP process that started it."""
+    configure_logging(level)
+    restrict_new_files()

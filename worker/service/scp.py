@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -30,6 +31,7 @@ from worker.jobs.retention import Purger
 from worker.jobs.store import JobStore
 from worker.run.celery_app import job_enqueuer
 from worker.service.controls import ControlPoller
+from worker.service.logs import receiver_process_setup
 from worker.service.retention import PurgeSchedule, start_purge_thread
 from worker.sources.poll import StudyPoller
 
@@ -104,6 +106,8 @@ def run_scp(
         quiet_seconds=settings.completion.quiet_seconds,
         release_grace_seconds=settings.completion.release_grace_seconds,
         quiet_only_aets=settings.completion.quiet_only_aets,
+        processes=settings.scp.processes,
+        process_setup=partial(receiver_process_setup, settings.log_level),
         **edge,
     )
     controls = ControlPoller(OpsStore(store.engine), scp)
