@@ -5,8 +5,8 @@
    with each ``--processes`` count, (b) dcmtk ``storescp``, (c) Orthanc; every receiver
    runs as its own process with ``TCP_NODELAY=1``, all of them at once. One warm-up send
    each, then ``--repeats`` interleaved rounds (one timed send to each receiver per
-   round); the median is reported. Beside them, (d) pynetdicom alone as our SCP runs it,
-   storing nothing (the ceiling for a pynetdicom receiver), and the fsync floor: each file
+   round); the median is reported. Beside them, (d) pynetdicom alone storing nothing, with
+   our reactor (the ceiling for our SCP) and as shipped, and the fsync floor: each file
    of the series written, fsynced, renamed and its folder fsynced, no network: what one
    instance's durability costs on this disk.
 2. Concurrency: N simultaneous ``storescu`` senders (each its own copy of the series with
@@ -35,6 +35,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -95,11 +96,14 @@ def serve_scp(spool_dir: Path, port: int, source: Path | None = None, processes:
     scp.stop()
 
 
-def serve_bare(port: int) -> None:
-    """Child mode: pynetdicom alone, as our SCP runs it, answering 0x0000 and keeping
-    nothing: the ceiling for any receiver built on pynetdicom."""
+def serve_bare(port: int, waiting: bool) -> None:
+    """Child mode: pynetdicom alone, answering 0x0000 and keeping nothing: the ceiling for
+    a receiver built on it. ``waiting``: with our reactor (scu_scp/reactor.py), as our SCP
+    runs it; else pynetdicom as shipped (its threads poll)."""
     from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+    from pynetdicom.transport import ThreadedAssociationServer
 
+    from scu_scp.reactor import WaitingRequestHandler
     from scu_scp.scp import MAXIMUM_PDU_SIZE, TRANSFER_SYNTAXES
 
     _config.STORE_RECV_CHUNKED_DATASET = True
@@ -112,9 +116,18 @@ def serve_bare(port: int) -> None:
             ae.add_supported_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ae.start_server(
-        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0x0000)]
-    )
+    handlers: list[Any] = [(evt.EVT_C_STORE, lambda e: 0x0000)]
+    if waiting:
+        server = ae.make_server(
+            ("127.0.0.1", port),
+            evt_handlers=handlers,
+            server_class=ThreadedAssociationServer,
+            request_handler=WaitingRequestHandler,
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        ae._servers.append(server)
+    else:
+        ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
     stop.wait()
     ae.shutdown()
 
@@ -151,9 +164,12 @@ def our_scp(
 
 
 @contextmanager
-def bare_pynetdicom() -> Iterator[tuple[str, int]]:
+def bare_pynetdicom(waiting: bool) -> Iterator[tuple[str, int]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port)], env=NODELAY)
+    mode = "waiting" if waiting else "polling"
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-bare", str(port), mode], env=NODELAY
+    )
     try:
         wait_echo("BARE", port)
         yield "BARE", port
@@ -278,7 +294,10 @@ def ingest(
     starters |= {
         STORESCP: lambda: storescp(work / "storescp"),
         "Orthanc": orthanc,
-        "bare pynetdicom (stores nothing: the ceiling)": bare_pynetdicom,
+        "bare pynetdicom with our reactor (stores nothing: the ceiling)": partial(
+            bare_pynetdicom, True
+        ),
+        "bare pynetdicom as shipped (stores nothing)": partial(bare_pynetdicom, False),
     }
     times: dict[str, list[float]] = {name: [] for name in starters}
     floor: list[float] = []
@@ -381,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--senders", default="1,4,16")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per N of concurrent senders")
     parser.add_argument("--serve-scp", nargs=2, metavar=("SPOOL", "PORT"), help=argparse.SUPPRESS)
-    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", nargs=2, metavar=("PORT", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--scp-source", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--scp-processes", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -401,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     if args.serve_bare:
-        serve_bare(args.serve_bare)
+        serve_bare(int(args.serve_bare[0]), args.serve_bare[1] == "waiting")
         return 0
     files = sorted(args.series.glob("*.dcm"))
     if not files:
