@@ -44,7 +44,6 @@ from typing import Any
 from scu_scp.admission import ScpLimits
 from scu_scp.completion import AssociationEnd, CompletionTracker
 from scu_scp.connections import ConnectionLimits
-from scu_scp.scp import StorageSCP
 from scu_scp.security import AllowedCaller, ServerTls
 from scu_scp.spool import Spool
 
@@ -114,6 +113,8 @@ class _TrackerLink:
 
 def run_receiver(spec: ReceiverSpec, conn: Connection, paused: bool) -> None:
     """A receiver process: listen until the SCP process says stop or goes away."""
+    from scu_scp.scp import StorageSCP  # here: scu_scp.scp imports this module
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the SCP stops us
     if spec.setup is not None:
         spec.setup()

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pydicom import uid
 from pydicom.dataset import Dataset
@@ -40,6 +40,7 @@ from scu_scp.connections import PDU_HEADER_BYTES, AssociationSlots, ConnectionLi
 from scu_scp.models import SpooledStudy
 from scu_scp.reactor import WaitingRequestHandler
 from scu_scp.received import SizeGuard, TooLargeError, discard_partial_dataset, read_received
+from scu_scp.receivers import ReceiverProcesses, ReceiverSpec
 from scu_scp.security import (
     AllowedCaller,
     CallerPolicy,
@@ -48,9 +49,6 @@ from scu_scp.security import (
     server_ssl_context,
 )
 from scu_scp.spool import Spool, StudyTooLargeError
-
-if TYPE_CHECKING:
-    from scu_scp.receivers import ReceiverProcesses
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
@@ -349,15 +347,20 @@ class StorageSCP:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.processes = processes
-        self.process_setup = process_setup  # run first in each receiver process (logging)
-        self._options = {  # what a receiver process needs to build its listener
-            "quiet_only_aets": tuple(quiet_only_aets),
-            "max_associations": max_associations,
-            "allowed_callers": tuple(allowed_callers),
-            "tls": tls,
-            "limits": limits,
-            "connection_limits": connection_limits,
-        }
+        # What each receiver process builds its listener from (port: the bound one).
+        self._receiver_spec = ReceiverSpec(
+            ae_title=self.ae_title,
+            host=host,
+            port=port,
+            spool_root=spool.root,
+            quiet_only_aets=tuple(quiet_only_aets),
+            max_associations=max_associations,
+            allowed_callers=tuple(allowed_callers),
+            tls=tls,
+            limits=limits,
+            connection_limits=connection_limits,
+            setup=process_setup,
+        )
         self._receivers: ReceiverProcesses | None = None
         self._clock = clock  # of the completion tracker; tests inject one
         self.tracker = CompletionTracker(
@@ -438,16 +441,7 @@ class StorageSCP:
             LOGGER.warning("deleted %d datasets cut off when the SCP last stopped", discarded)
         self._listen(reuse_port=self.processes > 1)
         if self.processes > 1:
-            from scu_scp.receivers import ReceiverProcesses, ReceiverSpec  # imports scp
-
-            spec = ReceiverSpec(
-                ae_title=self.ae_title,
-                host=self.host,
-                port=self.port,
-                spool_root=self.spool.root,
-                setup=self.process_setup,
-                **self._options,  # type: ignore[arg-type]
-            )
+            spec = replace(self._receiver_spec, port=self.port)
             self._receivers = ReceiverProcesses(spec, self.tracker, self.spool)
             self._receivers.start(self.processes - 1, paused=self.paused)
         self._stop.clear()
