@@ -146,10 +146,38 @@ def wait_echo(aet: str, port: int, timeout: float = 60.0) -> None:
     raise SystemExit(f"{aet} on port {port} did not answer C-ECHO")
 
 
+@dataclass(frozen=True)
+class Receiver:
+    aet: str
+    port: int
+    pid: int  # its process; CPU is counted over it and its descendants
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and every process descended from it, so far."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(times.get(p, 0.0) for p in tree)
+
+
 @contextmanager
-def our_scp(
-    spool_dir: Path, source: Path | None = None, processes: int = 1
-) -> Iterator[tuple[str, int]]:
+def our_scp(spool_dir: Path, source: Path | None = None, processes: int = 1) -> Iterator[Receiver]:
     port = free_port()
     extra = [] if source is None else ["--scp-source", str(source)]
     extra += ["--scp-processes", str(processes)]
@@ -158,13 +186,13 @@ def our_scp(
     )
     try:
         wait_echo("ANNOTATOR", port)
-        yield "ANNOTATOR", port
+        yield Receiver("ANNOTATOR", port, proc.pid)
     finally:
         stop_process(proc, timeout=30)
 
 
 @contextmanager
-def bare_pynetdicom(waiting: bool) -> Iterator[tuple[str, int]]:
+def bare_pynetdicom(waiting: bool) -> Iterator[Receiver]:
     port = free_port()
     mode = "waiting" if waiting else "polling"
     proc = subprocess.Popen(
@@ -172,33 +200,37 @@ def bare_pynetdicom(waiting: bool) -> Iterator[tuple[str, int]]:
     )
     try:
         wait_echo("BARE", port)
-        yield "BARE", port
+        yield Receiver("BARE", port, proc.pid)
     finally:
         stop_process(proc, timeout=30)
 
 
 @contextmanager
-def storescp(out_dir: Path) -> Iterator[tuple[str, int]]:
+def storescp(out_dir: Path, *, store: bool = True) -> Iterator[Receiver]:
+    """dcmtk storescp writing each instance to ``out_dir`` (no fsync), or with ``store``
+    False receiving and answering only (``--ignore``)."""
     port = free_port()
     out_dir.mkdir(parents=True, exist_ok=True)
+    ignore = [] if store else ["--ignore"]
     proc = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out_dir), str(port)],
+        [dcmtk("storescp"), *ignore, "-aet", "STORESCP", "-od", str(out_dir), str(port)],
         env=NODELAY,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_echo("STORESCP", port)
-        yield "STORESCP", port
+        yield Receiver("STORESCP", port, proc.pid)
     finally:
         stop_process(proc, timeout=10)
 
 
 @contextmanager
-def orthanc() -> Iterator[tuple[str, int]]:
+def orthanc() -> Iterator[Receiver]:
     with Orthanc(graceful_stop=False) as server:  # starts Orthanc with TCP_NODELAY=1
         wait_echo(server.aet, server.dicom_port)
-        yield server.aet, server.dicom_port
+        assert server.pid is not None
+        yield Receiver(server.aet, server.dicom_port, server.pid)
 
 
 def send(aet: str, port: int, files: Sequence[Path]) -> float:
@@ -223,6 +255,8 @@ class Rate:
     seconds: float
     instances: int
     megabytes: float
+    cpu_ms: float = 0.0  # receiver CPU (user + system, all its processes) per instance
+    senders_cpu_ms: float = 0.0  # the storescu senders' CPU per instance
 
     @property
     def per_second(self) -> float:
@@ -261,6 +295,8 @@ def ours_in(processes: int) -> str:
 
 BEFORE = "pacs-annotator SCP before (--baseline)"
 STORESCP = "dcmtk storescp"
+STORESCP_IGNORE = "dcmtk storescp --ignore (receives, stores nothing)"
+FLOOR = "fsync floor (no network, not a receiver)"
 
 
 def _our_spools(work: Path, tag: str, processes: Sequence[int]) -> dict[str, Path]:
@@ -285,7 +321,7 @@ def ingest(
 ) -> list[Rate]:
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     spools = _our_spools(work, "", processes)
-    starters: dict[str, Callable[[], AbstractContextManager[tuple[str, int]]]] = {
+    starters: dict[str, Callable[[], AbstractContextManager[Receiver]]] = {
         OURS: partial(our_scp, spools[OURS]),
     }
     starters |= {ours_in(n): partial(our_scp, spools[ours_in(n)], None, n) for n in processes}
@@ -293,6 +329,7 @@ def ingest(
         starters[BEFORE] = lambda: our_scp(work / "spool-before", baseline)
     starters |= {
         STORESCP: lambda: storescp(work / "storescp"),
+        STORESCP_IGNORE: lambda: storescp(work / "storescp-ignore", store=False),
         "Orthanc": orthanc,
         "bare pynetdicom with our reactor (stores nothing: the ceiling)": partial(
             bare_pynetdicom, True
@@ -303,13 +340,13 @@ def ingest(
     floor: list[float] = []
     with ExitStack() as stack:
         receivers = {name: stack.enter_context(start()) for name, start in starters.items()}
-        for aet, port in receivers.values():
-            send(aet, port, files)  # warm-up
+        for receiver in receivers.values():
+            send(receiver.aet, receiver.port, files)  # warm-up
         for _ in range(repeats):  # interleaved: load from others hits every receiver alike
-            for name, (aet, port) in receivers.items():
-                times[name].append(send(aet, port, files))
+            for name, receiver in receivers.items():
+                times[name].append(send(receiver.aet, receiver.port, files))
             floor.append(fsync_floor(files, Path(tempfile.mkdtemp(dir=work))))
-    times["fsync floor (no network, not a receiver)"] = floor
+    times[FLOOR] = floor
     rates = []
     for name, seconds in times.items():
         rates.append(Rate(name, statistics.median(seconds), len(files), megabytes))
@@ -352,6 +389,12 @@ def _senders(aet: str, port: int, sets: list[list[Path]]) -> float:
     return elapsed
 
 
+def _children_cpu() -> float:
+    """CPU of this process's finished children (the storescu senders) so far."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
 def concurrency(
     files: list[Path],
     senders: Sequence[int],
@@ -367,7 +410,7 @@ def concurrency(
     rows = []
     for n in senders:
         spools = _our_spools(work, f"-n{n}", processes)
-        starters: dict[str, Callable[[], AbstractContextManager[tuple[str, int]]]] = {
+        starters: dict[str, Callable[[], AbstractContextManager[Receiver]]] = {
             name: partial(our_scp, spool, None, 1 if name == OURS else int(name.split()[-1]))
             for name, spool in spools.items()
         }
@@ -376,14 +419,27 @@ def concurrency(
         starters[STORESCP] = partial(storescp, work / f"storescp-n{n}")
         starters["Orthanc"] = orthanc
         seconds: dict[str, list[float]] = {name: [] for name in starters}
+        cpu: dict[str, list[float]] = {name: [] for name in starters}
+        senders_cpu: dict[str, list[float]] = {name: [] for name in starters}
         with ExitStack() as stack:
             receivers = {name: stack.enter_context(start()) for name, start in starters.items()}
             for r in range(rounds):
                 batch = sets[r * n : (r + 1) * n]
-                for name, (aet, port) in receivers.items():
-                    seconds[name].append(_senders(aet, port, batch))
+                for name, receiver in receivers.items():
+                    before, children = cpu_seconds(receiver.pid), _children_cpu()
+                    seconds[name].append(_senders(receiver.aet, receiver.port, batch))
+                    per_instance = 1000 / (n * len(files))
+                    cpu[name].append((cpu_seconds(receiver.pid) - before) * per_instance)
+                    senders_cpu[name].append((_children_cpu() - children) * per_instance)
         rates = {
-            name: Rate(name, statistics.median(times), n * len(files), n * megabytes)
+            name: Rate(
+                name,
+                statistics.median(times),
+                n * len(files),
+                n * megabytes,
+                statistics.median(cpu[name]),
+                statistics.median(senders_cpu[name]),
+            )
             for name, times in seconds.items()
         }
         _check_stored(spools, _sop_uids([p for s in sets[: n * rounds] for p in s]))
@@ -468,6 +524,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         ratio = by_name[OURS].per_second / by_name[STORESCP].per_second
         print(f"| {n} | {by_name[OURS].instances} | {' | '.join(cells)} | {ratio:.2f}x |")
+    cores = os.cpu_count() or 1
+    print(
+        f"\nCPU per instance (ms, user + system; receiver: all its processes) and the rate the "
+        f"{cores} cores allow at most if receiver and senders used nothing else: "
+        f"{cores} s / (receiver + senders)"
+    )
+    print(
+        "\n| senders N | "
+        + " | ".join(f"{name}: receiver, senders, ceiling/s" for name in names)
+        + " |"
+    )
+    print("| --- | " + " | ".join("---" for _ in names) + " |")
+    for n, by_name in rows:
+        cells = [
+            f"{r.cpu_ms:.2f}, {r.senders_cpu_ms:.2f}, "
+            f"{1000 * cores / (r.cpu_ms + r.senders_cpu_ms):.0f}"
+            for r in by_name.values()
+        ]
+        print(f"| {n} | {' | '.join(cells)} |")
+    floor = next(r for r in rates if r.name == FLOOR)
+    ignore = next(r for r in rates if r.name == STORESCP_IGNORE)
+    plain = next(r for r in rates if r.name == STORESCP)
+    durable = ignore.seconds + floor.seconds
+    print(
+        f"\nOne sender, any durable receiver on this machine: at least storescp --ignore's "
+        f"{ignore.seconds:.3f} s + the fsync floor's {floor.seconds:.3f} s = {durable:.3f} s "
+        f"per series, {plain.seconds / durable:.2f}x storescp's {plain.seconds:.3f} s."
+    )
     return 0
 
 
