@@ -41,7 +41,7 @@ def _done(job: dict[str, object]) -> bool:
     return job["state"] in ("done", "failed")
 
 
-VISIBILITY_TIMEOUT = 10.0  # worker.visibility_timeout_seconds: above the lease (3 s)
+VISIBILITY_TIMEOUT = 5.0  # worker.visibility_timeout_seconds: above the lease (3 s)
 
 # Two ways back for a job whose worker died, each tested alone:
 # - Redis hands the unacknowledged message on after worker.visibility_timeout_seconds
