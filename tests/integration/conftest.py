@@ -81,8 +81,10 @@ def write_config(path: Path, *, data_dir: Path, port: int, orthanc: Orthanc) -> 
 
 @pytest.fixture(scope="module")
 def orthanc() -> Iterator[Orthanc]:
+    """The PACS of a module's tests. Its storage is a temp dir deleted with it, so it is
+    killed at the end rather than stopped (SIGTERM takes Orthanc about 3 s)."""
     require_orthanc()
-    with Orthanc() as server:
+    with Orthanc(graceful_stop=False) as server:
         yield server
 
 

@@ -52,7 +52,7 @@ JOB_TIME_LIMIT = 20.0
 @pytest.fixture(scope="module")
 def orthanc() -> Iterator[Orthanc]:
     require_orthanc()
-    with Orthanc() as server:
+    with Orthanc(graceful_stop=False) as server:  # throwaway storage: killed, not stopped
         yield server
 
 

@@ -6,6 +6,7 @@ redis-server the test controls, with Orthanc as the PACS that receives the resul
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,13 +41,18 @@ def _done(job: dict[str, object]) -> bool:
     return job["state"] in ("done", "failed")
 
 
+VISIBILITY_TIMEOUT = 5.0  # worker.visibility_timeout_seconds: above the lease (3 s)
+
 # Two ways back for a job whose worker died, each tested alone:
 # - Redis hands the unacknowledged message on after worker.visibility_timeout_seconds
 #   (the dispatcher's reconciliation is switched off: one pass, at start-up);
 # - the dispatcher sees the job's lease go stale and queues it again (the visibility
 #   timeout is an hour).
 WAYS_BACK = {
-    "redis-redelivers": {"recovery": {"interval_seconds": 3600}},
+    "redis-redelivers": {
+        "recovery": {"interval_seconds": 3600},
+        "worker": {"visibility_timeout_seconds": VISIBILITY_TIMEOUT},
+    },
     "dispatcher-requeues": {"worker": {"visibility_timeout_seconds": 3600, "lease_seconds": 3}},
 }
 
@@ -71,6 +77,13 @@ def test_worker_killed_mid_job_runs_again_on_another_worker(
     running = stack.jobs_of(study_uid)
     assert [j["state"] for j in running] == ["running"]
     stalling.kill()
+    if way_back == "redis-redelivers":
+        # A worker looks for unacknowledged messages older than the visibility timeout as
+        # it starts, then only every 100 s (kombu's unacked_restore_interval times its
+        # unacked_restore_throttle). Start the next one once the timeout has passed since
+        # the message was handed out (before the job started), so its first look finds it.
+        handed_out = min(p.stat().st_mtime for p in stack.markers.glob("started-*"))
+        time.sleep(max(0.0, handed_out + VISIBILITY_TIMEOUT + 1 - time.time()))
 
     # The next worker finds the dead worker's lease stale and takes the job over.
     second = stack.start_worker()
