@@ -259,7 +259,10 @@ class ReceiverProcesses:
                 except (EOFError, OSError):
                     self._gone(child)
                     continue
-                self._apply(child, message)
+                try:
+                    self._apply(child, message)
+                except Exception:  # never stop reading: the other reports still count
+                    LOGGER.exception("bad report from SCP receiver process %d", child.number)
 
     def _apply(self, child: _Child, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -277,11 +280,16 @@ class ReceiverProcesses:
             self.tracker.association_ended(token, AssociationEnd(end))
 
     def _gone(self, child: _Child) -> None:
-        """A receiver's pipe closed: it stopped, or died (then say so and replace it)."""
-        child.process.join(timeout=5)
+        """A receiver's pipe closed: it stopped, or died (then say so and replace it).
+
+        Only this thread (the report reader) waits for receivers to end: a process is
+        reaped once, here, after it left ``_children``, so ``stop`` never signals a process
+        whose number may already belong to another.
+        """
         with self._lock:
             if self._children.get(child.number) is child:
                 del self._children[child.number]
+        child.process.join(timeout=5)
         for token in child.carriers:  # cut off: the senders resend, quiet period decides
             self.tracker.association_ended(token, AssociationEnd.CLOSED)
         child.carriers.clear()
@@ -321,27 +329,27 @@ class ReceiverProcesses:
     # -- stop --------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask every receiver to stop, wait for it (its last reports are applied), then
-        stop reading."""
+        """Ask every receiver to stop and wait until each has ended (its last reports
+        applied); one still running after ``_STOP_SECONDS`` is killed."""
         self._closing = True
         self._send_all(("stop",))
-        deadline = time.monotonic() + _STOP_SECONDS
+        if not self._wait_all_gone(_STOP_SECONDS):
+            with self._lock:  # still in _children: not reaped yet, safe to signal
+                for child in self._children.values():
+                    LOGGER.warning("SCP receiver process %d did not stop: killing it", child.number)
+                    child.process.kill()
+            self._wait_all_gone(5.0)
         with self._lock:
-            children = list(self._children.values())
             self._dead.clear()
-        for child in children:
-            child.process.join(timeout=max(0.1, deadline - time.monotonic()))
-            if child.process.is_alive():
-                LOGGER.warning("SCP receiver process %d did not stop: killing it", child.number)
-                child.process.kill()
-                child.process.join(timeout=5)
-        # The pipes now hold everything the receivers said: let the reader drain them.
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._children:
-                    break
-            time.sleep(0.02)
         self._stopping.set()
         if self._reader is not None:
             self._reader.join(timeout=5)
+
+    def _wait_all_gone(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._children:
+                    return True
+            time.sleep(0.02)
+        return False
