@@ -70,6 +70,8 @@ def write_config(root: Path, port: int, web: Orthanc, pacs: Orthanc) -> Path:
             "timeout_seconds": 30,
             "rules": [{"source": "web", "to": ["pacs", "web_out"]}],
         },
+        # `up` starts the monitor too: never on the fixed default port (8080).
+        "monitor": {"port": free_port()},
     }
     root.mkdir(parents=True, exist_ok=True)
     path = root / "config.yaml"
