@@ -15,12 +15,16 @@ Here:
   against ``scp.max_associations``;
 - :class:`AddressCounts` caps the connections one address holds open at once.
 
+Both counts hold across the SCP's receiver processes (``scp.processes``): they are lock
+files in the spool's ``state/`` folder.
+
 Logs carry peer addresses only.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import secrets
@@ -28,7 +32,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,36 +297,80 @@ def guard_accepted(
     return wrapped
 
 
-class AddressCounts:
-    """Connections open per peer address, capped at ``limit`` (0: no cap)."""
+class _LockFiles:
+    """``count`` lock files in ``folder``, each held by whoever ``flock``s it: counts shared
+    by every process of the SCP, given back by a process that dies with it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, folder: Path, count: int) -> None:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._paths = [folder / f"{n}.lock" for n in range(count)]
+
+    def take(self) -> BinaryIO | None:
+        """A held lock file (close it to give it back), or None when all are held."""
+        start = secrets.randbelow(len(self._paths))  # processes rarely try the same file
+        for n in range(len(self._paths)):
+            handle = self._open(self._paths[(start + n) % len(self._paths)])
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            return handle
+        return None
+
+    def held(self) -> int:
+        """How many are held now, by any process (this one included)."""
+        held = 0
+        for path in self._paths:
+            with self._open(path) as handle:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    held += 1
+        return held
+
+    @staticmethod
+    def _open(path: Path) -> BinaryIO:
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600), "wb")
+
+
+class AddressCounts:
+    """Connections open per peer address, capped at ``limit`` (0: no cap), across every
+    process of the SCP (lock files under ``folder``, one folder per address)."""
+
+    def __init__(self, limit: int, folder: Path) -> None:
         self.limit = limit
-        self._open: Counter[str] = Counter()
+        self._folder = folder
+        self._files: dict[str, _LockFiles] = {}
         self._lock = threading.Lock()
+
+    def _of(self, address: str) -> _LockFiles:
+        with self._lock:
+            files = self._files.get(address)
+            if files is None:  # a folder name whatever the address looks like (IPv6, scope)
+                name = hashlib.sha256(address.encode()).hexdigest()[:32]
+                files = self._files[address] = _LockFiles(self._folder / name, self.limit)
+            return files
 
     def take(self, address: str) -> Callable[[], None] | None:
         """A callable that gives the connection back, or None when ``address`` is at the cap."""
-        with self._lock:
-            if self.limit and self._open[address] >= self.limit:
-                return None
-            self._open[address] += 1
+        if not self.limit:
+            return lambda: None
+        handle = self._of(address).take()
+        if handle is None:
+            return None
         given_back = threading.Event()
 
         def give_back() -> None:
             if given_back.is_set():
                 return
             given_back.set()
-            with self._lock:
-                self._open[address] -= 1
-                if self._open[address] <= 0:
-                    del self._open[address]
+            handle.close()  # closing the file releases its lock
 
         return give_back
 
     def open_from(self, address: str) -> int:
-        with self._lock:
-            return self._open[address]
+        return self._of(address).held() if self.limit else 0
 
 
 class AssociationSlots:
@@ -339,8 +386,7 @@ class AssociationSlots:
         if maximum < 1:
             raise ValueError(f"max_associations must be >= 1, got {maximum}")
         self.maximum = maximum
-        folder.mkdir(mode=0o700, exist_ok=True)
-        self._paths = [folder / f"{n}.lock" for n in range(maximum)]
+        self._files = _LockFiles(folder, maximum)
         self._held: dict[Any, BinaryIO] = {}
         self._lock = threading.Lock()
 
@@ -349,20 +395,11 @@ class AssociationSlots:
         with self._lock:
             for gone in [a for a in self._held if not a.is_alive()]:
                 self._held.pop(gone).close()
-            start = secrets.randbelow(self.maximum)  # processes rarely try the same file
-            for n in range(self.maximum):
-                path = self._paths[(start + n) % self.maximum]
-                handle = os.fdopen(
-                    os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600), "wb"
-                )
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    handle.close()
-                    continue
-                self._held[assoc] = handle
-                return True
-            return False
+            handle = self._files.take()
+            if handle is None:
+                return False
+            self._held[assoc] = handle
+            return True
 
     def give_back(self, assoc: Any) -> None:
         """The association ended (released, aborted, connection closed)."""

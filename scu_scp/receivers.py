@@ -8,9 +8,8 @@ same port (``SO_REUSEPORT``: the kernel shares incoming connections out between 
 - Every process stores into the same spool; the spool's lock between storing into a
   study and sealing it is also a file lock (``state/spool.lock``), and a study's byte
   count for ``scp.max_study_bytes`` is kept on disk, so all processes see it.
-- ``scp.max_associations`` counts the associations of all processes (a lock file per
-  slot, ``scu_scp/connections.py``). ``scp.max_connections_per_address`` is counted per
-  process.
+- ``scp.max_associations`` and ``scp.max_connections_per_address`` count the connections
+  of all processes (lock files, ``scu_scp/connections.py``).
 - Only the SCP process seals. A receiver reports each stored instance (its study and the
   association it came over) and each association's end over a pipe, in the order they
   happened, to the SCP's :class:`~scu_scp.completion.CompletionTracker`: completion on

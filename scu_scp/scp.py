@@ -495,6 +495,7 @@ class StorageSCP:
             evt_handlers=handlers,
             server_class=TlsHandshakeServer,
             connection_limits=self.connection_limits,
+            state_folder=self.spool.state,
             request_handler=WaitingRequestHandler,
             reuse_port=reuse_port,
         )

@@ -202,12 +202,15 @@ class TlsHandshakeServer(ThreadedAssociationServer):  # type: ignore[misc]
         self,
         *args: Any,
         connection_limits: ConnectionLimits | None = None,
+        state_folder: Path,
         reuse_port: bool = False,
         **kwargs: Any,
     ) -> None:
         self.connection_limits = connection_limits or ConnectionLimits()
         self.reuse_port = reuse_port
-        self.addresses = AddressCounts(self.connection_limits.max_connections_per_address)
+        self.addresses = AddressCounts(
+            self.connection_limits.max_connections_per_address, state_folder / "connections"
+        )
         self._collected_at = time.monotonic()
         super().__init__(*args, **kwargs)
 

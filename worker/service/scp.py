@@ -106,7 +106,7 @@ def run_scp(
         quiet_seconds=settings.completion.quiet_seconds,
         release_grace_seconds=settings.completion.release_grace_seconds,
         quiet_only_aets=settings.completion.quiet_only_aets,
-        processes=settings.scp.processes,
+        processes=settings.scp.receiver_processes,
         process_setup=partial(receiver_process_setup, settings.log_level),
         **edge,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +35,8 @@ def test_a_header_over_the_limit_is_refused_even_when_split() -> None:
     assert clock.dropped and gone == [True]
 
 
-def test_a_closed_peer_gives_its_address_count_back_once() -> None:
-    counts = AddressCounts(limit=1)
+def test_a_closed_peer_gives_its_address_count_back_once(tmp_path: Path) -> None:
+    counts = AddressCounts(limit=1, folder=tmp_path)
     give_back = counts.take("10.0.0.1")
     assert give_back is not None and counts.take("10.0.0.1") is None
     clock = PduClock(LIMITS, "10.0.0.1", give_back)

@@ -23,6 +23,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from scu_scp.admission import ScpLimits
+from scu_scp.connections import ConnectionLimits
 from scu_scp.models import SpooledStudy
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
@@ -187,6 +188,28 @@ def test_max_associations_counts_the_associations_of_every_process(
         for assoc in held:
             if assoc.is_established:
                 assoc.release()
+
+
+def test_max_connections_per_address_counts_across_processes(start_scp: ScpFactory) -> None:
+    limits = ConnectionLimits(max_connections_per_address=2, associate_request_timeout=10.0)
+    scp, _, _ = _multi(start_scp, connection_limits=limits)
+    peers = [socket.create_connection(("127.0.0.1", scp.port)) for _ in range(8)]
+    try:
+
+        def closed(peer: socket.socket) -> bool:  # the SCP closed it: end of stream
+            peer.setblocking(False)
+            try:
+                return peer.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                return False
+
+        # The kernel shares the 8 connections between both processes; 2 stay open in all.
+        assert wait_for(lambda: sum(closed(p) for p in peers) == 6, timeout=5)
+        time.sleep(0.5)
+        assert sum(not closed(p) for p in peers) == 2
+    finally:
+        for peer in peers:
+            peer.close()
 
 
 def _association_in(

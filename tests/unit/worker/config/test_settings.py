@@ -96,3 +96,16 @@ def test_completion_rules_from_the_file_and_the_environment(
     assert completion.quiet_seconds == 60  # the existing name, unchanged
     assert completion.release_grace_seconds == 2.5
     assert completion.quiet_only_aets == ("PACS1", "MOD*")
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 2), (3, 3), (16, 4)])
+def test_scp_processes_zero_is_one_per_core_up_to_four(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cores: int, expected: int
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(cores)))
+    settings = load_settings(None)
+    assert settings.scp.processes == 0  # the default: as many as the machine has cores
+    assert settings.scp.receiver_processes == expected
+    path = tmp_path / "config.yaml"
+    path.write_text("scp:\n  processes: 3\n")
+    assert load_settings(path).scp.receiver_processes == 3  # set: taken as is
