@@ -449,6 +449,14 @@ def concurrency(
     return rows
 
 
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A Markdown table, as docs/benchmarks.md quotes them."""
+    print("\n| " + " | ".join(headers) + " |")
+    print("| " + " | ".join("---" for _ in headers) + " |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
@@ -503,46 +511,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     ours = rates[0]
-    print("\n| receiver | s per series | instances/s | MB/s | ours relative |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in rates:
-        print(
-            f"| {r.name} | {r.seconds:.3f} | {r.per_second:.0f} | {r.mb_per_second:.0f} | "
-            f"{ours.per_second / r.per_second:.2f}x |"
-        )
-    names = list(rows[0][1])
-    print(
-        "\n| senders N | instances | "
-        + " | ".join(f"{name}: instances/s (vs its N=1)" for name in names)
-        + " | ours relative to storescp |"
+    print_table(
+        ["receiver", "s per series", "instances/s", "MB/s", "ours relative"],
+        [
+            [
+                r.name,
+                f"{r.seconds:.3f}",
+                f"{r.per_second:.0f}",
+                f"{r.mb_per_second:.0f}",
+                f"{ours.per_second / r.per_second:.2f}x",
+            ]
+            for r in rates
+        ],
     )
-    print("| --- | --- | " + " | ".join("---" for _ in names) + " | --- |")
-    for n, by_name in rows:
-        cells = [
-            f"{r.per_second:.0f} ({r.per_second / rows[0][1][name].per_second:.2f}x)"
-            for name, r in by_name.items()
-        ]
-        ratio = by_name[OURS].per_second / by_name[STORESCP].per_second
-        print(f"| {n} | {by_name[OURS].instances} | {' | '.join(cells)} | {ratio:.2f}x |")
+    names = list(rows[0][1])
+    print_table(
+        ["senders N", "instances"]
+        + [f"{name}: instances/s (vs its N=1)" for name in names]
+        + ["ours relative to storescp"],
+        [
+            [str(n), str(by_name[OURS].instances)]
+            + [
+                f"{r.per_second:.0f} ({r.per_second / rows[0][1][name].per_second:.2f}x)"
+                for name, r in by_name.items()
+            ]
+            + [f"{by_name[OURS].per_second / by_name[STORESCP].per_second:.2f}x"]
+            for n, by_name in rows
+        ],
+    )
     cores = os.cpu_count() or 1
     print(
         f"\nCPU per instance (ms, user + system; receiver: all its processes) and the rate the "
         f"{cores} cores allow at most if receiver and senders used nothing else: "
         f"{cores} s / (receiver + senders)"
     )
-    print(
-        "\n| senders N | "
-        + " | ".join(f"{name}: receiver, senders, ceiling/s" for name in names)
-        + " |"
+    print_table(
+        ["senders N"] + [f"{name}: receiver, senders, ceiling/s" for name in names],
+        [
+            [str(n)]
+            + [
+                f"{r.cpu_ms:.2f}, {r.senders_cpu_ms:.2f}, "
+                f"{1000 * cores / (r.cpu_ms + r.senders_cpu_ms):.0f}"
+                for r in by_name.values()
+            ]
+            for n, by_name in rows
+        ],
     )
-    print("| --- | " + " | ".join("---" for _ in names) + " |")
-    for n, by_name in rows:
-        cells = [
-            f"{r.cpu_ms:.2f}, {r.senders_cpu_ms:.2f}, "
-            f"{1000 * cores / (r.cpu_ms + r.senders_cpu_ms):.0f}"
-            for r in by_name.values()
-        ]
-        print(f"| {n} | {' | '.join(cells)} |")
     floor = next(r for r in rates if r.name == FLOOR)
     ignore = next(r for r in rates if r.name == STORESCP_IGNORE)
     plain = next(r for r in rates if r.name == STORESCP)

@@ -89,10 +89,10 @@ class _TrackerLink:
         self._tokens: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._numbers = itertools.count(1)
         self._prefix = f"{os.getpid()}-"
+        self._gone = False
 
     def listening(self) -> None:
-        with self._lock:
-            self._conn.send(("listening",))
+        self._send(("listening",))
 
     def touch(self, study_uid: str, at: float | None = None, *, carrier: Any = None) -> None:
         with self._lock:
@@ -101,13 +101,25 @@ class _TrackerLink:
                 token = self._tokens.get(carrier)
                 if token is None:
                     token = self._tokens[carrier] = f"{self._prefix}{next(self._numbers)}"
-            self._conn.send(("touch", study_uid, token))
+        self._send(("touch", study_uid, token))
 
     def association_ended(self, carrier: Any, end: AssociationEnd, at: float | None = None) -> None:
         with self._lock:
             token = self._tokens.get(carrier)
-            if token is not None:  # it carried instances: the tracker knows it
-                self._conn.send(("end", token, end.value))
+        if token is not None:  # it carried instances: the tracker knows it
+            self._send(("end", token, end.value))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        """Send in the order called; once the SCP process is gone, drop reports (what was
+        stored stays in the spool, and the next SCP resumes it by the quiet period)."""
+        with self._lock:
+            if self._gone:
+                return
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError):
+                self._gone = True
+                LOGGER.warning("SCP process gone: receiver %d stops reporting", os.getpid())
 
 
 def run_receiver(spec: ReceiverSpec, conn: Connection, paused: bool) -> None:

@@ -8,6 +8,7 @@ carriers the SCP's tracker hears of (a receiver process's associations arrive as
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import socket
@@ -23,8 +24,10 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from scu_scp.admission import ScpLimits
+from scu_scp.completion import AssociationEnd
 from scu_scp.connections import ConnectionLimits
 from scu_scp.models import SpooledStudy
+from scu_scp.receivers import _TrackerLink
 from scu_scp.scp import StorageSCP
 from scu_scp.spool import Spool
 from tests.support.edge import AE_TITLE, ScpFactory, start_scp
@@ -288,3 +291,21 @@ def test_stop_ends_every_receiver_process(start_scp: ScpFactory) -> None:
     with socket.socket() as probe:  # nobody listens on the port any more
         probe.settimeout(1)
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_receiver_whose_scp_process_is_gone_keeps_answering_its_senders() -> None:
+    """Stored instances stay in the spool; their reports cannot go anywhere."""
+
+    class Assoc:  # stands for pynetdicom's Association (hashable, weakly referenced)
+        pass
+
+    ours, theirs = multiprocessing.Pipe()
+    link = _TrackerLink(theirs)
+    carrier = Assoc()
+    link.touch("1.2.3", carrier=carrier)
+    kind, study, token = ours.recv()
+    assert (kind, study) == ("touch", "1.2.3") and token.endswith("-1")
+    ours.close()  # the SCP process died
+    link.touch("1.2.3", carrier=carrier)  # no exception into pynetdicom's handler
+    link.association_ended(carrier, AssociationEnd.RELEASED)
+    link.touch("1.2.4", carrier=None)
