@@ -27,7 +27,9 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.timer import Timer
 from pynetdicom.transport import (
     AssociationServer,
     AssociationSocket,
@@ -154,6 +156,11 @@ _PORTED_SOURCES = {
     RequestHandler._create_association: "05c8d12b79863cdb",
     AssociationSocket.recv: "6bc20a33b1b7cfe7",
     AssociationServer.service_actions: "0a0853a3615ac7c5",
+    # Read, not ported: the context's private transfer syntax list (copied per acceptor)
+    # and the ARTIM timer's start and end (how long the DUL may block).
+    PresentationContext.__init__: "37a8842ac07cd8f3",
+    Timer.__init__: "0088049875c5d495",
+    Timer.remaining.fget: "4556c335c34ee264",
 }
 
 
