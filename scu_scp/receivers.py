@@ -146,6 +146,10 @@ def run_receiver(spec: ReceiverSpec, conn: Connection, paused: bool) -> None:
         connection_limits=spec.connection_limits,
     )
     scp.paused = paused
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():
+        LOGGER.warning("SCP process gone before receiver %d listened: not listening", os.getpid())
+        return
     link = _TrackerLink(conn)
     scp.listen(link)
     link.listening()

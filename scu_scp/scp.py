@@ -12,8 +12,10 @@ Logs carry UIDs, AE titles and counts only: never patient name, ID or birth date
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
+import socket
 import tempfile
 import threading
 import time
@@ -529,6 +531,11 @@ class StorageSCP:
             receivers.stop()  # their last reports reach the tracker before sealing stops
         server, self._server = self._server, None
         if server is not None:
+            # Stop listening at once (the accept loop notices within its half-second poll):
+            # the other processes sharing the port, or the next SCP, take new connections.
+            if server.socket is not None:
+                with contextlib.suppress(OSError):
+                    server.socket.shutdown(socket.SHUT_RDWR)
             server.shutdown()
             _CHUNKED_RECEIVE.release()
         self._stop.set()

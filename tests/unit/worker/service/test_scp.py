@@ -242,7 +242,12 @@ def test_a_dataset_cut_off_by_an_scp_crash_stays_in_the_spool_until_the_next_sta
 
     again = start_command("scp", config, tmp_path / "scp-again.log")
     try:
-        wait_for_port("127.0.0.1", port, timeout=60, proc=again)
+        # Not the port: a receiver process of the killed SCP may hold it a moment longer.
+        started = wait_for(
+            lambda: "storage SCP ANNOTATOR listening" in (tmp_path / "scp-again.log").read_text(),
+            timeout=60,
+        )
+        assert started, "the SCP did not start again"
         assert list(receiving.iterdir()) == []
     finally:
         stop_process(again, timeout=30)
