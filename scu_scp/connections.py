@@ -53,7 +53,6 @@ LOGGER = logging.getLogger(__name__)
 
 PDU_HEADER_BYTES = 6  # PDU type, reserved, 4-byte length (PS3.8 9.3.1)
 _RETIME_SLACK = 0.05  # seconds a deadline may overrun to save a settimeout per recv
-_READ_AHEAD = 262_144  # bytes of a PDU body one system call may read (see _Guarded)
 
 
 @dataclass(frozen=True)
@@ -140,11 +139,6 @@ class PduClock:
             )
         self.gone()
 
-    @property
-    def body_left(self) -> int:
-        """Bytes of the current PDU's body not read yet (0 between PDUs)."""
-        return self._body_left
-
     def feed(self, data: bytes) -> None:
         """Account for bytes read; refuse a header that declares too long a PDU."""
         if not data:
@@ -208,17 +202,12 @@ class PduClock:
 class _Guarded:
     """recv/send/close of an accepted socket, timed and checked by its :class:`PduClock`.
 
-    pynetdicom reads a PDU body 4096 bytes per ``recv``. Inside a body, one system call
-    here reads up to ``_READ_AHEAD`` bytes of it (never past its end, so nothing of the
-    next PDU is held back from pynetdicom's readiness check) and the following ``recv``
-    calls are served from that: the guard costs a few checks per system call, not per
-    4 KiB.
+    The acceptor's socket (``scu_scp/reactor.py``) asks for a PDU's header, then for what
+    is left of its body, so the guard costs a few checks per system call.
     """
 
     clock: PduClock | None = None
     _timeout_set: float | None = None
-    _ahead: bytes = b""
-    _ahead_at: int = 0
 
     def _retime(self, seconds: float) -> None:
         current = self._timeout_set
@@ -237,17 +226,9 @@ class _Guarded:
             return super().recv(bufsize, flags)  # type: ignore[misc, no-any-return]
         if clock.dropped:
             return b""
-        at = self._ahead_at
-        if at < len(self._ahead):  # the rest of a body chunk, already read and counted
-            chunk = self._ahead[at : at + bufsize]
-            self._ahead_at = at + len(chunk)
-            return chunk
-        want = bufsize
-        if not flags and clock.body_left > bufsize:
-            want = min(clock.body_left, _READ_AHEAD)
         try:
             self._retime(clock.recv_timeout())
-            data: bytes = super().recv(want, flags)  # type: ignore[misc]
+            data: bytes = super().recv(bufsize, flags)  # type: ignore[misc]
         except TimeoutError:
             clock.timed_out()
             return b""
@@ -255,9 +236,6 @@ class _Guarded:
             clock.feed(data)
         except PduTooLongError:
             return b""
-        if len(data) > bufsize:
-            self._ahead, self._ahead_at = data, bufsize
-            return data[:bufsize]
         return data
 
     def send(self, data: Any, flags: int = 0) -> int:
