@@ -93,11 +93,9 @@ def test_stores_release_and_abort_are_answered_through_the_waiting_loops(
     acceptors = _server(scp).active_associations
     assert acceptors and all(isinstance(a, WaitingAssociation) for a in acceptors)
     assert all(isinstance(a.dul, WaitingDUL) for a in acceptors)
-    started = time.monotonic()
     statuses = [assoc.send_c_store(path).Status for path in files]
     assoc.release()
     assert statuses == [0x0000] * len(files)
-    assert time.monotonic() - started < 60  # not a speed check: a lost wake-up hangs
     assert assoc.is_released
     assert len(list((scp.spool.incoming / study).rglob("*.dcm"))) == len(files)
 
